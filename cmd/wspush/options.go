@@ -1,0 +1,102 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/wspush/wspush/internal/app"
+)
+
+type options struct {
+	addr      string
+	logFormat string
+	logLevel  string
+	cfg       app.Config
+}
+
+// parseOptions reads flags, then fills every flag not given on the command
+// line from its environment twin: --max-connections ↔ WSPUSH_MAX_CONNECTIONS.
+func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (options, error) {
+	var o options
+	c := &o.cfg
+	fs := flag.NewFlagSet("wspush", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+
+	fs.StringVar(&o.addr, "addr", ":8080", "address to listen on")
+	fs.BoolVar(&c.Demo, "demo", false, "start the simulated data center in-process and poll it (app demo, keys s001..s100)")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&c.APIKey, "api-key", "", "API key required by POST /api/publish (Authorization: Bearer <key>); empty: open")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 0, "graceful shutdown limit (default 10s)")
+	fs.StringVar(&c.DebugAddr, "debug-addr", "", "serve /debug/pprof on this address (keep it private); empty: off")
+
+	fs.StringVar(&c.DatacenterURL, "datacenter-url", "", "data center base URL to poll (POST <url>/getRealTimeData); empty: no poller")
+	fs.StringVar(&c.Poller.Schedule, "poll-schedule", "", `cron spec of the poller (default "@every 1s")`)
+	fs.IntVar(&c.Poller.ChunkSize, "poll-chunk", 0, "IDs per getRealTimeData call (default 500)")
+	fs.DurationVar(&c.Poller.Timeout, "poll-timeout", 0, "timeout of one getRealTimeData call (default 5s)")
+
+	fs.IntVar(&c.Middle.HistorySize, "history-size", 0, "publications kept per key for resume (default 32)")
+	fs.DurationVar(&c.Middle.HistoryTTL, "history-ttl", 0, "age after which history is trimmed (default 5m)")
+	fs.IntVar(&c.Middle.MaxPayload, "max-payload", 0, "largest publication payload in bytes (default 65536)")
+
+	u := &c.Users
+	var origins, jwtSecret string
+	fs.IntVar(&u.MaxConnections, "max-connections", 0, "open connections per node (default 100000)")
+	fs.Int64Var(&u.MaxMessageSize, "max-message-size", 0, "largest client frame in bytes; larger closes with 1009 (default 65536)")
+	fs.IntVar(&u.MaxKeysPerSubscribe, "max-keys-per-subscribe", 0, "keys in one subscribe (default 100)")
+	fs.IntVar(&u.MaxSubscriptions, "max-subscriptions", 0, "keys per connection (default 1000)")
+	fs.Float64Var(&u.CommandRate, "command-rate", 0, "client commands per second per connection (default 20)")
+	fs.IntVar(&u.CommandBurst, "command-burst", 0, "client command burst (default 50)")
+	fs.IntVar(&u.MaxBadCommands, "max-bad-commands", 0, "consecutive bad commands before closing with 1008 (default 10)")
+	fs.IntVar(&u.QueueMaxBytes, "queue-max-bytes", 0, "outgoing queue per connection; overflow closes with 4008 (default 1048576)")
+	fs.DurationVar(&u.PingInterval, "ping-interval", 0, "heartbeat ping interval (default 25s)")
+	fs.DurationVar(&u.PingTimeout, "ping-timeout", 0, "silence after which a connection is reaped (default 60s)")
+	fs.DurationVar(&u.WriteTimeout, "write-timeout", 0, "timeout of one write to a client (default 10s)")
+	fs.StringVar(&origins, "allowed-origins", "", `comma-separated browser origins allowed to connect, "*" for any; empty: same host`)
+	fs.StringVar(&jwtSecret, "jwt-secret", "", "HS256 secret: when set, clients need a JWT (?token= or Authorization: Bearer)")
+
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: wspush [flags]\n\nEvery flag can also be set by its environment twin, e.g. --max-connections as WSPUSH_MAX_CONNECTIONS.\n\n")
+		fs.VisitAll(func(f *flag.Flag) {
+			fmt.Fprintf(fs.Output(), "  --%s (env %s)\n    \t%s\n", f.Name, envName(f.Name), f.Usage)
+		})
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return o, err
+		}
+		return o, fmt.Errorf("flags: %w", err)
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	set := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if v := getenv(envName(f.Name)); v != "" && !set[f.Name] && envErr == nil {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = fmt.Errorf("%s=%q: %w", envName(f.Name), v, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return o, envErr
+	}
+	if origins != "" {
+		for _, s := range strings.Split(origins, ",") {
+			u.AllowedOrigins = append(u.AllowedOrigins, strings.TrimSpace(s))
+		}
+	}
+	if jwtSecret != "" {
+		u.JWTSecret = []byte(jwtSecret)
+	}
+	return o, nil
+}
+
+func envName(flagName string) string {
+	return "WSPUSH_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}

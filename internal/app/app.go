@@ -1,0 +1,209 @@
+// Package app wires the tiers of one wspush process: the middle node, the
+// connection server, the poller and, in demo mode, the simulated data
+// center, behind one HTTP server. It holds no logic of its own beyond
+// assembly, routes and shutdown order; cmd/wspush and the end-to-end tests
+// of other commands start servers through it.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/wspush/wspush/dataservice"
+	"github.com/wspush/wspush/dataservice/simulator"
+	"github.com/wspush/wspush/middle"
+	"github.com/wspush/wspush/userservice"
+)
+
+// Config is the whole configuration of a process.
+type Config struct {
+	// Demo starts the simulated data center in-process and polls it.
+	Demo bool
+	// DatacenterURL turns the poller on (ignored with Demo).
+	DatacenterURL string
+	// APIKey protects POST /api/publish when set.
+	APIKey string
+	// ShutdownTimeout bounds the graceful shutdown (default 10s).
+	ShutdownTimeout time.Duration
+	// DebugAddr, when set, serves /debug/pprof/ there (keep it private).
+	DebugAddr string
+	// Dashboard is served at / when set.
+	Dashboard fs.FS
+
+	Middle middle.Config
+	Users  userservice.Config
+	Poller dataservice.Config // URL is filled from DatacenterURL or the demo
+
+	Logger *slog.Logger
+}
+
+// App is one wspush process.
+type App struct {
+	cfg    Config
+	log    *slog.Logger
+	reg    *prometheus.Registry
+	node   *middle.Node
+	users  *userservice.Server
+	poller *dataservice.Poller // nil: no data center
+	sim    *simulator.Simulator
+	mux    *http.ServeMux
+}
+
+// New validates cfg and builds the tiers; nothing runs until Run.
+func New(cfg Config) (*App, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = 10 * time.Second
+	}
+	a := &App{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry()}
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	cfg.Middle.Logger, cfg.Middle.Registerer = a.log.With("tier", "middle"), a.reg
+	node, err := middle.NewNode(cfg.Middle)
+	if err != nil {
+		return nil, err
+	}
+	a.node = node
+
+	cfg.Users.Logger, cfg.Users.Registerer = a.log.With("tier", "userservice"), a.reg
+	if a.users, err = userservice.NewServer(cfg.Users, node); err != nil {
+		return nil, err
+	}
+
+	if cfg.Demo {
+		a.sim = simulator.New(simulator.Config{})
+	}
+	if cfg.Demo || cfg.DatacenterURL != "" {
+		pc := cfg.Poller
+		pc.URL = cfg.DatacenterURL
+		if cfg.Demo {
+			pc.URL = "http://demo.invalid" // replaced by the listener address in Run
+		}
+		pc.Logger, pc.Registerer = a.log.With("tier", "dataservice"), a.reg
+		if err := pc.Validate(); err != nil {
+			return nil, fmt.Errorf("poller config: %w", err)
+		}
+		a.cfg.Poller = pc
+	}
+	a.routes()
+	return a, nil
+}
+
+func (a *App) routes() {
+	a.mux = http.NewServeMux()
+	a.mux.Handle("GET /ws", a.users)
+	a.mux.Handle("/api/publish", a.node.PublishHandler(middle.PublishHandlerConfig{APIKey: a.cfg.APIKey}))
+	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	a.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	a.mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	if a.cfg.Dashboard != nil {
+		a.mux.Handle("/", http.FileServerFS(a.cfg.Dashboard))
+	}
+}
+
+// Handler is the process's HTTP handler (for tests that bring their own
+// server).
+func (a *App) Handler() http.Handler { return a.mux }
+
+// Node is the middle tier (for tests and tools).
+func (a *App) Node() *middle.Node { return a.node }
+
+// Users is the connection tier (for tests and tools).
+func (a *App) Users() *userservice.Server { return a.users }
+
+// Run serves on ln until ctx ends, then shuts down in order: stop accepting,
+// close clients with 1001 after what is queued to them, stop the poller and
+// the node.
+func (a *App) Run(ctx context.Context, ln net.Listener) error {
+	runCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+	g, gctx := errgroup.WithContext(runCtx)
+
+	if a.sim != nil {
+		simLn, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return fmt.Errorf("demo data center: %w", err)
+		}
+		simSrv := &http.Server{Handler: a.sim, ReadHeaderTimeout: 5 * time.Second}
+		g.Go(func() error { return serve(simSrv, simLn) })
+		g.Go(func() error { <-gctx.Done(); return simSrv.Close() })
+		a.cfg.Poller.URL = "http://" + simLn.Addr().String()
+		a.log.Info("demo data center started", "url", a.cfg.Poller.URL, "app", "demo", "keys", "s001..s100")
+	}
+	if a.cfg.Poller.URL != "" {
+		p, err := dataservice.New(a.cfg.Poller, a.node, a.node.Source("poller"))
+		if err != nil {
+			return fmt.Errorf("poller: %w", err)
+		}
+		a.poller = p
+		g.Go(func() error { return p.Run(gctx) })
+	}
+	g.Go(func() error { return a.node.Run(gctx) })
+	g.Go(func() error { return a.users.Run(gctx) })
+
+	srv := &http.Server{Handler: a.mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
+	g.Go(func() error { return serve(srv, ln) })
+	if a.cfg.DebugAddr != "" {
+		dbgLn, err := net.Listen("tcp", a.cfg.DebugAddr)
+		if err != nil {
+			return fmt.Errorf("debug listener: %w", err)
+		}
+		dbg := &http.Server{Handler: debugMux(), ReadHeaderTimeout: 10 * time.Second}
+		g.Go(func() error { return serve(dbg, dbgLn) })
+		g.Go(func() error { <-gctx.Done(); return dbg.Close() })
+	}
+	a.log.Info("wspush listening", "addr", ln.Addr().String())
+
+	select {
+	case <-ctx.Done():
+	case <-gctx.Done(): // a component failed
+	}
+	a.log.Info("shutting down", "connections", a.users.Connections())
+	sctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+	defer cancel()
+	errs := []error{srv.Shutdown(sctx), a.users.Shutdown(sctx)}
+	stop()
+	errs = append(errs, g.Wait())
+	err := errors.Join(errs...)
+	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+func serve(srv *http.Server, ln net.Listener) error {
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve %s: %w", ln.Addr(), err)
+	}
+	return nil
+}
+
+func debugMux() *http.ServeMux {
+	m := http.NewServeMux()
+	m.HandleFunc("/debug/pprof/", pprof.Index)
+	m.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	m.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	m.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	m.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return m
+}

@@ -1,0 +1,294 @@
+package middle
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/wspush/wspush/proto"
+)
+
+// recorder is a Subscriber that keeps every frame enqueued to it. Enqueue is
+// called from publishing goroutines, so it is safe for concurrent use.
+type recorder struct {
+	id     uint64
+	reject bool // Enqueue reports an overflow (but still records)
+
+	mu     sync.Mutex
+	frames []*proto.Frame
+}
+
+var recorderIDs atomic.Uint64
+
+func newRecorder() *recorder { return &recorder{id: recorderIDs.Add(1)} }
+
+func (r *recorder) Enqueue(f *proto.Frame) bool {
+	r.mu.Lock()
+	r.frames = append(r.frames, f)
+	r.mu.Unlock()
+	return !r.reject
+}
+
+func (r *recorder) ConnID() uint64 { return r.id }
+
+// snapshot returns the frames received so far.
+func (r *recorder) snapshot() []*proto.Frame {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]*proto.Frame(nil), r.frames...)
+}
+
+// take returns the frames received so far and forgets them.
+func (r *recorder) take() []*proto.Frame {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	fs := r.frames
+	r.frames = nil
+	return fs
+}
+
+// message is one received frame, decoded.
+type message struct {
+	frame  *proto.Frame
+	opcode byte
+	msg    proto.ServerMessage // text frames
+	pub    proto.Publication   // data messages, from either format
+	data   bool                // a data message
+}
+
+func (m message) String() string {
+	if m.data {
+		return fmt.Sprintf("data %s.%s seq=%d", m.pub.App, m.pub.Key, m.pub.Seq)
+	}
+	return fmt.Sprintf("%s id=%d", m.msg.Op, m.msg.ID)
+}
+
+// parseFrame splits a server WebSocket frame (final, unmasked) into opcode
+// and payload, checking that the header accounts for every byte.
+func parseFrame(b []byte) (opcode byte, payload []byte, err error) {
+	if len(b) < 2 {
+		return 0, nil, fmt.Errorf("frame of %d bytes: no header", len(b))
+	}
+	if b[0]&0xF0 != 0x80 {
+		return 0, nil, fmt.Errorf("byte0 %#x: want FIN set and RSV clear", b[0])
+	}
+	if b[1]&0x80 != 0 {
+		return 0, nil, fmt.Errorf("server frame is masked")
+	}
+	opcode = b[0] & 0x0F
+	n := uint64(b[1] & 0x7F)
+	rest := b[2:]
+	switch n {
+	case 126:
+		if len(rest) < 2 {
+			return 0, nil, fmt.Errorf("short 16-bit length")
+		}
+		n, rest = uint64(binary.BigEndian.Uint16(rest)), rest[2:]
+		if n <= 125 {
+			return 0, nil, fmt.Errorf("16-bit length %d: not minimal", n)
+		}
+	case 127:
+		if len(rest) < 8 {
+			return 0, nil, fmt.Errorf("short 64-bit length")
+		}
+		n, rest = binary.BigEndian.Uint64(rest), rest[8:]
+		if n <= 0xFFFF {
+			return 0, nil, fmt.Errorf("64-bit length %d: not minimal", n)
+		}
+	}
+	if uint64(len(rest)) != n {
+		return 0, nil, fmt.Errorf("header says %d payload bytes, frame has %d", n, len(rest))
+	}
+	return opcode, rest, nil
+}
+
+// decode parses one frame as a client would.
+func decode(t testing.TB, f *proto.Frame) message {
+	t.Helper()
+	op, payload, err := parseFrame(f.Bytes)
+	if err != nil {
+		t.Fatalf("frame %q: %v", f.Bytes, err)
+	}
+	m := message{frame: f, opcode: op}
+	switch op {
+	case proto.OpcodeText:
+		m.msg, err = proto.DecodeServerMessage(payload)
+		if err != nil {
+			t.Fatalf("text frame %q: %v", payload, err)
+		}
+		if m.msg.Op == proto.OpData {
+			m.data, m.pub = true, m.msg.Publication()
+		}
+	case proto.OpcodeBinary:
+		m.pub, err = proto.DecodeDataBinary(payload)
+		if err != nil {
+			t.Fatalf("binary frame %x: %v", payload, err)
+		}
+		m.data = true
+	default:
+		t.Fatalf("frame with opcode %d", op)
+	}
+	if m.data && f.Seq != m.pub.Seq {
+		t.Fatalf("frame.Seq = %d, payload seq = %d", f.Seq, m.pub.Seq)
+	}
+	if !m.data && f.Seq != 0 {
+		t.Fatalf("%s frame has Seq %d, want 0", m.msg.Op, f.Seq)
+	}
+	return m
+}
+
+func decodeAll(t testing.TB, fs []*proto.Frame) []message {
+	t.Helper()
+	out := make([]message, len(fs))
+	for i, f := range fs {
+		out[i] = decode(t, f)
+	}
+	return out
+}
+
+// messages decodes everything r received so far.
+func (r *recorder) messages(t testing.TB) []message {
+	t.Helper()
+	return decodeAll(t, r.snapshot())
+}
+
+// seqs are the seqs of r's data messages for key, in arrival order.
+func (r *recorder) seqs(t testing.TB, key string) []uint64 {
+	t.Helper()
+	return dataSeqs(r.messages(t), key)
+}
+
+func dataSeqs(ms []message, key string) []uint64 {
+	var out []uint64
+	for _, m := range ms {
+		if m.data && m.pub.Key == key {
+			out = append(out, m.pub.Seq)
+		}
+	}
+	return out
+}
+
+// seqRange is from, from+1, ..., to.
+func seqRange(from, to uint64) []uint64 {
+	var out []uint64
+	for s := from; s <= to; s++ {
+		out = append(out, s)
+	}
+	return out
+}
+
+func equalSeqs(a, b []uint64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func wantSeqs(t testing.TB, who string, got, want []uint64) {
+	t.Helper()
+	if !equalSeqs(got, want) {
+		t.Fatalf("%s: got seqs %s, want %s", who, shortSeqs(got), shortSeqs(want))
+	}
+}
+
+// shortSeqs prints a seq list compactly, runs as a-b.
+func shortSeqs(s []uint64) string {
+	if len(s) == 0 {
+		return "[]"
+	}
+	out := "["
+	for i := 0; i < len(s); {
+		j := i
+		for j+1 < len(s) && s[j+1] == s[j]+1 {
+			j++
+		}
+		if i > 0 {
+			out += " "
+		}
+		if j > i {
+			out += fmt.Sprintf("%d-%d", s[i], s[j])
+		} else {
+			out += strconv.FormatUint(s[i], 10)
+		}
+		i = j + 1
+	}
+	return out + "]"
+}
+
+// wantAck checks that m is the ack of request id with the given recovery.
+func wantAck(t testing.TB, m message, id uint64, rec proto.Recovery) {
+	t.Helper()
+	if m.opcode != proto.OpcodeText || m.msg.Op != proto.OpAck || m.msg.ID != id {
+		t.Fatalf("got %v, want ack id=%d", m, id)
+	}
+	var got proto.Recovery
+	switch {
+	case m.msg.Recovered == nil:
+		got = proto.RecoveryNone
+	case *m.msg.Recovered:
+		got = proto.Recovered
+	default:
+		got = proto.NotRecovered
+	}
+	if got != rec {
+		t.Fatalf("ack id=%d: recovery %d, want %d (0 none, 1 recovered, 2 not recovered)", id, got, rec)
+	}
+}
+
+func newTestNode(t testing.TB, cfg Config) *Node {
+	t.Helper()
+	n, err := NewNode(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func subscribe(t testing.TB, n *Node, s Subscriber, req SubscribeRequest) {
+	t.Helper()
+	if err := n.Subscribe(context.Background(), s, req); err != nil {
+		t.Fatalf("subscribe %+v: %v", req, err)
+	}
+}
+
+// jsonPub is a JSON publication whose value is {"v":v}.
+func jsonPub(app, key string, v int) proto.Publication {
+	return proto.Publication{App: app, Key: key, Data: []byte(`{"v":` + strconv.Itoa(v) + `}`), JSON: true}
+}
+
+// publishValues publishes {"v":from} to {"v":to} one by one and returns the
+// seqs assigned.
+func publishValues(t testing.TB, n *Node, app, key string, from, to int) []uint64 {
+	t.Helper()
+	var out []uint64
+	for v := from; v <= to; v++ {
+		seqs, err := n.Publish(context.Background(), "test", []proto.Publication{jsonPub(app, key, v)})
+		if err != nil {
+			t.Fatalf("publish %s.%s %d: %v", app, key, v, err)
+		}
+		out = append(out, seqs...)
+	}
+	return out
+}
+
+// topSeq is the seq of the newest publication of (app, key) in n's store.
+func topSeq(t testing.TB, n *Node, app, key string) uint64 {
+	t.Helper()
+	p, ok, err := n.store.Latest(context.Background(), app, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ok {
+		return 0
+	}
+	return p.Seq
+}

@@ -1,0 +1,165 @@
+package proto
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// Ops a client may send.
+const (
+	OpSubscribe   = "subscribe"
+	OpUnsubscribe = "unsubscribe"
+	OpPing        = "ping"
+)
+
+// Ops the server sends.
+const (
+	OpAck   = "ack"
+	OpError = "error"
+	OpPong  = "pong"
+	OpData  = "data"
+)
+
+// Format is how a subscription's publications are delivered.
+type Format uint8
+
+const (
+	// FormatJSON delivers data messages as JSON text frames (the default).
+	FormatJSON Format = iota
+	// FormatBinary delivers data messages as binary frames (see binary.go).
+	FormatBinary
+	numFormats
+)
+
+// NumFormats is the number of delivery formats.
+const NumFormats = int(numFormats)
+
+func (f Format) String() string {
+	if f == FormatBinary {
+		return "binary"
+	}
+	return "json"
+}
+
+// ParseFormat maps the "format" field of a subscribe command to a Format.
+// The empty string means JSON.
+func ParseFormat(s string) (Format, error) {
+	switch s {
+	case "", "json":
+		return FormatJSON, nil
+	case "binary":
+		return FormatBinary, nil
+	}
+	return 0, fmt.Errorf("format %q: want \"json\" or \"binary\"", s)
+}
+
+// Command is one client command. Fields that an op does not use are zero.
+type Command struct {
+	Op     string            `json:"op"`
+	ID     uint64            `json:"id,omitempty"`
+	App    string            `json:"app,omitempty"`
+	Keys   []string          `json:"keys,omitempty"`
+	Format string            `json:"format,omitempty"`
+	Since  map[string]uint64 `json:"since,omitempty"`
+}
+
+// CommandError is a command that could not be decoded or is invalid. ID is
+// the command's id when it could be read, so the error reply can carry it.
+type CommandError struct {
+	ID  uint64
+	Err error
+}
+
+func (e *CommandError) Error() string { return e.Err.Error() }
+func (e *CommandError) Unwrap() error { return e.Err }
+
+// ErrEmptyCommand is returned for an empty frame.
+var ErrEmptyCommand = errors.New("empty command")
+
+// DecodeCommand parses and validates one client command. Limits that are
+// configuration (keys per subscribe and the like) are the caller's to check;
+// DecodeCommand checks the shape: a known op, valid names, a known format,
+// since entries only for keys being subscribed. Errors are *CommandError.
+func DecodeCommand(b []byte) (Command, error) {
+	var c Command
+	if len(b) == 0 {
+		return c, &CommandError{Err: ErrEmptyCommand}
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return Command{}, &CommandError{ID: peekID(b), Err: fmt.Errorf("malformed JSON: %w", err)}
+	}
+	if err := c.Validate(); err != nil {
+		return c, &CommandError{ID: c.ID, Err: err}
+	}
+	return c, nil
+}
+
+// peekID recovers the id of a command whose other fields did not decode, so
+// that the error reply can still be matched to its request.
+func peekID(b []byte) uint64 {
+	var p struct {
+		ID uint64 `json:"id"`
+	}
+	if json.Unmarshal(b, &p) != nil {
+		return 0
+	}
+	return p.ID
+}
+
+// Validate checks the command's shape (see DecodeCommand).
+func (c *Command) Validate() error {
+	switch c.Op {
+	case OpPing:
+		return nil
+	case OpSubscribe, OpUnsubscribe:
+	case "":
+		return errors.New("missing op")
+	default:
+		return fmt.Errorf("unknown op %q", c.Op)
+	}
+	if err := ValidateName(c.App); err != nil {
+		return fmt.Errorf("app %q: %w", c.App, err)
+	}
+	if len(c.Keys) == 0 {
+		return errors.New("no keys")
+	}
+	for _, k := range c.Keys {
+		if err := ValidateName(k); err != nil {
+			return fmt.Errorf("key %q: %w", k, err)
+		}
+	}
+	if c.Op == OpUnsubscribe {
+		if c.Format != "" || c.Since != nil {
+			return errors.New("unsubscribe takes no format or since")
+		}
+		return nil
+	}
+	if _, err := ParseFormat(c.Format); err != nil {
+		return err
+	}
+	for k := range c.Since {
+		if !contains(c.Keys, k) {
+			return fmt.Errorf("since %q: not among the keys being subscribed", k)
+		}
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// EncodeCommand encodes c as JSON, for clients (wsbench, tests, tools).
+func EncodeCommand(c *Command) ([]byte, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s command: %w", c.Op, err)
+	}
+	return b, nil
+}

@@ -1,0 +1,124 @@
+package proto
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+)
+
+// Error codes of error replies.
+const (
+	CodeBadRequest   = "bad_request"
+	CodeUnauthorized = "unauthorized"
+	CodeForbidden    = "forbidden"
+	CodeLimit        = "limit"
+	CodeUnavailable  = "unavailable"
+	CodeInternal     = "internal"
+)
+
+// Close codes the server uses.
+const (
+	CloseGoingAway     = 1001 // server shutting down: reconnect and resume
+	ClosePolicy        = 1008 // rate limit, abuse, repeated garbage
+	CloseTooLarge      = 1009 // frame over the read limit
+	CloseInternal      = 1011
+	CloseUnauthorized  = 4001
+	CloseTooSlow       = 4008 // outgoing queue overflowed
+	CloseNormal        = 1000
+	CloseNoStatus      = 1005
+	CloseAbnormal      = 1006
+	CloseUnsupportData = 1003 // binary frame from a client
+)
+
+// Recovery is what a subscribe ack says of a resume.
+type Recovery uint8
+
+const (
+	// RecoveryNone: the subscribe had no since; the ack has no "recovered".
+	RecoveryNone Recovery = iota
+	// Recovered: every publication after since was sent.
+	Recovered
+	// NotRecovered: history did not reach back far enough; the latest value
+	// was sent instead.
+	NotRecovered
+)
+
+// AppendAck appends {"op":"ack","id":N} with "recovered" when r says so.
+func AppendAck(dst []byte, id uint64, r Recovery) []byte {
+	dst = append(dst, `{"op":"ack","id":`...)
+	dst = strconv.AppendUint(dst, id, 10)
+	switch r {
+	case Recovered:
+		dst = append(dst, `,"recovered":true`...)
+	case NotRecovered:
+		dst = append(dst, `,"recovered":false`...)
+	}
+	return append(dst, '}')
+}
+
+// AppendPong appends {"op":"pong","id":N}.
+func AppendPong(dst []byte, id uint64) []byte {
+	dst = append(dst, `{"op":"pong","id":`...)
+	dst = strconv.AppendUint(dst, id, 10)
+	return append(dst, '}')
+}
+
+// AppendError appends {"op":"error","id":N,"code":"...","message":"..."}.
+func AppendError(dst []byte, id uint64, code, message string) []byte {
+	dst = append(dst, `{"op":"error","id":`...)
+	dst = strconv.AppendUint(dst, id, 10)
+	dst = append(dst, `,"code":`...)
+	dst = appendJSONString(dst, code)
+	dst = append(dst, `,"message":`...)
+	dst = appendJSONString(dst, message)
+	return append(dst, '}')
+}
+
+func appendJSONString(dst []byte, s string) []byte {
+	b, err := json.Marshal(s)
+	if err != nil { // cannot happen for a string; keep the reply valid anyway
+		return append(dst, `""`...)
+	}
+	return append(dst, b...)
+}
+
+// ServerMessage is any message the server sends as JSON, decoded. Clients
+// (wsbench, tests, tools) use it; the server only encodes.
+type ServerMessage struct {
+	Op        string          `json:"op"`
+	ID        uint64          `json:"id,omitempty"`
+	Recovered *bool           `json:"recovered,omitempty"`
+	Code      string          `json:"code,omitempty"`
+	Message   string          `json:"message,omitempty"`
+	App       string          `json:"app,omitempty"`
+	Key       string          `json:"key,omitempty"`
+	Seq       uint64          `json:"seq,omitempty"`
+	TS        int64           `json:"ts,omitempty"`
+	Data      json.RawMessage `json:"data,omitempty"`
+	B64       []byte          `json:"b64,omitempty"`
+}
+
+// DecodeServerMessage parses one JSON server message.
+func DecodeServerMessage(b []byte) (ServerMessage, error) {
+	var m ServerMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return ServerMessage{}, fmt.Errorf("server message: %w", err)
+	}
+	switch m.Op {
+	case OpAck, OpError, OpPong, OpData:
+	default:
+		return ServerMessage{}, fmt.Errorf("server message: unknown op %q", m.Op)
+	}
+	return m, nil
+}
+
+// Publication returns a data message as a Publication.
+func (m *ServerMessage) Publication() Publication {
+	p := Publication{App: m.App, Key: m.Key, Seq: m.Seq, TS: m.TS}
+	if m.Data != nil {
+		p.Data, p.JSON = m.Data, true
+	} else {
+		p.Data = m.B64
+	}
+	return p
+}

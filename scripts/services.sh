@@ -1,0 +1,62 @@
+# Sourced by the other scripts: make sure Go, Redis and RabbitMQ are
+# installed (apt-get on Debian/Ubuntu) and running on their default loopback
+# ports. Nothing here is destructive: a running service is left alone.
+
+log() { printf '== %s\n' "$*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port seconds name
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    port_open "$1" && return 0
+    sleep 0.1
+  done
+  log "$3 did not open port $1 within $2s"
+  return 1
+}
+
+apt_updated=
+apt_install() {
+  if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
+  if [ -z "$apt_updated" ]; then
+    $SUDO apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_go() {
+  if ! command -v go >/dev/null 2>&1; then
+    if [ -x /usr/local/go/bin/go ]; then
+      export PATH="/usr/local/go/bin:$PATH"
+    else
+      log "installing Go (golang-go)"
+      apt_install golang-go
+    fi
+  fi
+}
+
+ensure_redis() {
+  if port_open 6379; then return 0; fi
+  if ! command -v redis-server >/dev/null 2>&1; then
+    log "installing Redis"
+    apt_install redis-server
+  fi
+  log "starting Redis on 127.0.0.1:6379"
+  mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /tmp --logfile /tmp/wspush-redis.log
+  wait_port 6379 20 Redis
+}
+
+ensure_rabbitmq() {
+  if port_open 5672; then return 0; fi
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    log "installing RabbitMQ"
+    apt_install rabbitmq-server
+  fi
+  log "starting RabbitMQ on 127.0.0.1:5672"
+  rabbitmq-server -detached
+  wait_port 5672 120 RabbitMQ
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The one test command: installs what is missing (Go modules, Redis,
+# RabbitMQ), starts the services if they are not running, then vets and
+# runs every test with the race detector.
+#
+#   scripts/test.sh            # everything
+#   scripts/test.sh ./proto/   # some packages (extra args go to go test)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+. scripts/services.sh
+ensure_go
+ensure_redis
+ensure_rabbitmq
+
+echo "== go mod download"
+go mod download
+echo "== go vet ./..."
+go vet ./...
+echo "== go test -race ./..."
+if [ "$#" -gt 0 ]; then
+  go test -race -count=1 -timeout 20m "$@"
+else
+  go test -race -count=1 -timeout 20m ./...
+fi

@@ -1,0 +1,109 @@
+package userservice
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config configures a Server. Zero fields take the defaults below.
+type Config struct {
+	MaxConnections      int           // open connections per server (default 100000)
+	MaxMessageSize      int64         // largest client frame; larger closes with 1009 (default 64 KiB)
+	MaxKeysPerSubscribe int           // keys in one subscribe (default 100)
+	MaxSubscriptions    int           // keys subscribed per connection (default 1000)
+	CommandRate         float64       // sustained client commands per second (default 20)
+	CommandBurst        int           // commands allowed in a burst (default 50)
+	MaxBadCommands      int           // consecutive bad commands before closing with 1008 (default 10)
+	QueueMaxBytes       int           // outgoing queue per connection; overflow closes with 4008 (default 1 MiB)
+	PingInterval        time.Duration // server pings this often (default 25s)
+	PingTimeout         time.Duration // a connection silent this long is reaped (default 60s)
+	WriteTimeout        time.Duration // one write to a client (default 10s)
+	CommandTimeout      time.Duration // a subscribe's work in the middle tier (default 10s)
+	HandshakeTimeout    time.Duration // the WebSocket upgrade (default 10s)
+	// AllowedOrigins lists the browser origins allowed to connect, e.g.
+	// "https://dash.example.com"; "*" allows any. Empty: same host only
+	// (requests without an Origin header, i.e. non-browsers, always pass).
+	AllowedOrigins []string
+	// JWTSecret turns auth on: clients must present an HS256 JWT signed with
+	// it (?token= or Authorization: Bearer). A token may carry an "apps"
+	// claim listing the apps it may subscribe to.
+	JWTSecret []byte
+
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Defaults of Config.
+const (
+	DefaultMaxConnections      = 100000
+	DefaultMaxMessageSize      = 64 << 10
+	DefaultMaxKeysPerSubscribe = 100
+	DefaultMaxSubscriptions    = 1000
+	DefaultCommandRate         = 20
+	DefaultCommandBurst        = 50
+	DefaultMaxBadCommands      = 10
+	DefaultQueueMaxBytes       = 1 << 20
+	DefaultPingInterval        = 25 * time.Second
+	DefaultPingTimeout         = 60 * time.Second
+	DefaultWriteTimeout        = 10 * time.Second
+	DefaultCommandTimeout      = 10 * time.Second
+	DefaultHandshakeTimeout    = 10 * time.Second
+)
+
+func (c Config) withDefaults() Config {
+	setDefault(&c.MaxConnections, DefaultMaxConnections)
+	setDefault(&c.MaxMessageSize, DefaultMaxMessageSize)
+	setDefault(&c.MaxKeysPerSubscribe, DefaultMaxKeysPerSubscribe)
+	setDefault(&c.MaxSubscriptions, DefaultMaxSubscriptions)
+	setDefault(&c.CommandRate, DefaultCommandRate)
+	setDefault(&c.CommandBurst, DefaultCommandBurst)
+	setDefault(&c.MaxBadCommands, DefaultMaxBadCommands)
+	setDefault(&c.QueueMaxBytes, DefaultQueueMaxBytes)
+	setDefault(&c.PingInterval, DefaultPingInterval)
+	setDefault(&c.PingTimeout, DefaultPingTimeout)
+	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
+	setDefault(&c.CommandTimeout, DefaultCommandTimeout)
+	setDefault(&c.HandshakeTimeout, DefaultHandshakeTimeout)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+func setDefault[T int | int64 | float64 | time.Duration](v *T, def T) {
+	if *v == 0 {
+		*v = def
+	}
+}
+
+// Validate reports the first invalid field (after defaults).
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	var errs []error
+	positive := func(name string, ok bool) {
+		if !ok {
+			errs = append(errs, fmt.Errorf("%s must be positive", name))
+		}
+	}
+	positive("max connections", c.MaxConnections > 0)
+	positive("max message size", c.MaxMessageSize > 0)
+	positive("max keys per subscribe", c.MaxKeysPerSubscribe > 0)
+	positive("max subscriptions", c.MaxSubscriptions > 0)
+	positive("command rate", c.CommandRate > 0)
+	positive("command burst", c.CommandBurst > 0)
+	positive("max bad commands", c.MaxBadCommands > 0)
+	positive("queue max bytes", c.QueueMaxBytes > 0)
+	positive("ping interval", c.PingInterval > 0)
+	positive("write timeout", c.WriteTimeout > 0)
+	if c.PingTimeout <= c.PingInterval {
+		errs = append(errs, fmt.Errorf("ping timeout %s must be longer than the ping interval %s", c.PingTimeout, c.PingInterval))
+	}
+	if c.MaxKeysPerSubscribe > c.MaxSubscriptions {
+		errs = append(errs, fmt.Errorf("max keys per subscribe %d is above max subscriptions %d", c.MaxKeysPerSubscribe, c.MaxSubscriptions))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,58 @@
+package userservice
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	accepted   prometheus.Counter
+	rejected   *prometheus.CounterVec // by reason
+	closed     *prometheus.CounterVec // by close code
+	overflows  prometheus.Counter
+	commands   *prometheus.CounterVec // by op
+	cmdErrors  *prometheus.CounterVec // by error code
+	frames     prometheus.Counter
+	writes     prometheus.Counter
+	writeBytes prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
+	m := &metrics{
+		accepted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wspush_connections_accepted_total", Help: "WebSocket connections upgraded.",
+		}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wspush_connections_rejected_total", Help: "Connection attempts refused, by reason.",
+		}, []string{"reason"}),
+		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wspush_connections_closed_total", Help: "Connections closed, by the close code the server sent (or 1006 when the connection just broke).",
+		}, []string{"code"}),
+		overflows: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wspush_queue_overflows_total", Help: "Connections closed with 4008 because their outgoing queue overflowed.",
+		}),
+		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wspush_commands_total", Help: "Client commands received, by op.",
+		}, []string{"op"}),
+		cmdErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wspush_command_errors_total", Help: "Error replies sent, by error code.",
+		}, []string{"code"}),
+		frames: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wspush_frames_written_total", Help: "Frames written to clients.",
+		}),
+		writes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wspush_socket_writes_total", Help: "Batched socket writes (writev calls) to clients; frames/writes is the batching factor.",
+		}),
+		writeBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wspush_written_bytes_total", Help: "Bytes written to clients.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.accepted, m.rejected, m.closed, m.overflows, m.commands, m.cmdErrors, m.frames, m.writes, m.writeBytes,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "wspush_connections", Help: "Open WebSocket connections.",
+			}, func() float64 { return float64(s.conns.Load()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "wspush_queued_bytes", Help: "Bytes waiting in the outgoing queues of all connections.",
+			}, func() float64 { return float64(s.queuedBytes()) }),
+		)
+	}
+	return m
+}

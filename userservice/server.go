@@ -1,0 +1,245 @@
+package userservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/gorilla/websocket"
+
+	"github.com/wspush/wspush/middle"
+	"github.com/wspush/wspush/proto"
+)
+
+// Router is what the connection tier needs of the middle tier.
+type Router interface {
+	Subscribe(ctx context.Context, s middle.Subscriber, req middle.SubscribeRequest) error
+	Unsubscribe(ctx context.Context, s middle.Subscriber, app string, keys []string)
+}
+
+// Server accepts WebSocket connections at the handler it serves (GET /ws)
+// and owns them until they close.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	router   Router
+	upgrader websocket.Upgrader
+	metrics  *metrics
+	// pingFrame is shared by every heartbeat.
+	pingFrame *proto.Frame
+
+	nextID   atomic.Uint64
+	conns    atomic.Int64
+	draining atomic.Bool
+	sessions [16]sessionShard
+}
+
+type sessionShard struct {
+	mu sync.Mutex
+	m  map[uint64]*session
+}
+
+// NewServer validates cfg and returns a server routing subscriptions to r.
+func NewServer(cfg Config, r Router) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("userservice config: %w", err)
+	}
+	cfg = cfg.withDefaults()
+	s := &Server{cfg: cfg, log: cfg.Logger, router: r, pingFrame: proto.NewFrame(proto.OpcodePing, nil)}
+	s.upgrader = websocket.Upgrader{
+		HandshakeTimeout: cfg.HandshakeTimeout,
+		// Commands are small: a small read buffer keeps idle connections
+		// cheap (larger frames are still read, in pieces). Writes never use
+		// gorilla's buffer (see doc.go), so none is kept per connection.
+		ReadBufferSize:  512,
+		WriteBufferSize: 512,
+		WriteBufferPool: &sync.Pool{},
+		CheckOrigin:     s.checkOrigin,
+		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
+			s.metrics.rejected.WithLabelValues("handshake").Inc()
+			http.Error(w, reason.Error(), status)
+		},
+	}
+	for i := range s.sessions {
+		s.sessions[i].m = make(map[uint64]*session)
+	}
+	s.metrics = newMetrics(cfg.Registerer, s)
+	return s, nil
+}
+
+func (s *Server) checkOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" || slices.Contains(s.cfg.AllowedOrigins, "*") || slices.Contains(s.cfg.AllowedOrigins, origin) {
+		return true
+	}
+	u, err := url.Parse(origin)
+	return err == nil && strings.EqualFold(u.Host, r.Host)
+}
+
+// ServeHTTP upgrades GET /ws requests.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		s.metrics.rejected.WithLabelValues("shutdown").Inc()
+		http.Error(w, "server shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	if s.conns.Add(1) > int64(s.cfg.MaxConnections) {
+		s.conns.Add(-1)
+		s.metrics.rejected.WithLabelValues("max_connections").Inc()
+		s.log.Warn("connection refused: server at its connection limit", "limit", s.cfg.MaxConnections, "remote", r.RemoteAddr)
+		http.Error(w, "too many connections", http.StatusServiceUnavailable)
+		return
+	}
+	apps, authErr := s.authenticate(r)
+	ws, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		s.conns.Add(-1)
+		s.log.Debug("upgrade failed", "remote", r.RemoteAddr, "error", err)
+		return
+	}
+	s.metrics.accepted.Inc()
+	sess := newSession(s, s.nextID.Add(1), ws, apps)
+	if authErr != nil {
+		s.log.Info("connection unauthorized", "conn", sess.id, "remote", r.RemoteAddr, "error", authErr)
+		sess.closeWith(proto.CloseUnauthorized, "unauthorized: "+authErr.Error())
+	}
+	s.add(sess)
+	if s.draining.Load() { // Shutdown began between the check above and add
+		sess.closeWith(proto.CloseGoingAway, "server shutting down")
+	}
+	// The handler returns so that net/http's goroutine, with its large
+	// stack, ends: the session's own two goroutines start small.
+	go sess.writeLoop()
+	go func() {
+		sess.readLoop()
+		s.remove(sess)
+		s.conns.Add(-1)
+	}()
+}
+
+// tokenClaims are the claims of a client JWT.
+type tokenClaims struct {
+	jwt.RegisteredClaims
+	Apps []string `json:"apps,omitempty"`
+}
+
+// authenticate returns the apps the client may use (nil: any).
+func (s *Server) authenticate(r *http.Request) ([]string, error) {
+	if len(s.cfg.JWTSecret) == 0 {
+		return nil, nil
+	}
+	token := r.URL.Query().Get("token")
+	if token == "" {
+		token, _ = strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	}
+	if token == "" {
+		return nil, errors.New("no token (?token= or Authorization: Bearer)")
+	}
+	var claims tokenClaims
+	_, err := jwt.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return s.cfg.JWTSecret, nil },
+		jwt.WithValidMethods([]string{"HS256", "HS384", "HS512"}))
+	if err != nil {
+		return nil, fmt.Errorf("invalid token: %w", err)
+	}
+	return claims.Apps, nil // no "apps" claim: any app
+}
+
+func (s *Server) shard(id uint64) *sessionShard { return &s.sessions[id%uint64(len(s.sessions))] }
+
+func (s *Server) add(sess *session) {
+	sh := s.shard(sess.id)
+	sh.mu.Lock()
+	sh.m[sess.id] = sess
+	sh.mu.Unlock()
+}
+
+func (s *Server) remove(sess *session) {
+	sh := s.shard(sess.id)
+	sh.mu.Lock()
+	delete(sh.m, sess.id)
+	sh.mu.Unlock()
+}
+
+func (s *Server) each(fn func(*session)) {
+	for i := range s.sessions {
+		sh := &s.sessions[i]
+		sh.mu.Lock()
+		list := make([]*session, 0, len(sh.m))
+		for _, sess := range sh.m {
+			list = append(list, sess)
+		}
+		sh.mu.Unlock()
+		for _, sess := range list {
+			fn(sess)
+		}
+	}
+}
+
+func (s *Server) queuedBytes() int64 {
+	var n int64
+	s.each(func(sess *session) { n += int64(sess.queuedBytes()) })
+	return n
+}
+
+// Connections is the number of open connections.
+func (s *Server) Connections() int { return int(s.conns.Load()) }
+
+// Run sends heartbeats and reaps dead connections until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	t := time.NewTicker(s.cfg.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			s.heartbeat(time.Now())
+		}
+	}
+}
+
+// heartbeat pings every connection and reaps those silent for longer than
+// PingTimeout (a pong or any frame counts as a sign of life).
+func (s *Server) heartbeat(now time.Time) {
+	deadline := now.Add(-s.cfg.PingTimeout).UnixNano()
+	s.each(func(sess *session) {
+		if sess.lastRead.Load() < deadline {
+			s.log.Info("reaping dead connection", "conn", sess.id, "silent_for", now.Sub(time.Unix(0, sess.lastRead.Load())).Round(time.Second))
+			sess.abort(proto.CloseGoingAway)
+			return
+		}
+		sess.Enqueue(s.pingFrame)
+	})
+}
+
+// Shutdown stops accepting connections, closes every open one with 1001
+// (after what is already queued to it) and waits for them to end, until ctx
+// ends; those still open then are dropped.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	s.each(func(sess *session) { sess.closeWith(proto.CloseGoingAway, "server shutting down") })
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for s.conns.Load() > 0 {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			n := s.conns.Load()
+			s.each(func(sess *session) { sess.abort(proto.CloseGoingAway) })
+			for s.conns.Load() > 0 {
+				<-t.C
+			}
+			return fmt.Errorf("shutdown: %d connections dropped: %w", n, ctx.Err())
+		}
+	}
+	return nil
+}

@@ -1,0 +1,399 @@
+package userservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"golang.org/x/time/rate"
+
+	"github.com/wspush/wspush/middle"
+	"github.com/wspush/wspush/proto"
+)
+
+// closeGrace is how long a closing connection waits for the client's close
+// frame (or EOF) before the socket is closed anyway.
+const closeGrace = 2 * time.Second
+
+// session is one WebSocket connection. The read loop owns subs and the
+// limiter; the queue is shared with Enqueue callers under mu; only the write
+// loop writes to conn.
+type session struct {
+	srv     *Server
+	id      uint64
+	ws      *websocket.Conn
+	conn    net.Conn
+	apps    []string // apps the token allows; nil: any
+	limiter *rate.Limiter
+	subs    map[subKey]struct{}
+
+	lastRead atomic.Int64 // unix nanos of the last frame read
+
+	mu         sync.Mutex
+	queue      []*proto.Frame
+	queued     int          // bytes in queue
+	closeFrame *proto.Frame // set once: the writer sends it and stops
+	closeCode  int
+	wake       chan struct{} // capacity 1: "the queue or closeFrame changed"
+	writerDone chan struct{}
+}
+
+type subKey struct{ app, key string }
+
+func newSession(srv *Server, id uint64, ws *websocket.Conn, apps []string) *session {
+	s := &session{
+		srv:        srv,
+		id:         id,
+		ws:         ws,
+		conn:       ws.NetConn(),
+		apps:       apps,
+		limiter:    rate.NewLimiter(rate.Limit(srv.cfg.CommandRate), srv.cfg.CommandBurst),
+		wake:       make(chan struct{}, 1),
+		writerDone: make(chan struct{}),
+	}
+	s.lastRead.Store(time.Now().UnixNano())
+	return s
+}
+
+// ConnID implements middle.Subscriber.
+func (s *session) ConnID() uint64 { return s.id }
+
+// Enqueue implements middle.Subscriber: it never blocks. A connection whose
+// queue would exceed QueueMaxBytes is closed with 4008, so that one slow
+// client never holds up the others or grows the server's memory.
+func (s *session) Enqueue(f *proto.Frame) bool {
+	s.mu.Lock()
+	if s.closeFrame != nil {
+		s.mu.Unlock()
+		return true // closing: the client resumes with since on reconnect
+	}
+	if s.queued+len(f.Bytes) > s.srv.cfg.QueueMaxBytes {
+		s.mu.Unlock()
+		s.srv.metrics.overflows.Inc()
+		s.srv.log.Warn("closing slow connection: outgoing queue full", "conn", s.id, "limit_bytes", s.srv.cfg.QueueMaxBytes)
+		s.closeWith(proto.CloseTooSlow, "too slow: outgoing queue overflowed")
+		return false
+	}
+	s.queue = append(s.queue, f)
+	s.queued += len(f.Bytes)
+	first := len(s.queue) == 1
+	s.mu.Unlock()
+	if first {
+		s.signal()
+	}
+	return true
+}
+
+func (s *session) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *session) queuedBytes() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.queued
+}
+
+// closeWith makes the writer send a close frame with code (after what is
+// queued, unless the queue is what overflowed) and stop. Only the first
+// call counts.
+func (s *session) closeWith(code int, reason string) {
+	s.mu.Lock()
+	if s.closeFrame != nil {
+		s.mu.Unlock()
+		return
+	}
+	s.closeFrame = proto.NewFrame(proto.OpcodeClose, proto.CloseFramePayload(code, reason))
+	s.closeCode = code
+	if code == proto.CloseTooSlow {
+		clear(s.queue)
+		s.queue, s.queued = nil, 0
+	}
+	s.mu.Unlock()
+	s.signal()
+}
+
+// abort closes the socket at once (dead peer, forced shutdown); the read
+// loop then ends and cleans up.
+func (s *session) abort(code int) {
+	s.mu.Lock()
+	if s.closeFrame == nil {
+		s.closeFrame = &proto.Frame{} // nothing to send
+		s.closeCode = code
+	}
+	s.mu.Unlock()
+	s.conn.Close()
+	s.signal()
+}
+
+// writeLoop drains the queue into one writev per wake-up.
+func (s *session) writeLoop() {
+	defer close(s.writerDone)
+	var batch []*proto.Frame
+	var iov net.Buffers
+	for range s.wake {
+		s.mu.Lock()
+		batch, s.queue = s.queue, batch[:0]
+		s.queued = 0
+		closing := s.closeFrame
+		s.mu.Unlock()
+
+		if len(batch) > 0 {
+			iov = iov[:0]
+			for _, f := range batch {
+				iov = append(iov, f.Bytes)
+			}
+			if err := s.write(iov, len(batch)); err != nil {
+				s.srv.log.Debug("write failed", "conn", s.id, "error", err)
+				s.conn.Close()
+				return
+			}
+			clear(batch)
+			clear(iov[:cap(iov)])
+			if cap(batch) > 256 { // a burst is over: give its memory back
+				batch, iov = nil, nil
+			}
+		}
+		if closing != nil {
+			if len(closing.Bytes) > 0 {
+				_ = s.write(net.Buffers{closing.Bytes}, 1)
+				// Let the client answer the close; the read loop closes the
+				// socket when it does, or when this deadline passes.
+				_ = s.conn.SetReadDeadline(time.Now().Add(closeGrace))
+			}
+			return
+		}
+	}
+}
+
+func (s *session) write(iov net.Buffers, frames int) error {
+	_ = s.conn.SetWriteDeadline(time.Now().Add(s.srv.cfg.WriteTimeout))
+	n, err := iov.WriteTo(s.conn)
+	m := s.srv.metrics
+	m.writes.Inc()
+	m.frames.Add(float64(frames))
+	m.writeBytes.Add(float64(n))
+	return err
+}
+
+// readLoop reads commands until the connection ends, then cleans up.
+func (s *session) readLoop() {
+	s.ws.SetReadLimit(s.srv.cfg.MaxMessageSize)
+	s.ws.SetPongHandler(func(string) error { s.lastRead.Store(time.Now().UnixNano()); return nil })
+	s.ws.SetPingHandler(func(data string) error {
+		s.lastRead.Store(time.Now().UnixNano())
+		s.Enqueue(proto.NewFrame(proto.OpcodePong, []byte(data)))
+		return nil
+	})
+	// The close reply goes through the writer, after what is queued.
+	s.ws.SetCloseHandler(func(code int, _ string) error {
+		if code == websocket.CloseNoStatusReceived {
+			code = proto.CloseNormal
+		}
+		s.closeWith(code, "")
+		return nil
+	})
+
+	err := s.readCommands()
+	s.finish(err)
+}
+
+func (s *session) readCommands() error {
+	bad := 0
+	for {
+		mt, msg, err := s.ws.ReadMessage()
+		if err != nil {
+			return err
+		}
+		s.lastRead.Store(time.Now().UnixNano())
+		if !s.limiter.Allow() {
+			s.srv.log.Warn("closing connection: command rate limit exceeded", "conn", s.id, "rate", s.srv.cfg.CommandRate, "burst", s.srv.cfg.CommandBurst)
+			s.closeWith(proto.ClosePolicy, "command rate limit exceeded")
+			return s.drain()
+		}
+		if s.handle(mt, msg) {
+			bad = 0
+			continue
+		}
+		if bad++; bad >= s.srv.cfg.MaxBadCommands {
+			s.srv.log.Warn("closing connection: too many bad commands", "conn", s.id, "count", bad)
+			s.closeWith(proto.ClosePolicy, "too many bad commands")
+			return s.drain()
+		}
+	}
+}
+
+// drain reads (and ignores) until the client closes or closeGrace passes,
+// so that the close frame is read before the socket goes.
+func (s *session) drain() error {
+	for {
+		if _, _, err := s.ws.NextReader(); err != nil {
+			return err
+		}
+	}
+}
+
+// handle executes one client frame and reports whether it was a valid
+// command.
+func (s *session) handle(mt int, msg []byte) bool {
+	m := s.srv.metrics
+	if mt != websocket.TextMessage {
+		s.replyError(0, proto.CodeBadRequest, "binary frames are not accepted: send commands as JSON text frames")
+		return false
+	}
+	cmd, err := proto.DecodeCommand(msg)
+	if err != nil {
+		m.commands.WithLabelValues("invalid").Inc()
+		var cerr *proto.CommandError
+		id := uint64(0)
+		if errors.As(err, &cerr) {
+			id = cerr.ID
+		}
+		s.replyError(id, proto.CodeBadRequest, err.Error())
+		return false
+	}
+	m.commands.WithLabelValues(cmd.Op).Inc()
+	switch cmd.Op {
+	case proto.OpPing:
+		s.Enqueue(proto.NewFrame(proto.OpcodeText, proto.AppendPong(nil, cmd.ID)))
+	case proto.OpSubscribe:
+		s.subscribe(&cmd)
+	case proto.OpUnsubscribe:
+		s.unsubscribe(&cmd)
+	}
+	return true
+}
+
+func (s *session) subscribe(cmd *proto.Command) {
+	cfg := &s.srv.cfg
+	if s.apps != nil && !slices.Contains(s.apps, cmd.App) {
+		s.replyError(cmd.ID, proto.CodeForbidden, fmt.Sprintf("app %q is not allowed by the token", cmd.App))
+		return
+	}
+	if len(cmd.Keys) > cfg.MaxKeysPerSubscribe {
+		s.replyError(cmd.ID, proto.CodeLimit, fmt.Sprintf("%d keys in one subscribe: the limit is %d", len(cmd.Keys), cfg.MaxKeysPerSubscribe))
+		return
+	}
+	added := 0
+	for i, k := range cmd.Keys {
+		if _, ok := s.subs[subKey{cmd.App, k}]; !ok && !slices.Contains(cmd.Keys[:i], k) {
+			added++
+		}
+	}
+	if len(s.subs)+added > cfg.MaxSubscriptions {
+		s.replyError(cmd.ID, proto.CodeLimit, fmt.Sprintf("%d subscriptions on this connection: the limit is %d", len(s.subs)+added, cfg.MaxSubscriptions))
+		return
+	}
+	format, _ := proto.ParseFormat(cmd.Format) // validated by DecodeCommand
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.CommandTimeout)
+	defer cancel()
+	err := s.srv.router.Subscribe(ctx, s, middle.SubscribeRequest{
+		ID: cmd.ID, App: cmd.App, Keys: cmd.Keys, Format: format, Since: cmd.Since,
+	})
+	if err != nil {
+		s.srv.log.Error("subscribe failed", "conn", s.id, "app", cmd.App, "keys", len(cmd.Keys), "error", err)
+		code := proto.CodeInternal
+		if errors.Is(err, middle.ErrUnavailable) {
+			code = proto.CodeUnavailable
+		}
+		s.replyError(cmd.ID, code, "subscribe failed: "+err.Error())
+		return
+	}
+	if s.subs == nil {
+		s.subs = make(map[subKey]struct{}, len(cmd.Keys))
+	}
+	for _, k := range cmd.Keys {
+		s.subs[subKey{cmd.App, k}] = struct{}{}
+	}
+}
+
+func (s *session) unsubscribe(cmd *proto.Command) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.CommandTimeout)
+	defer cancel()
+	s.srv.router.Unsubscribe(ctx, s, cmd.App, cmd.Keys)
+	for _, k := range cmd.Keys {
+		delete(s.subs, subKey{cmd.App, k})
+	}
+	s.Enqueue(proto.NewFrame(proto.OpcodeText, proto.AppendAck(nil, cmd.ID, proto.RecoveryNone)))
+}
+
+func (s *session) replyError(id uint64, code, message string) {
+	s.srv.metrics.cmdErrors.WithLabelValues(code).Inc()
+	s.Enqueue(proto.NewFrame(proto.OpcodeText, proto.AppendError(nil, id, code, message)))
+}
+
+// finish runs once the read loop ended with err: it unsubscribes
+// everything, lets the writer finish, and closes the socket.
+func (s *session) finish(err error) {
+	var ce *websocket.CloseError
+	switch {
+	case errors.As(err, &ce):
+		// The client closed; the close handler queued our reply.
+	case errors.Is(err, websocket.ErrReadLimit):
+		// gorilla has sent 1009 itself.
+		s.mu.Lock()
+		if s.closeFrame == nil {
+			s.closeFrame, s.closeCode = &proto.Frame{}, proto.CloseTooLarge
+		}
+		s.mu.Unlock()
+		s.signal()
+		s.lingerClose()
+	default:
+		// The connection broke, or a close we sent was not answered in
+		// time: nothing more can be sent.
+		s.abort(proto.CloseAbnormal)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.CommandTimeout)
+	defer cancel()
+	byApp := make(map[string][]string)
+	for k := range s.subs {
+		byApp[k.app] = append(byApp[k.app], k.key)
+	}
+	for app, keys := range byApp {
+		s.srv.router.Unsubscribe(ctx, s, app, keys)
+	}
+	s.subs = nil
+
+	s.closeWith(proto.CloseNormal, "") // stops an idle writer; no-op if closing
+	select {
+	case <-s.writerDone:
+	case <-time.After(s.srv.cfg.WriteTimeout + time.Second):
+		s.conn.Close()
+		<-s.writerDone
+	}
+	s.conn.Close()
+	s.mu.Lock()
+	code := s.closeCode
+	s.mu.Unlock()
+	s.srv.metrics.closed.WithLabelValues(closeCodeLabel(code)).Inc()
+	s.srv.log.Debug("connection closed", "conn", s.id, "code", code, "reason", err)
+}
+
+// lingerClose half-closes the socket and discards what the client still
+// sends for a moment, so that our close frame is not lost to a TCP reset
+// for unread data.
+func (s *session) lingerClose() {
+	if tc, ok := s.conn.(interface{ CloseWrite() error }); ok {
+		_ = tc.CloseWrite()
+	}
+	_ = s.conn.SetReadDeadline(time.Now().Add(closeGrace))
+	_, _ = io.Copy(io.Discard, io.LimitReader(s.conn, 1<<20))
+}
+
+func closeCodeLabel(code int) string {
+	if code == 0 {
+		return "1006"
+	}
+	return fmt.Sprint(code)
+}

@@ -163,3 +163,17 @@ func (s *subSet) has(sub Subscriber) bool {
 	_, ok := s.pos[sub]
 	return ok
 }
+
+// all returns every channel (a snapshot; each may die meanwhile).
+func (h *hub) all() []*channel {
+	var out []*channel
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.RLock()
+		for _, ch := range sh.channels {
+			out = append(out, ch)
+		}
+		sh.mu.RUnlock()
+	}
+	return out
+}

@@ -464,3 +464,45 @@ func (n *Node) Source(source string) SourcePublisher { return SourcePublisher{n,
 func (p SourcePublisher) Publish(ctx context.Context, pubs []proto.Publication) ([]uint64, error) {
 	return p.node.Publish(ctx, p.source, pubs)
 }
+
+// LocalSubscriptions calls fn for every key with local subscribers, with
+// their connection IDs: the node's whole share of the cluster index, for an
+// Index to rewrite after it lost its store.
+func (n *Node) LocalSubscriptions(fn func(app, key string, connIDs []uint64)) {
+	for _, ch := range n.hub.all() {
+		ch.mu.Lock()
+		var ids []uint64
+		if !ch.dead {
+			for f := range ch.subs {
+				for _, s := range ch.subs[f].list {
+					ids = append(ids, s.ConnID())
+				}
+			}
+		}
+		ch.mu.Unlock()
+		if len(ids) > 0 {
+			fn(ch.app, ch.key, ids)
+		}
+	}
+}
+
+// Resync brings every local channel up to the store's newest seq, sending
+// subscribers what they missed. A Bus calls it after an outage during which
+// publications may have passed this node by; without it, a quiet key would
+// only catch up with its next publication.
+func (n *Node) Resync(ctx context.Context) {
+	for _, ch := range n.hub.all() {
+		if ctx.Err() != nil {
+			return
+		}
+		ch.mu.Lock()
+		if !ch.dead && ch.initialized {
+			if p, ok, err := n.store.Latest(ctx, ch.app, ch.key); err != nil {
+				n.log.Warn("resync: latest failed", "app", ch.app, "key", ch.key, "error", err)
+			} else if ok && p.Seq > ch.lastSeq {
+				n.fillGapLocked(ch, p.Seq)
+			}
+		}
+		ch.mu.Unlock()
+	}
+}

@@ -117,8 +117,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		sess.closeWith(proto.CloseGoingAway, "server shutting down")
 	}
 	// The handler returns so that net/http's goroutine, with its large
-	// stack, ends: the session's own two goroutines start small.
-	go sess.writeLoop()
+	// stack, ends: the reader starts small, and a writer runs only while
+	// there is something to write.
 	go func() {
 		sess.readLoop()
 		s.remove(sess)

@@ -33,16 +33,21 @@ type session struct {
 	apps    []string // apps the token allows; nil: any
 	limiter *rate.Limiter
 	subs    map[subKey]struct{}
+	// badCommands counts consecutive invalid commands.
+	badCommands int
 
 	lastRead atomic.Int64 // unix nanos of the last frame read
 
 	mu         sync.Mutex
 	queue      []*proto.Frame
 	queued     int          // bytes in queue
-	closeFrame *proto.Frame // set once: the writer sends it and stops
+	closeFrame *proto.Frame // set once: the writer sends it and stops for good
 	closeCode  int
-	wake       chan struct{} // capacity 1: "the queue or closeFrame changed"
-	writerDone chan struct{}
+	// writing is true while a writer goroutine runs. The writer is started
+	// by the first frame queued to an idle connection and ends when it has
+	// drained the queue, so that an idle connection holds no writer stack.
+	writing    bool
+	writerDone chan struct{} // closed when the writer has handled closeFrame
 }
 
 type subKey struct{ app, key string }
@@ -55,7 +60,6 @@ func newSession(srv *Server, id uint64, ws *websocket.Conn, apps []string) *sess
 		conn:       ws.NetConn(),
 		apps:       apps,
 		limiter:    rate.NewLimiter(rate.Limit(srv.cfg.CommandRate), srv.cfg.CommandBurst),
-		wake:       make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
 	}
 	s.lastRead.Store(time.Now().UnixNano())
@@ -83,19 +87,21 @@ func (s *session) Enqueue(f *proto.Frame) bool {
 	}
 	s.queue = append(s.queue, f)
 	s.queued += len(f.Bytes)
-	first := len(s.queue) == 1
+	start := s.startWriterLocked()
 	s.mu.Unlock()
-	if first {
-		s.signal()
+	if start {
+		go s.writeLoop()
 	}
 	return true
 }
 
-func (s *session) signal() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
+// startWriterLocked reports whether the caller must start a writer.
+func (s *session) startWriterLocked() bool {
+	if s.writing {
+		return false
 	}
+	s.writing = true
+	return true
 }
 
 func (s *session) queuedBytes() int {
@@ -119,8 +125,11 @@ func (s *session) closeWith(code int, reason string) {
 		clear(s.queue)
 		s.queue, s.queued = nil, 0
 	}
+	start := s.startWriterLocked()
 	s.mu.Unlock()
-	s.signal()
+	if start {
+		go s.writeLoop()
+	}
 }
 
 // abort closes the socket at once (dead peer, forced shutdown); the read
@@ -131,21 +140,30 @@ func (s *session) abort(code int) {
 		s.closeFrame = &proto.Frame{} // nothing to send
 		s.closeCode = code
 	}
+	start := s.startWriterLocked()
 	s.mu.Unlock()
 	s.conn.Close()
-	s.signal()
+	if start {
+		go s.writeLoop()
+	}
 }
 
-// writeLoop drains the queue into one writev per wake-up.
+// writeLoop drains the queue, one writev per round, until the queue is
+// empty (then it ends) or the close frame has been sent (then it ends for
+// good). The batch buffers live on its stack's frame only while it runs.
 func (s *session) writeLoop() {
-	defer close(s.writerDone)
 	var batch []*proto.Frame
 	var iov net.Buffers
-	for range s.wake {
+	for {
 		s.mu.Lock()
 		batch, s.queue = s.queue, batch[:0]
 		s.queued = 0
 		closing := s.closeFrame
+		if len(batch) == 0 && closing == nil {
+			s.writing = false
+			s.mu.Unlock()
+			return
+		}
 		s.mu.Unlock()
 
 		if len(batch) > 0 {
@@ -153,27 +171,39 @@ func (s *session) writeLoop() {
 			for _, f := range batch {
 				iov = append(iov, f.Bytes)
 			}
-			if err := s.write(iov, len(batch)); err != nil {
-				s.srv.log.Debug("write failed", "conn", s.id, "error", err)
-				s.conn.Close()
-				return
-			}
+			err := s.write(iov, len(batch))
 			clear(batch)
 			clear(iov[:cap(iov)])
-			if cap(batch) > 256 { // a burst is over: give its memory back
-				batch, iov = nil, nil
+			if err != nil {
+				s.srv.log.Debug("write failed", "conn", s.id, "error", err)
+				s.abortWriter()
+				return
 			}
+			continue // drain what came meanwhile before closing
 		}
-		if closing != nil {
-			if len(closing.Bytes) > 0 {
-				_ = s.write(net.Buffers{closing.Bytes}, 1)
-				// Let the client answer the close; the read loop closes the
-				// socket when it does, or when this deadline passes.
-				_ = s.conn.SetReadDeadline(time.Now().Add(closeGrace))
-			}
-			return
+		if len(closing.Bytes) > 0 {
+			_ = s.write(net.Buffers{closing.Bytes}, 1)
+			// Let the client answer the close; the read loop closes the
+			// socket when it does, or when this deadline passes.
+			_ = s.conn.SetReadDeadline(time.Now().Add(closeGrace))
 		}
+		close(s.writerDone)
+		return
 	}
+}
+
+// abortWriter ends the writer after a failed write: the socket is closed,
+// nothing more will be sent, and writing stays true so no writer restarts.
+func (s *session) abortWriter() {
+	s.mu.Lock()
+	if s.closeFrame == nil {
+		s.closeFrame, s.closeCode = &proto.Frame{}, proto.CloseAbnormal
+	}
+	clear(s.queue)
+	s.queue, s.queued = nil, 0
+	s.mu.Unlock()
+	s.conn.Close()
+	close(s.writerDone)
 }
 
 func (s *session) write(iov net.Buffers, frames int) error {
@@ -208,29 +238,44 @@ func (s *session) readLoop() {
 	s.finish(err)
 }
 
+// readCommands is the frame that stays on the reader's stack while it
+// waits for the client, so it is kept small: the runtime halves an idle
+// goroutine's stack only while the part in use is under a quarter of it,
+// and everything a command needs happens in onMessage, which returns before
+// the next wait.
 func (s *session) readCommands() error {
-	bad := 0
 	for {
 		mt, msg, err := s.ws.ReadMessage()
 		if err != nil {
 			return err
 		}
-		s.lastRead.Store(time.Now().UnixNano())
-		if !s.limiter.Allow() {
-			s.srv.log.Warn("closing connection: command rate limit exceeded", "conn", s.id, "rate", s.srv.cfg.CommandRate, "burst", s.srv.cfg.CommandBurst)
-			s.closeWith(proto.ClosePolicy, "command rate limit exceeded")
-			return s.drain()
-		}
-		if s.handle(mt, msg) {
-			bad = 0
-			continue
-		}
-		if bad++; bad >= s.srv.cfg.MaxBadCommands {
-			s.srv.log.Warn("closing connection: too many bad commands", "conn", s.id, "count", bad)
-			s.closeWith(proto.ClosePolicy, "too many bad commands")
+		if s.onMessage(mt, msg) {
 			return s.drain()
 		}
 	}
+}
+
+// onMessage handles one client frame; it reports whether the connection is
+// being closed for policy reasons.
+//
+//go:noinline
+func (s *session) onMessage(mt int, msg []byte) (closing bool) {
+	s.lastRead.Store(time.Now().UnixNano())
+	if !s.limiter.Allow() {
+		s.srv.log.Warn("closing connection: command rate limit exceeded", "conn", s.id, "rate", s.srv.cfg.CommandRate, "burst", s.srv.cfg.CommandBurst)
+		s.closeWith(proto.ClosePolicy, "command rate limit exceeded")
+		return true
+	}
+	if s.handle(mt, msg) {
+		s.badCommands = 0
+		return false
+	}
+	if s.badCommands++; s.badCommands >= s.srv.cfg.MaxBadCommands {
+		s.srv.log.Warn("closing connection: too many bad commands", "conn", s.id, "count", s.badCommands)
+		s.closeWith(proto.ClosePolicy, "too many bad commands")
+		return true
+	}
+	return false
 }
 
 // drain reads (and ignores) until the client closes or closeGrace passes,
@@ -345,8 +390,11 @@ func (s *session) finish(err error) {
 		if s.closeFrame == nil {
 			s.closeFrame, s.closeCode = &proto.Frame{}, proto.CloseTooLarge
 		}
+		start := s.startWriterLocked()
 		s.mu.Unlock()
-		s.signal()
+		if start {
+			go s.writeLoop()
+		}
 		s.lingerClose()
 	default:
 		// The connection broke, or a close we sent was not answered in
@@ -365,7 +413,7 @@ func (s *session) finish(err error) {
 	}
 	s.subs = nil
 
-	s.closeWith(proto.CloseNormal, "") // stops an idle writer; no-op if closing
+	s.closeWith(proto.CloseNormal, "") // makes sure a writer finishes; no-op if closing
 	select {
 	case <-s.writerDone:
 	case <-time.After(s.srv.cfg.WriteTimeout + time.Second):

@@ -61,7 +61,11 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: wspush [flags]\n\nEvery flag can also be set by its environment twin, e.g. --max-connections as WSPUSH_MAX_CONNECTIONS.\n\n")
 		fs.VisitAll(func(f *flag.Flag) {
-			fmt.Fprintf(fs.Output(), "  --%s (env %s)\n    \t%s\n", f.Name, envName(f.Name), f.Usage)
+			usage := f.Usage
+			if !strings.Contains(usage, "(default") && f.DefValue != "" && f.DefValue != "0" && f.DefValue != "false" {
+				usage += fmt.Sprintf(" (default %s)", f.DefValue)
+			}
+			fmt.Fprintf(fs.Output(), "  --%s (env %s)\n    \t%s\n", f.Name, envName(f.Name), usage)
 		})
 	}
 	if err := fs.Parse(args); err != nil {

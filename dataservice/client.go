@@ -131,8 +131,8 @@ type Value struct {
 	// ID is the key; it is one of the requested IDs (the same string).
 	ID string
 	// Value is the entry's JSON value, compacted so that equal values have
-	// equal bytes. The Values of one Result share one buffer: clone a Value
-	// that is kept beyond the next call, so that it does not pin the rest.
+	// equal bytes. Each Value has its own memory, so keeping one does not
+	// keep the rest of the response alive.
 	Value json.RawMessage
 	// TS is the time of the value in Unix milliseconds, 0 when the data
 	// center did not say (the caller then uses the time it got it).
@@ -159,9 +159,10 @@ type request struct {
 }
 
 // GetRealTimeData asks the data center for the current values of ids in app.
-// The error is a *StatusError for a non-2xx answer, wraps
-// ErrResponseTooLarge for an oversized one, and otherwise says which step
-// failed (request, transport, read, decode).
+// The error wraps a *StatusError for a non-2xx answer, ErrResponseTooLarge
+// for an oversized one, the context's error for a timeout, and otherwise
+// says which step failed (transport, read, decode). Bad entries do not fail
+// the call: they are counted in Result.Ignored.
 func (c *Client) GetRealTimeData(ctx context.Context, app string, ids []string) (Result, error) {
 	if err := proto.ValidateName(app); err != nil {
 		return Result{}, fmt.Errorf("getRealTimeData: app %q: %w", app, err)
@@ -220,16 +221,51 @@ func (c *Client) GetRealTimeData(ctx context.Context, app string, ids []string) 
 // closeIdle releases the idle connections once the poller stops.
 func (c *Client) closeIdle() { c.http.CloseIdleConnections() }
 
-// rawEntry keeps every field raw so that a wrong type in one entry drops
-// that entry, not the batch.
+// rawEntry is one element of "data". Every field has a type that accepts
+// any JSON value, so that a wrong type in one entry drops that entry, not
+// the batch.
 type rawEntry struct {
 	ID    json.RawMessage `json:"id"`
-	Value json.RawMessage `json:"value"`
-	TS    json.RawMessage `json:"ts"`
+	Value compactValue    `json:"value"`
+	TS    rawTS           `json:"ts"`
 }
 
 type rawResponse struct {
 	Data *[]rawEntry `json:"data"`
+}
+
+// compactValue is a JSON value compacted while it is decoded, in one
+// allocation of its own: a RawMessage would copy it once and Compact again.
+type compactValue []byte
+
+func (v *compactValue) UnmarshalJSON(b []byte) error {
+	var buf bytes.Buffer
+	buf.Grow(len(b))
+	if err := json.Compact(&buf, b); err != nil {
+		return err
+	}
+	*v = buf.Bytes()
+	return nil
+}
+
+// rawTS is a ts parsed in place: a missing or null ts is 0, anything but a
+// non-negative integer is recorded in err for the entry to be ignored.
+type rawTS struct {
+	ms  int64
+	err error
+}
+
+func (t *rawTS) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		return nil
+	}
+	ms, err := strconv.ParseInt(string(b), 10, 64)
+	if err != nil || ms < 0 {
+		t.err = fmt.Errorf("%s: not a non-negative integer of Unix milliseconds", clip(b))
+		return nil
+	}
+	t.ms = ms
+	return nil
 }
 
 // decodeResponse parses a getRealTimeData response to a request for ids.
@@ -252,14 +288,6 @@ func decodeResponse(data []byte, ids []string) (Result, error) {
 	for i, id := range ids {
 		want[id] = i
 	}
-	size := 0
-	for _, e := range entries {
-		size += len(e.Value)
-	}
-	// Every compacted value goes into one buffer sized for the uncompacted
-	// ones, so it never grows and earlier Values stay valid.
-	buf := bytes.NewBuffer(make([]byte, 0, size))
-
 	res := Result{Values: make([]Value, 0, len(entries))}
 	ignore := func(i int, format string, args ...any) {
 		if res.Ignored == 0 {
@@ -287,26 +315,15 @@ func decodeResponse(data []byte, ids []string) (Result, error) {
 		case idx < 0:
 			ignore(i, "id %q repeated", name)
 			continue
-		case len(e.Value) == 0:
+		case e.Value == nil:
 			ignore(i, "id %q: no value", name)
 			continue
-		}
-		id := ids[idx]
-		ts, err := decodeTS(e.TS)
-		if err != nil {
-			ignore(i, "id %q: ts %s: %v", id, clip(e.TS), err)
+		case e.TS.err != nil:
+			ignore(i, "id %q: ts %v", name, e.TS.err)
 			continue
 		}
-		start := buf.Len()
-		// The decoder already checked that the value is valid JSON, so
-		// Compact fails only on a decoder bug; drop the entry then too.
-		if err := json.Compact(buf, e.Value); err != nil {
-			ignore(i, "id %q: value: %v", id, err)
-			continue
-		}
-		v := buf.Bytes()[start:]
-		want[id] = -1
-		res.Values = append(res.Values, Value{ID: ids[idx], Value: v[:len(v):len(v)], TS: ts})
+		want[ids[idx]] = -1
+		res.Values = append(res.Values, Value{ID: ids[idx], Value: json.RawMessage(e.Value), TS: e.TS.ms})
 	}
 	return res, nil
 }
@@ -336,17 +353,4 @@ func clip(b []byte) []byte {
 		return b
 	}
 	return append(b[:max:max], "..."...)
-}
-
-// decodeTS accepts a missing or null ts (0) or a non-negative integer of
-// Unix milliseconds.
-func decodeTS(raw json.RawMessage) (int64, error) {
-	if len(raw) == 0 || string(raw) == "null" {
-		return 0, nil
-	}
-	ts, err := strconv.ParseInt(string(raw), 10, 64)
-	if err != nil || ts < 0 {
-		return 0, errors.New("not a non-negative integer of Unix milliseconds")
-	}
-	return ts, nil
 }

@@ -134,7 +134,7 @@ func applyEnv(fs *flag.FlagSet) error {
 		}
 		if v, ok := os.LookupEnv(envName(f.Name)); ok {
 			if e := fs.Set(f.Name, v); e != nil {
-				err = fmt.Errorf("%s=%q: %w", envName(f.Name), v, e)
+				err = fmt.Errorf("%s=%q (--%s): %w", envName(f.Name), v, f.Name, e)
 			}
 		}
 	})

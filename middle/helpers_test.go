@@ -109,36 +109,43 @@ func parseFrame(b []byte) (opcode byte, payload []byte, err error) {
 // decode parses one frame as a client would.
 func decode(t testing.TB, f *proto.Frame) message {
 	t.Helper()
-	op, payload, err := parseFrame(f.Bytes)
+	m, err := decodeFrame(f)
 	if err != nil {
 		t.Fatalf("frame %q: %v", f.Bytes, err)
+	}
+	return m
+}
+
+// decodeFrame is decode for goroutines that cannot call t.Fatal.
+func decodeFrame(f *proto.Frame) (message, error) {
+	op, payload, err := parseFrame(f.Bytes)
+	if err != nil {
+		return message{}, err
 	}
 	m := message{frame: f, opcode: op}
 	switch op {
 	case proto.OpcodeText:
-		m.msg, err = proto.DecodeServerMessage(payload)
-		if err != nil {
-			t.Fatalf("text frame %q: %v", payload, err)
+		if m.msg, err = proto.DecodeServerMessage(payload); err != nil {
+			return m, err
 		}
 		if m.msg.Op == proto.OpData {
 			m.data, m.pub = true, m.msg.Publication()
 		}
 	case proto.OpcodeBinary:
-		m.pub, err = proto.DecodeDataBinary(payload)
-		if err != nil {
-			t.Fatalf("binary frame %x: %v", payload, err)
+		if m.pub, err = proto.DecodeDataBinary(payload); err != nil {
+			return m, err
 		}
 		m.data = true
 	default:
-		t.Fatalf("frame with opcode %d", op)
+		return m, fmt.Errorf("opcode %d", op)
 	}
 	if m.data && f.Seq != m.pub.Seq {
-		t.Fatalf("frame.Seq = %d, payload seq = %d", f.Seq, m.pub.Seq)
+		return m, fmt.Errorf("frame.Seq = %d, payload seq = %d", f.Seq, m.pub.Seq)
 	}
 	if !m.data && f.Seq != 0 {
-		t.Fatalf("%s frame has Seq %d, want 0", m.msg.Op, f.Seq)
+		return m, fmt.Errorf("%s frame has Seq %d, want 0", m.msg.Op, f.Seq)
 	}
-	return m
+	return m, nil
 }
 
 func decodeAll(t testing.TB, fs []*proto.Frame) []message {

@@ -173,18 +173,47 @@ func (n *Node) Publish(ctx context.Context, source string, pubs []proto.Publicat
 }
 
 func (n *Node) publishOne(ctx context.Context, p *proto.Publication) error {
+	if n.bus == nil {
+		return n.publishLocal(ctx, p)
+	}
 	if err := n.store.Append(ctx, p); err != nil {
 		return fmt.Errorf("sequence: %w", err)
-	}
-	if n.bus == nil {
-		n.deliver(p)
-		return nil
 	}
 	if err := n.bus.Send(ctx, p); err != nil {
 		// The publication is sequenced and in the history: nodes that see
 		// the next seq of this key fill the gap from there.
 		return fmt.Errorf("send seq %d: %w", p.Seq, err)
 	}
+	return nil
+}
+
+// publishLocal sequences and delivers p without a bus. While the key has a
+// live channel, both happen under its lock, so concurrent publishers of one
+// key cannot overtake each other between sequencing and delivery: otherwise
+// the gap would be filled from the history, and a history shorter than the
+// number of publishers in flight loses values to live subscribers.
+func (n *Node) publishLocal(ctx context.Context, p *proto.Publication) error {
+	if ch := n.hub.get(p.App, p.Key); ch != nil {
+		ch.mu.Lock()
+		if !ch.dead && ch.initialized {
+			err := n.store.Append(ctx, p)
+			if err == nil {
+				n.deliverLocked(ch, p)
+			}
+			ch.mu.Unlock()
+			if err != nil {
+				return fmt.Errorf("sequence: %w", err)
+			}
+			return nil
+		}
+		ch.mu.Unlock()
+	}
+	// No live channel: nobody to deliver to, unless a first subscriber
+	// arrives meanwhile; deliver sorts that out (duplicate or gap fill).
+	if err := n.store.Append(ctx, p); err != nil {
+		return fmt.Errorf("sequence: %w", err)
+	}
+	n.deliver(p)
 	return nil
 }
 
@@ -199,6 +228,12 @@ func (n *Node) deliver(p *proto.Publication) {
 	if ch.dead || !ch.initialized {
 		return
 	}
+	n.deliverLocked(ch, p)
+}
+
+// deliverLocked delivers p to ch if its seq is the next one, after filling
+// a gap before it from the store; an earlier seq is a duplicate.
+func (n *Node) deliverLocked(ch *channel, p *proto.Publication) {
 	if p.Seq <= ch.lastSeq {
 		n.metrics.duplicates.Inc()
 		return
@@ -501,6 +536,11 @@ func (n *Node) Resync(ctx context.Context) {
 				n.log.Warn("resync: latest failed", "app", ch.app, "key", ch.key, "error", err)
 			} else if ok && p.Seq > ch.lastSeq {
 				n.fillGapLocked(ch, p.Seq)
+				if p.Seq > ch.lastSeq {
+					// The history has expired (the latest value outlives it):
+					// at least bring the subscribers the current value.
+					n.emitLocked(ch, &p)
+				}
 			}
 		}
 		ch.mu.Unlock()

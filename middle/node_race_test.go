@@ -49,9 +49,9 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	return 0
 }
 
-// TestConcurrentPublishers races publishers of one key between sequencing
-// and delivery: every subscriber must still get each seq once, in order
-// (the gap-fill path puts late ones back in place).
+// TestConcurrentPublishers races publishers of one key: every subscriber
+// must get each seq once, in order. (Gap filling itself, the cluster-mode
+// path, is driven deterministically by TestDeliverOutOfOrder.)
 func TestConcurrentPublishers(t *testing.T) {
 	const (
 		publishers = 8
@@ -157,7 +157,6 @@ func TestSubscribeChurn(t *testing.T) {
 	}
 	pubWG.Wait()
 	pubsDone.Store(true)
-	wg.Add(0)
 	waitGroupOrDump(t, &wg, time.Minute)
 	close(errs)
 	for err := range errs {
@@ -258,35 +257,6 @@ func containsKey(keys []string, k string) bool {
 	return false
 }
 
-// decodeFrame is decode for goroutines that cannot call t.Fatal.
-func decodeFrame(f *proto.Frame) (message, error) {
-	op, payload, err := parseFrame(f.Bytes)
-	if err != nil {
-		return message{}, err
-	}
-	m := message{frame: f, opcode: op}
-	switch op {
-	case proto.OpcodeText:
-		if m.msg, err = proto.DecodeServerMessage(payload); err != nil {
-			return m, err
-		}
-		if m.msg.Op == proto.OpData {
-			m.data, m.pub = true, m.msg.Publication()
-		}
-	case proto.OpcodeBinary:
-		if m.pub, err = proto.DecodeDataBinary(payload); err != nil {
-			return m, err
-		}
-		m.data = true
-	default:
-		return m, fmt.Errorf("opcode %d", op)
-	}
-	if m.data && f.Seq != m.pub.Seq {
-		return m, fmt.Errorf("frame.Seq %d, payload seq %d", f.Seq, m.pub.Seq)
-	}
-	return m, nil
-}
-
 // TestUnsubscribeRacesLastSubscriber has subscribers of one key come and go
 // so that its channel is dropped and recreated while publications are
 // delivered: a new subscriber must never be left on a dead channel.
@@ -342,4 +312,39 @@ func TestUnsubscribeRacesLastSubscriber(t *testing.T) {
 	pubWG.Wait()
 	seqs := s.seqs(t, "k")
 	wantSeqs(t, "after churn", seqs, seqRange(seqs[0], seqs[0]+uint64(len(seqs))-1))
+}
+
+// TestConcurrentPublishersShortHistory is TestConcurrentPublishers with a
+// history shorter than the number of publishers in flight: in embedded mode
+// live subscribers must not depend on the history to get every value.
+func TestConcurrentPublishersShortHistory(t *testing.T) {
+	const (
+		publishers = 8
+		each       = 500
+	)
+	reg := prometheus.NewRegistry()
+	n := newTestNode(t, Config{HistorySize: 1, Registerer: reg})
+	s, bin := newRecorder(), newRecorder()
+	subscribe(t, n, s, SubscribeRequest{App: "a", Keys: []string{"k"}})
+	subscribe(t, n, bin, SubscribeRequest{App: "a", Keys: []string{"k"}, Format: proto.FormatBinary})
+
+	var wg sync.WaitGroup
+	for g := 0; g < publishers; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				if _, err := n.Publish(context.Background(), "test", []proto.Publication{jsonPub("a", "k", g*each+i)}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	waitGroupOrDump(t, &wg, time.Minute)
+	wantSeqs(t, "json subscriber", s.seqs(t, "k"), seqRange(1, publishers*each))
+	wantSeqs(t, "binary subscriber", bin.seqs(t, "k"), seqRange(1, publishers*each))
+	if lost := counterValue(t, reg, "wspush_gaps_unrecoverable_total"); lost != 0 {
+		t.Errorf("%v unrecoverable gaps", lost)
+	}
 }

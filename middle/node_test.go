@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/wspush/wspush/proto"
 )
 
@@ -557,4 +559,65 @@ func TestStoreFailures(t *testing.T) {
 	st.failAppend.Store(false)
 	publishValues(t, n, "a", "k", 5, 5)
 	wantSeqs(t, "after the store came back", s.seqs(t, "k"), []uint64{4, 5})
+}
+
+// TestDeliverOutOfOrder drives deliver as a bus does (cluster mode, AMQP
+// redeliveries): publications sequenced elsewhere arrive late, early or
+// twice, and each subscriber still sees every seq once, in order.
+func TestDeliverOutOfOrder(t *testing.T) {
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	n := newTestNode(t, Config{HistorySize: 4, Registerer: reg})
+	s, bin := newRecorder(), newRecorder()
+	subscribe(t, n, s, SubscribeRequest{App: "a", Keys: []string{"k"}})
+	subscribe(t, n, bin, SubscribeRequest{App: "a", Keys: []string{"k"}, Format: proto.FormatBinary})
+
+	// sequence appends to the store only, as another node would.
+	var pubs []proto.Publication
+	sequence := func(count int) {
+		for i := 0; i < count; i++ {
+			p := jsonPub("a", "k", len(pubs)+1)
+			if err := n.store.Append(ctx, &p); err != nil {
+				t.Fatal(err)
+			}
+			pubs = append(pubs, p)
+		}
+	}
+	sequence(3)
+	n.deliver(&pubs[2]) // 3 first: 1 and 2 come from the history
+	n.deliver(&pubs[0]) // late: duplicate
+	n.deliver(&pubs[1])
+	n.deliver(&pubs[2]) // redelivered: duplicate
+	for name, r := range map[string]*recorder{"json": s, "binary": bin} {
+		ms := r.messages(t)[1:]
+		wantSeqs(t, name, dataSeqs(ms, "k"), seqRange(1, 3))
+		for _, m := range ms {
+			if string(m.pub.Data) != `{"v":`+strconv.FormatUint(m.pub.Seq, 10)+`}` {
+				t.Fatalf("%s: seq %d carries %s", name, m.pub.Seq, m.pub.Data)
+			}
+		}
+	}
+	if f := counterValue(t, reg, "wspush_gap_fills_total"); f != 2 {
+		t.Errorf("gap fills = %v, want 2", f)
+	}
+	if d := counterValue(t, reg, "wspush_duplicates_dropped_total"); d != 3 {
+		t.Errorf("duplicates dropped = %v, want 3", d)
+	}
+
+	// A gap longer than the history: what is left is delivered, in order,
+	// and the loss is counted.
+	sequence(7) // 4..10; the history holds 7..10
+	n.deliver(&pubs[9])
+	wantSeqs(t, "after a lost gap", s.seqs(t, "k"), []uint64{1, 2, 3, 7, 8, 9, 10})
+	if l := counterValue(t, reg, "wspush_gaps_unrecoverable_total"); l != 1 {
+		t.Errorf("unrecoverable gaps = %v, want 1", l)
+	}
+
+	// A new subscriber's latest value is the last delivered, not a seq
+	// still on its way.
+	sequence(1) // 11, not delivered yet
+	late := newRecorder()
+	subscribe(t, n, late, SubscribeRequest{App: "a", Keys: []string{"k"}})
+	n.deliver(&pubs[10])
+	wantSeqs(t, "late subscriber", late.seqs(t, "k"), []uint64{10, 11})
 }

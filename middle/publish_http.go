@@ -75,11 +75,11 @@ func (n *Node) servePublish(w http.ResponseWriter, r *http.Request, cfg PublishH
 	}
 	pubs, err := decodePublishBody(body, cfg.MaxItems)
 	if err != nil {
-		status := http.StatusBadRequest
+		status, code := http.StatusBadRequest, proto.CodeBadRequest
 		if errors.Is(err, errTooManyItems) {
-			status = http.StatusRequestEntityTooLarge
+			status, code = http.StatusRequestEntityTooLarge, proto.CodeLimit
 		}
-		return writeError(w, status, proto.CodeBadRequest, err.Error())
+		return writeError(w, status, code, err.Error())
 	}
 	seqs, err := n.Publish(r.Context(), "http", pubs)
 	if err != nil {

@@ -75,6 +75,10 @@ type Config struct {
 	// Registerer receives the wspush_poller_* metrics; nil does not
 	// register them.
 	Registerer prometheus.Registerer
+	// Lease, when set, is asked before every poll of an app, and the app
+	// is skipped unless this node holds its lease, so that one node of a
+	// cluster polls each app. Nil: every app is polled.
+	Lease Lease
 }
 
 func (c Config) withDefaults() Config {
@@ -189,6 +193,7 @@ type appState struct {
 	gen           uint64
 	keys          map[string]*keyState
 	warnedIgnored bool
+	leased        bool // the last Acquire of Config.Lease succeeded
 }
 
 // keyState is the last value published for a key.
@@ -434,8 +439,12 @@ func (p *Poller) backoff(n int) time.Duration {
 }
 
 // pollApp asks the data center for the subscribed keys of app, chunk by
-// chunk, and publishes the changed values. The caller holds st.busy.
+// chunk, and publishes the changed values; it does nothing when another
+// node holds the app's lease. The caller holds st.busy.
 func (p *Poller) pollApp(ctx context.Context, app string, st *appState) error {
+	if held, err := p.holdsLease(ctx, app, st); err != nil || !held {
+		return err
+	}
 	keys, err := p.subs.Keys(ctx, app)
 	if err != nil {
 		return fmt.Errorf("list subscribed keys: %w", err)

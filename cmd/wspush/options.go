@@ -33,6 +33,9 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 0, "graceful shutdown limit (default 10s)")
 	fs.StringVar(&c.DebugAddr, "debug-addr", "", "serve /debug/pprof on this address (keep it private); empty: off")
 
+	fs.StringVar(&c.RedisURL, "redis-url", "", "cluster: Redis for the sequencer, history, index and poll leases (redis://host:6379/0)")
+	fs.StringVar(&c.AMQPURL, "amqp-url", "", "cluster: RabbitMQ for ingestion and fan-out between nodes (amqp://guest:guest@host:5672/); needs --redis-url")
+	fs.StringVar(&c.NodeID, "node-id", "", "cluster: this node's unique name (default: host name and a random suffix)")
 	fs.StringVar(&c.DatacenterURL, "datacenter-url", "", "data center base URL to poll (POST <url>/getRealTimeData); empty: no poller")
 	fs.StringVar(&c.Poller.Schedule, "poll-schedule", "", `cron spec of the poller (default "@every 1s")`)
 	fs.IntVar(&c.Poller.ChunkSize, "poll-chunk", 0, "IDs per getRealTimeData call (default 500)")

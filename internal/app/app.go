@@ -7,6 +7,7 @@ package app
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -14,16 +15,19 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/wspush/wspush/dataservice"
 	"github.com/wspush/wspush/dataservice/simulator"
 	"github.com/wspush/wspush/middle"
+	"github.com/wspush/wspush/proto"
 	"github.com/wspush/wspush/userservice"
 )
 
@@ -42,6 +46,16 @@ type Config struct {
 	// Dashboard is served at / when set.
 	Dashboard fs.FS
 
+	// NodeID names this node in a cluster (default: host name and a random
+	// suffix). It must be unique among the nodes sharing one Redis.
+	NodeID string
+	// RedisURL puts the sequencer, history, subscription index and poll
+	// leases in Redis, so that seqs are the same on every node.
+	RedisURL string
+	// AMQPURL consumes integrators' publications from RabbitMQ and fans
+	// publications out to every node through it. It needs RedisURL.
+	AMQPURL string
+
 	Middle middle.Config
 	Users  userservice.Config
 	Poller dataservice.Config // URL is filled from DatacenterURL or the demo
@@ -59,6 +73,12 @@ type App struct {
 	poller *dataservice.Poller // nil: no data center
 	sim    *simulator.Simulator
 	mux    *http.ServeMux
+
+	// Cluster mode; all nil when embedded.
+	redis  *redis.Client
+	index  *middle.RedisIndex
+	amqp   *middle.AMQPConn
+	ingest *middle.AMQPIngest
 }
 
 // New validates cfg and builds the tiers; nothing runs until Run.
@@ -72,12 +92,40 @@ func New(cfg Config) (*App, error) {
 	a := &App{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry()}
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	if cfg.AMQPURL != "" && cfg.RedisURL == "" {
+		return nil, errors.New("--amqp-url needs --redis-url: the nodes must share one sequencer")
+	}
+	if cfg.NodeID == "" {
+		cfg.NodeID = defaultNodeID()
+	} else if err := proto.ValidateName(cfg.NodeID); err != nil {
+		return nil, fmt.Errorf("node ID %q: %w", cfg.NodeID, err)
+	}
+	a.cfg.NodeID = cfg.NodeID
+
 	cfg.Middle.Logger, cfg.Middle.Registerer = a.log.With("tier", "middle"), a.reg
+	var node *middle.Node // the bus's reconnect hook needs it before it exists
+	if err := a.cluster(&cfg, func(ctx context.Context) { node.Resync(ctx) }); err != nil {
+		a.close()
+		return nil, err
+	}
 	node, err := middle.NewNode(cfg.Middle)
 	if err != nil {
+		a.close()
 		return nil, err
 	}
 	a.node = node
+	if a.index != nil {
+		a.index.SetSnapshot(node.LocalSubscriptions)
+	}
+	if a.amqp != nil {
+		if a.ingest, err = middle.NewAMQPIngest(middle.AMQPIngestConfig{
+			Conn: a.amqp, Publisher: node.Source("amqp"), MaxPayload: cfg.Middle.MaxPayload,
+			Logger: a.log.With("tier", "ingest"), Registerer: a.reg,
+		}); err != nil {
+			a.close()
+			return nil, err
+		}
+	}
 
 	cfg.Users.Logger, cfg.Users.Registerer = a.log.With("tier", "userservice"), a.reg
 	if a.users, err = userservice.NewServer(cfg.Users, node); err != nil {
@@ -94,6 +142,14 @@ func New(cfg Config) (*App, error) {
 			pc.URL = "http://demo.invalid" // replaced by the listener address in Run
 		}
 		pc.Logger, pc.Registerer = a.log.With("tier", "dataservice"), a.reg
+		if a.redis != nil {
+			lease, err := middle.NewRedisLease(middle.RedisLeaseConfig{Client: a.redis, NodeID: cfg.NodeID})
+			if err != nil {
+				a.close()
+				return nil, err
+			}
+			pc.Lease = lease
+		}
 		if err := pc.Validate(); err != nil {
 			return nil, fmt.Errorf("poller config: %w", err)
 		}
@@ -113,6 +169,11 @@ func (a *App) routes() {
 	})
 	a.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
+		if err := a.Ready(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("not ready: " + err.Error() + "\n"))
+			return
+		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	a.mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
@@ -158,6 +219,13 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 		a.poller = p
 		g.Go(func() error { return p.Run(gctx) })
 	}
+	if a.amqp != nil {
+		g.Go(func() error { return a.amqp.Run(gctx) })
+		g.Go(func() error { return a.ingest.Run(gctx) })
+	}
+	if a.index != nil {
+		g.Go(func() error { return a.index.Run(gctx) })
+	}
 	g.Go(func() error { return a.node.Run(gctx) })
 	g.Go(func() error { return a.users.Run(gctx) })
 
@@ -184,6 +252,7 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	errs := []error{srv.Shutdown(sctx), a.users.Shutdown(sctx)}
 	stop()
 	errs = append(errs, g.Wait())
+	a.close()
 	err := errors.Join(errs...)
 	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, context.Canceled) {
 		err = nil
@@ -206,4 +275,85 @@ func debugMux() *http.ServeMux {
 	m.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	m.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return m
+}
+
+// cluster builds the Redis and AMQP engines into cfg.Middle when their URLs
+// are set.
+func (a *App) cluster(cfg *Config, resync func(context.Context)) error {
+	if cfg.RedisURL == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var err error
+	if a.redis, err = middle.NewRedisClient(ctx, cfg.RedisURL); err != nil {
+		return err
+	}
+	if cfg.Middle.Store, err = middle.NewRedisStore(middle.RedisStoreConfig{
+		Client: a.redis, HistorySize: cfg.Middle.HistorySize, HistoryTTL: cfg.Middle.HistoryTTL,
+	}); err != nil {
+		return err
+	}
+	if a.index, err = middle.NewRedisIndex(middle.RedisIndexConfig{
+		Client: a.redis, NodeID: cfg.NodeID, Logger: a.log.With("tier", "index"), Registerer: a.reg,
+	}); err != nil {
+		return err
+	}
+	cfg.Middle.Index = a.index
+	if cfg.AMQPURL == "" {
+		return nil
+	}
+	if a.amqp, err = middle.NewAMQPConn(middle.AMQPConfig{
+		URL: cfg.AMQPURL, Name: "wspush " + cfg.NodeID, Logger: a.log.With("tier", "amqp"), Registerer: a.reg,
+	}); err != nil {
+		return err
+	}
+	bus, err := middle.NewAMQPBus(middle.AMQPBusConfig{
+		Conn: a.amqp, NodeID: cfg.NodeID, OnReconnect: resync, Logger: a.log.With("tier", "bus"), Registerer: a.reg,
+	})
+	if err != nil {
+		return err
+	}
+	cfg.Middle.Bus = bus
+	return nil
+}
+
+// Ready reports whether the node can serve: Redis and RabbitMQ reachable
+// when configured.
+func (a *App) Ready() error {
+	var errs []error
+	if a.index != nil {
+		if err := a.index.Ready(); err != nil {
+			errs = append(errs, fmt.Errorf("redis: %w", err))
+		}
+	}
+	if a.amqp != nil {
+		if err := a.amqp.Ready(); err != nil {
+			errs = append(errs, fmt.Errorf("amqp: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// NodeID is the node's cluster name.
+func (a *App) NodeID() string { return a.cfg.NodeID }
+
+func (a *App) close() {
+	if a.redis != nil {
+		_ = a.redis.Close()
+	}
+}
+
+func defaultNodeID() string {
+	host, err := os.Hostname()
+	if err != nil || proto.ValidateName(host) != nil {
+		host = "node"
+	}
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	id := fmt.Sprintf("%s-%x", host, b)
+	if len(id) > proto.MaxNameLen {
+		id = id[len(id)-proto.MaxNameLen:]
+	}
+	return id
 }

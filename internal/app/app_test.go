@@ -261,7 +261,7 @@ func TestBadInput(t *testing.T) {
 	c := wstest.Dial(t, wstest.WSURL(base), nil)
 	cases := []struct {
 		name, frame, code, msg string
-		binary             bool
+		binary                 bool
 	}{
 		{"malformed JSON", `{"op":"subscribe","id":7,`, proto.CodeBadRequest, "malformed JSON", false},
 		{"unknown op", `{"op":"publish","id":8}`, proto.CodeBadRequest, "unknown op", false},

@@ -147,7 +147,7 @@ func (c AMQPConfig) Validate() error {
 		return errors.New("amqp URL: required")
 	}
 	if _, err := amqp.ParseURI(c.URL); err != nil {
-		return fmt.Errorf("amqp URL %s: %w", redactURL(c.URL), err)
+		return fmt.Errorf("amqp URL %s: %w", redactAMQPURL(c.URL), err)
 	}
 	switch {
 	case c.DialTimeout < 0:
@@ -206,7 +206,7 @@ func NewAMQPConn(cfg AMQPConfig) (*AMQPConn, error) {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		topo:     cfg.Topology,
-		redacted: redactURL(cfg.URL),
+		redacted: redactAMQPURL(cfg.URL),
 		dial:     amqp.DefaultDial(cfg.DialTimeout),
 		changed:  make(chan struct{}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
@@ -247,7 +247,7 @@ func (c *AMQPConn) Run(ctx context.Context) error {
 	if !c.running.CompareAndSwap(false, true) {
 		return errors.New("amqp connection: Run called twice")
 	}
-	bo := backoff{min: c.cfg.MinBackoff, max: c.cfg.MaxBackoff}
+	bo := amqpBackoff{min: c.cfg.MinBackoff, max: c.cfg.MaxBackoff}
 	var (
 		everUp   bool
 		failures int          // failed attempts since the last session
@@ -271,13 +271,14 @@ func (c *AMQPConn) Run(ctx context.Context) error {
 			default:
 				c.log.Debug("AMQP connection attempt failed", "url", c.redacted, "attempt", failures, "error", err)
 			}
-			if !sleepCtx(ctx, bo.next()) {
+			if !amqpSleep(ctx, bo.next()) {
 				break
 			}
 			continue
 		}
 		s := &amqpSession{conn: conn, failed: make(chan struct{}), done: make(chan struct{})}
 		closed := conn.NotifyClose(make(chan *amqp.Error, 1))
+		blocked := conn.NotifyBlocked(make(chan amqp.Blocking, 1))
 		upAt := time.Now()
 		if everUp {
 			c.reconnects.Inc()
@@ -290,15 +291,31 @@ func (c *AMQPConn) Run(ctx context.Context) error {
 		c.setUp(s)
 
 		var cause error
-		select {
-		case <-ctx.Done():
-		case e, ok := <-closed:
-			cause = errors.New("connection closed")
-			if ok && e != nil {
-				cause = e
+	session:
+		for {
+			select {
+			case <-ctx.Done():
+				break session
+			case e, ok := <-closed:
+				cause = errors.New("connection closed")
+				if ok && e != nil {
+					cause = e
+				}
+				break session
+			case <-s.failed:
+				cause = s.failErr
+				break session
+			case b, ok := <-blocked:
+				switch {
+				case !ok:
+					blocked = nil // closed with the connection
+				case b.Active:
+					c.log.Warn("AMQP broker blocks publishing (resource alarm); bus sends and ingestion stall until it lifts",
+						"url", c.redacted, "reason", b.Reason)
+				default:
+					c.log.Info("AMQP broker accepts publishing again", "url", c.redacted)
+				}
 			}
-		case <-s.failed:
-			cause = s.failErr
 		}
 		if cause == nil {
 			cause = ctx.Err()
@@ -317,7 +334,7 @@ func (c *AMQPConn) Run(ctx context.Context) error {
 		if downAt.Sub(upAt) >= c.cfg.MaxBackoff {
 			bo.reset() // a connection that lived a while earns a quick retry
 		}
-		if !sleepCtx(ctx, bo.next()) {
+		if !amqpSleep(ctx, bo.next()) {
 			break
 		}
 	}
@@ -359,18 +376,18 @@ func (c *AMQPConn) declare(conn *amqp.Connection) error {
 		{t.DeadLetterExchange, amqp.ExchangeFanout},
 	} {
 		if err := ch.ExchangeDeclare(x.name, x.kind, true, false, false, false, nil); err != nil {
-			return fmt.Errorf("declare exchange %s (%s, durable): %w%s", x.name, x.kind, err, declareHint(err))
+			return fmt.Errorf("declare exchange %s (%s, durable): %w%s", x.name, x.kind, err, amqpDeclareHint(err))
 		}
 	}
 	if _, err := ch.QueueDeclare(t.DeadQueue, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare queue %s (durable): %w%s", t.DeadQueue, err, declareHint(err))
+		return fmt.Errorf("declare queue %s (durable): %w%s", t.DeadQueue, err, amqpDeclareHint(err))
 	}
 	if err := ch.QueueBind(t.DeadQueue, "", t.DeadLetterExchange, false, nil); err != nil {
 		return fmt.Errorf("bind queue %s to %s: %w", t.DeadQueue, t.DeadLetterExchange, err)
 	}
 	args := amqp.Table{"x-dead-letter-exchange": t.DeadLetterExchange}
 	if _, err := ch.QueueDeclare(t.IngestQueue, true, false, false, false, args); err != nil {
-		return fmt.Errorf("declare queue %s (durable, x-dead-letter-exchange %s): %w%s", t.IngestQueue, t.DeadLetterExchange, err, declareHint(err))
+		return fmt.Errorf("declare queue %s (durable, x-dead-letter-exchange %s): %w%s", t.IngestQueue, t.DeadLetterExchange, err, amqpDeclareHint(err))
 	}
 	if err := ch.QueueBind(t.IngestQueue, "#", t.IngestExchange, false, nil); err != nil {
 		return fmt.Errorf("bind queue %s to %s: %w", t.IngestQueue, t.IngestExchange, err)
@@ -378,9 +395,9 @@ func (c *AMQPConn) declare(conn *amqp.Connection) error {
 	return nil
 }
 
-// declareHint explains the usual cause of a declaration refused by the
+// amqpDeclareHint explains the usual cause of a declaration refused by the
 // broker.
-func declareHint(err error) string {
+func amqpDeclareHint(err error) string {
 	var e *amqp.Error
 	if errors.As(err, &e) && e.Code == amqp.PreconditionFailed {
 		return " (it exists with other properties or arguments: delete it, or configure other topology names)"
@@ -471,23 +488,23 @@ func (s *amqpSession) fail(err error) {
 	})
 }
 
-// closeReason turns what a channel's NotifyClose delivered into an error.
-func closeReason(e *amqp.Error, ok bool) error {
+// amqpCloseReason turns what a channel's NotifyClose delivered into an error.
+func amqpCloseReason(e *amqp.Error, ok bool) error {
 	if ok && e != nil {
 		return e
 	}
 	return amqp.ErrClosed
 }
 
-// backoff is exponential with jitter: each delay is drawn from the upper
+// amqpBackoff is exponential with jitter: each delay is drawn from the upper
 // half of the current step, so nodes that lost the broker together do not
 // come back in lockstep.
-type backoff struct {
+type amqpBackoff struct {
 	min, max time.Duration
 	step     time.Duration
 }
 
-func (b *backoff) next() time.Duration {
+func (b *amqpBackoff) next() time.Duration {
 	if b.step == 0 {
 		b.step = b.min
 	} else {
@@ -497,10 +514,10 @@ func (b *backoff) next() time.Duration {
 	return half + rand.N(b.step-half+1)
 }
 
-func (b *backoff) reset() { b.step = 0 }
+func (b *amqpBackoff) reset() { b.step = 0 }
 
-// sleepCtx waits d; false when ctx ended first.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
+// amqpSleep waits d; false when ctx ended first.
+func amqpSleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -511,8 +528,8 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// redactURL drops the password from an AMQP URL.
-func redactURL(raw string) string {
+// redactAMQPURL drops the password from an AMQP URL.
+func redactAMQPURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(unparsable URL)"

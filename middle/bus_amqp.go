@@ -208,7 +208,7 @@ func (b *AMQPBus) runSession(ctx context.Context, s *amqpSession, deliver func(*
 		if errors.As(err, &e) && e.Code == amqp.ResourceLocked {
 			return fmt.Errorf("declare queue %s: %w (another connection owns it: is a second node running with node ID %q?)", b.queue, err, b.cfg.NodeID)
 		}
-		return fmt.Errorf("declare queue %s: %w%s", b.queue, err, declareHint(err))
+		return fmt.Errorf("declare queue %s: %w%s", b.queue, err, amqpDeclareHint(err))
 	}
 	if err := ctl.Qos(b.cfg.Prefetch, 0, false); err != nil {
 		return fmt.Errorf("qos %d: %w", b.cfg.Prefetch, err)
@@ -248,9 +248,9 @@ func (b *AMQPBus) runSession(ctx context.Context, s *amqpSession, deliver func(*
 			}
 			return nil
 		case e, ok := <-ctlClosed:
-			return fmt.Errorf("channel of queue %s closed: %w", b.queue, closeReason(e, ok))
+			return fmt.Errorf("channel of queue %s closed: %w", b.queue, amqpCloseReason(e, ok))
 		case e, ok := <-pubClosed:
-			return fmt.Errorf("publish channel closed: %w", closeReason(e, ok))
+			return fmt.Errorf("publish channel closed: %w", amqpCloseReason(e, ok))
 		case <-s.done:
 			return amqp.ErrClosed
 		case d, ok := <-deliveries:
@@ -433,20 +433,20 @@ func (b *AMQPBus) currentLink() *busLink {
 // content type JSON or octet-stream, headers x-seq and x-ts (int64; the
 // AMQP timestamp property has only seconds), and x-node (the sender).
 const (
-	contentTypeJSON   = "application/json"
-	contentTypeBinary = "application/octet-stream"
-	headerSeq         = "x-seq"
-	headerTS          = "x-ts"
-	headerNode        = "x-node"
+	amqpContentJSON   = "application/json"
+	amqpContentBinary = "application/octet-stream"
+	fanoutHeaderSeq   = "x-seq"
+	fanoutHeaderTS    = "x-ts"
+	fanoutHeaderNode  = "x-node"
 )
 
 func encodeFanout(p *proto.Publication, nodeID string) amqp.Publishing {
-	ct := contentTypeBinary
+	ct := amqpContentBinary
 	if p.JSON {
-		ct = contentTypeJSON
+		ct = amqpContentJSON
 	}
 	return amqp.Publishing{
-		Headers:      amqp.Table{headerSeq: int64(p.Seq), headerTS: p.TS, headerNode: nodeID},
+		Headers:      amqp.Table{fanoutHeaderSeq: int64(p.Seq), fanoutHeaderTS: p.TS, fanoutHeaderNode: nodeID},
 		ContentType:  ct,
 		DeliveryMode: amqp.Transient,
 		Timestamp:    time.UnixMilli(p.TS),
@@ -460,26 +460,26 @@ func decodeFanout(d *amqp.Delivery) (proto.Publication, error) {
 	if err != nil {
 		return proto.Publication{}, err
 	}
-	seq, ok := d.Headers[headerSeq].(int64)
+	seq, ok := d.Headers[fanoutHeaderSeq].(int64)
 	if !ok || seq <= 0 {
-		return proto.Publication{}, fmt.Errorf("header %s: %v (%T): want a positive int64", headerSeq, d.Headers[headerSeq], d.Headers[headerSeq])
+		return proto.Publication{}, fmt.Errorf("header %s: %v (%T): want a positive int64", fanoutHeaderSeq, d.Headers[fanoutHeaderSeq], d.Headers[fanoutHeaderSeq])
 	}
-	ts, ok := d.Headers[headerTS].(int64)
+	ts, ok := d.Headers[fanoutHeaderTS].(int64)
 	if !ok {
-		return proto.Publication{}, fmt.Errorf("header %s: %v (%T): want an int64", headerTS, d.Headers[headerTS], d.Headers[headerTS])
+		return proto.Publication{}, fmt.Errorf("header %s: %v (%T): want an int64", fanoutHeaderTS, d.Headers[fanoutHeaderTS], d.Headers[fanoutHeaderTS])
 	}
 	var isJSON bool
 	switch d.ContentType {
-	case contentTypeJSON:
+	case amqpContentJSON:
 		// Checked again because an invalid payload would corrupt the text
 		// frames of every subscriber of the key.
 		if !json.Valid(d.Body) {
 			return proto.Publication{}, errors.New("content type application/json but the body is not valid JSON")
 		}
 		isJSON = true
-	case contentTypeBinary:
+	case amqpContentBinary:
 	default:
-		return proto.Publication{}, fmt.Errorf("content type %q: want %s or %s", d.ContentType, contentTypeJSON, contentTypeBinary)
+		return proto.Publication{}, fmt.Errorf("content type %q: want %s or %s", d.ContentType, amqpContentJSON, amqpContentBinary)
 	}
 	return proto.Publication{App: app, Key: key, Seq: uint64(seq), TS: ts, Data: d.Body, JSON: isJSON}, nil
 }

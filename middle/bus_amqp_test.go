@@ -57,9 +57,9 @@ func waitBusAttached(t testing.TB, b *AMQPBus) {
 	})
 }
 
-// waitSeqs waits until r holds exactly want for key, failing at once when
+// waitBusSeqs waits until r holds exactly want for key, failing at once when
 // what arrived is not a prefix of want (out of order, duplicate, foreign).
-func waitSeqs(t testing.TB, who string, r *recorder, key string, want []uint64) {
+func waitBusSeqs(t testing.TB, who string, r *recorder, key string, want []uint64) {
 	t.Helper()
 	amqpWaitFor(t, 20*time.Second, who+" receiving "+shortSeqs(want), func() error {
 		got := r.seqs(t, key)
@@ -73,7 +73,7 @@ func waitSeqs(t testing.TB, who string, r *recorder, key string, want []uint64) 
 	})
 }
 
-func wantCount(t testing.TB, what string, got, want float64) {
+func wantMetric(t testing.TB, what string, got, want float64) {
 	t.Helper()
 	if got != want {
 		t.Fatalf("%s = %v, want %v", what, got, want)
@@ -93,10 +93,10 @@ func TestAMQPBusFanout(t *testing.T) {
 
 	// What b publishes reaches the subscribers of both nodes, in order.
 	publishValues(t, b.node, "app", "k1", 1, 50)
-	waitSeqs(t, "subscriber on a", onA, "k1", seqRange(1, 50))
-	waitSeqs(t, "subscriber on b", onB, "k1", seqRange(1, 50))
-	wantCount(t, "b sent", amqpMetricValue(t, b.bus.sent), 50)
-	wantCount(t, "a received", amqpMetricValue(t, a.bus.received), 50)
+	waitBusSeqs(t, "subscriber on a", onA, "k1", seqRange(1, 50))
+	waitBusSeqs(t, "subscriber on b", onB, "k1", seqRange(1, 50))
+	wantMetric(t, "b sent", amqpMetricValue(t, b.bus.sent), 50)
+	wantMetric(t, "a received", amqpMetricValue(t, a.bus.received), 50)
 	m := onA.messages(t)[1:] // after the ack
 	if p := m[49].pub; string(p.Data) != `{"v":50}` || !p.JSON || p.TS == 0 {
 		t.Fatalf("seq 50 on a: %+v, want JSON {\"v\":50} with a ts", p)
@@ -106,8 +106,8 @@ func TestAMQPBusFanout(t *testing.T) {
 	// after b published k2, and nothing else.
 	publishValues(t, b.node, "app", "k2", 1, 5)
 	publishValues(t, b.node, "app", "k1", 51, 51)
-	waitSeqs(t, "subscriber on a", onA, "k1", seqRange(1, 51))
-	wantCount(t, "a received", amqpMetricValue(t, a.bus.received), 51)
+	waitBusSeqs(t, "subscriber on a", onA, "k1", seqRange(1, 51))
+	wantMetric(t, "a received", amqpMetricValue(t, a.bus.received), 51)
 
 	// Once a's last subscriber of k1 left, k1 is no longer routed to a.
 	a.node.Unsubscribe(context.Background(), onA, "app", []string{"k1"})
@@ -115,17 +115,17 @@ func TestAMQPBusFanout(t *testing.T) {
 	subscribe(t, a.node, onA3, SubscribeRequest{ID: 2, App: "app", Keys: []string{"k3"}})
 	publishValues(t, b.node, "app", "k1", 52, 52)
 	publishValues(t, b.node, "app", "k3", 1, 1)
-	waitSeqs(t, "k3 subscriber on a", onA3, "k3", []uint64{1})
-	waitSeqs(t, "subscriber on b", onB, "k1", seqRange(1, 52))
-	wantCount(t, "a received", amqpMetricValue(t, a.bus.received), 52)
+	waitBusSeqs(t, "k3 subscriber on a", onA3, "k3", []uint64{1})
+	waitBusSeqs(t, "subscriber on b", onB, "k1", seqRange(1, 52))
+	wantMetric(t, "a received", amqpMetricValue(t, a.bus.received), 52)
 	wantSeqs(t, "unsubscribed subscriber on a", onA.seqs(t, "k1"), seqRange(1, 51))
 
 	// A fan-out message not in wspush's format is dropped and counted.
 	ch := testAMQPChannel(t, url)
-	publishConfirmed(t, ch, topo.FanoutExchange, "app.k3", amqp.Publishing{ContentType: "application/json", Body: []byte(`{"v":2}`)})
+	amqpPublishConfirmed(t, ch, topo.FanoutExchange, "app.k3", amqp.Publishing{ContentType: "application/json", Body: []byte(`{"v":2}`)})
 	publishValues(t, b.node, "app", "k3", 2, 2)
-	waitSeqs(t, "k3 subscriber on a", onA3, "k3", []uint64{1, 2})
-	wantCount(t, "a malformed", amqpMetricValue(t, a.bus.malformed), 1)
+	waitBusSeqs(t, "k3 subscriber on a", onA3, "k3", []uint64{1, 2})
+	wantMetric(t, "a malformed", amqpMetricValue(t, a.bus.malformed), 1)
 }
 
 func TestAMQPBusBinaryPayload(t *testing.T) {
@@ -140,7 +140,7 @@ func TestAMQPBusBinaryPayload(t *testing.T) {
 	if _, err := b.node.Publish(context.Background(), "test", []proto.Publication{{App: "app", Key: "bin", TS: 1763812345123, Data: payload}}); err != nil {
 		t.Fatal(err)
 	}
-	waitSeqs(t, "binary subscriber", rec, "bin", []uint64{1})
+	waitBusSeqs(t, "binary subscriber", rec, "bin", []uint64{1})
 	p := rec.messages(t)[1].pub
 	if string(p.Data) != string(payload) || p.JSON || p.TS != 1763812345123 {
 		t.Fatalf("got %+v, want binary %x with ts 1763812345123", p, payload)
@@ -276,7 +276,7 @@ func TestAMQPConnReady(t *testing.T) {
 	url := amqpURLForTest(t)
 	topo := amqpTestTopology(t, url)
 	c := startAMQPConn(t, url, topo, "ready")
-	wantCount(t, "connected", amqpMetricValue(t, c.connected), 1)
+	wantMetric(t, "connected", amqpMetricValue(t, c.connected), 1)
 	ch := testAMQPChannel(t, url)
 	for _, x := range []struct{ name, kind string }{
 		{topo.FanoutExchange, "topic"}, {topo.IngestExchange, "topic"}, {topo.DeadLetterExchange, "fanout"},
@@ -405,9 +405,9 @@ func TestAMQPBusReconnect(t *testing.T) {
 	if top < total {
 		t.Fatalf("store top seq %d < %d publications", top, total)
 	}
-	waitSeqs(t, "subscriber on a", rec, "k", seqRange(1, top))
-	wantCount(t, "a reconnects", amqpMetricValue(t, a.conn.reconnects), 2)
-	wantCount(t, "b reconnects", amqpMetricValue(t, b.conn.reconnects), 1)
+	waitBusSeqs(t, "subscriber on a", rec, "k", seqRange(1, top))
+	wantMetric(t, "a reconnects", amqpMetricValue(t, a.conn.reconnects), 2)
+	wantMetric(t, "b reconnects", amqpMetricValue(t, b.conn.reconnects), 1)
 	amqpWaitFor(t, 10*time.Second, "a resynced twice and b once", func() error {
 		if ra, rb := a.resyncs.Load(), b.resyncs.Load(); ra != 2 || rb != 1 {
 			return fmt.Errorf("a resynced %d times, b %d", ra, rb)
@@ -419,7 +419,7 @@ func TestAMQPBusReconnect(t *testing.T) {
 	if filled := amqpMetricValue(t, a.node.metrics.gapsFilled); filled == 0 {
 		t.Fatal("a filled no gap: no publication passed it by during its outages")
 	}
-	wantCount(t, "a unrecoverable gaps", amqpMetricValue(t, a.node.metrics.gapsLost), 0)
+	wantMetric(t, "a unrecoverable gaps", amqpMetricValue(t, a.node.metrics.gapsLost), 0)
 }
 
 func BenchmarkAMQPBusSend(b *testing.B) {

@@ -199,7 +199,7 @@ func (in *AMQPIngest) runSession(ctx context.Context, s *amqpSession) error {
 		case <-ctx.Done():
 			return nil
 		case e, ok := <-closed:
-			return fmt.Errorf("channel of queue %s closed: %w", in.queue, closeReason(e, ok))
+			return fmt.Errorf("channel of queue %s closed: %w", in.queue, amqpCloseReason(e, ok))
 		case <-s.done:
 			return amqp.ErrClosed
 		case d, ok := <-deliveries:
@@ -241,19 +241,19 @@ type ingestItem struct {
 	pub proto.Publication
 }
 
-// deadItem is a delivery to dead-letter, and why.
-type deadItem struct {
+// ingestDeadItem is a delivery to dead-letter, and why.
+type ingestDeadItem struct {
 	d      *amqp.Delivery
 	reason string
 	err    error
 }
 
-// groupOutcome is what became of the items of one routing key.
-type groupOutcome struct {
-	published []ingestItem // sequenced and handed to fan-out: ack
-	rejected  []deadItem   // refused by the Publisher
-	retry     []ingestItem // not published for want of store or bus
-	err       error        // why retry is not empty
+// ingestGroupOutcome is what became of the items of one routing key.
+type ingestGroupOutcome struct {
+	published []ingestItem     // sequenced and handed to fan-out: ack
+	rejected  []ingestDeadItem // refused by the Publisher
+	retry     []ingestItem     // not published for want of store or bus
+	err       error            // why retry is not empty
 }
 
 // process publishes a batch and settles every delivery of it: ack,
@@ -264,7 +264,7 @@ type groupOutcome struct {
 // broker confirm per publication, and keys need not wait for each other.
 func (in *AMQPIngest) process(ctx context.Context, batch []amqp.Delivery) error {
 	var (
-		dead   []deadItem
+		dead   []ingestDeadItem
 		groups [][]ingestItem
 		byKey  = make(map[string]int, len(batch))
 	)
@@ -272,7 +272,7 @@ func (in *AMQPIngest) process(ctx context.Context, batch []amqp.Delivery) error 
 		d := &batch[i]
 		p, reason, err := in.decode(d)
 		if err != nil {
-			dead = append(dead, deadItem{d, reason, err})
+			dead = append(dead, ingestDeadItem{d, reason, err})
 			continue
 		}
 		g, ok := byKey[d.RoutingKey]
@@ -283,7 +283,7 @@ func (in *AMQPIngest) process(ctx context.Context, batch []amqp.Delivery) error 
 		}
 		groups[g] = append(groups[g], ingestItem{d: d, pub: p})
 	}
-	outcomes := make([]groupOutcome, len(groups))
+	outcomes := make([]ingestGroupOutcome, len(groups))
 	if len(groups) == 1 {
 		outcomes[0] = in.publishGroup(ctx, groups[0])
 	} else {
@@ -318,8 +318,8 @@ func (in *AMQPIngest) process(ctx context.Context, batch []amqp.Delivery) error 
 }
 
 // publishGroup publishes items, of one routing key, in order.
-func (in *AMQPIngest) publishGroup(ctx context.Context, items []ingestItem) groupOutcome {
-	var out groupOutcome
+func (in *AMQPIngest) publishGroup(ctx context.Context, items []ingestItem) ingestGroupOutcome {
+	var out ingestGroupOutcome
 	pubs := make([]proto.Publication, 0, len(items))
 	for len(items) > 0 {
 		pubs = pubs[:0]
@@ -338,7 +338,7 @@ func (in *AMQPIngest) publishGroup(ctx context.Context, items []ingestItem) grou
 		var perr *PublishError
 		if errors.As(err, &perr) && perr.Index >= 0 && perr.Index < len(items) {
 			// Nothing was published: drop the culprit, retry the rest.
-			out.rejected = append(out.rejected, deadItem{items[perr.Index].d, DeadReasonRejected, perr.Err})
+			out.rejected = append(out.rejected, ingestDeadItem{items[perr.Index].d, DeadReasonRejected, perr.Err})
 			items = append(items[:perr.Index:perr.Index], items[perr.Index+1:]...)
 			continue
 		}
@@ -365,8 +365,8 @@ func (in *AMQPIngest) decode(d *amqp.Delivery) (proto.Publication, string, error
 		return proto.Publication{}, DeadReasonOversized, fmt.Errorf("body of %d bytes is over the limit of %d", len(d.Body), in.cfg.MaxPayload)
 	}
 	p := proto.Publication{App: app, Key: key, Data: d.Body}
-	switch mt := mediaType(d.ContentType); {
-	case mt == contentTypeJSON || strings.HasSuffix(mt, "+json"):
+	switch mt := ingestMediaType(d.ContentType); {
+	case mt == amqpContentJSON || strings.HasSuffix(mt, "+json"):
 		if !json.Valid(d.Body) {
 			return proto.Publication{}, DeadReasonInvalidJSON, fmt.Errorf("content type %q but the body is not valid JSON", d.ContentType)
 		}
@@ -380,9 +380,9 @@ func (in *AMQPIngest) decode(d *amqp.Delivery) (proto.Publication, string, error
 	return p, "", nil
 }
 
-// mediaType is the lower-cased media type of a content type, parameters
+// ingestMediaType is the lower-cased media type of a content type, parameters
 // (charset) dropped.
-func mediaType(ct string) string {
+func ingestMediaType(ct string) string {
 	if ct == "" {
 		return ""
 	}
@@ -393,7 +393,7 @@ func mediaType(ct string) string {
 	return strings.ToLower(strings.TrimSpace(mt))
 }
 
-func (in *AMQPIngest) deadLetter(x deadItem) error {
+func (in *AMQPIngest) deadLetter(x ingestDeadItem) error {
 	in.deadLettered.WithLabelValues(x.reason).Inc()
 	in.log.Warn("AMQP ingest: message dead-lettered", "routing_key", x.d.RoutingKey, "reason", x.reason,
 		"error", x.err, "bytes", len(x.d.Body), "content_type", x.d.ContentType, "dead_queue", in.conn.topo.DeadQueue)
@@ -440,7 +440,7 @@ func (in *AMQPIngest) requeue(ctx context.Context, items []ingestItem, cause err
 	} else {
 		in.log.Debug("AMQP ingest: cannot publish; requeueing", "messages", len(items), "error", cause)
 	}
-	if !sleepCtx(ctx, in.cfg.RequeueDelay) {
+	if !amqpSleep(ctx, in.cfg.RequeueDelay) {
 		return nil
 	}
 	for i := range items {

@@ -55,13 +55,13 @@ func (it *ingestTest) start(t testing.TB) { amqpRunUntilCleanup(t, it.ingest.Run
 
 func (it *ingestTest) publish(t testing.TB, rk, contentType string, body []byte) {
 	t.Helper()
-	publishConfirmed(t, it.pub, it.topo.IngestExchange, rk, amqp.Publishing{ContentType: contentType, Body: body})
+	amqpPublishConfirmed(t, it.pub, it.topo.IngestExchange, rk, amqp.Publishing{ContentType: contentType, Body: body})
 }
 
-func jsonBody(v int) []byte { return []byte(`{"v":` + strconv.Itoa(v) + `}`) }
+func ingestJSONBody(v int) []byte { return []byte(`{"v":` + strconv.Itoa(v) + `}`) }
 
-// values are the "v" of every JSON data message of key r received.
-func values(t testing.TB, r *recorder, key string) []int {
+// ingestValues are the "v" of every JSON data message of key r received.
+func ingestValues(t testing.TB, r *recorder, key string) []int {
 	t.Helper()
 	var out []int
 	for _, m := range r.messages(t) {
@@ -110,7 +110,7 @@ func TestAMQPIngest(t *testing.T) {
 	subscribe(t, it.node, rec, SubscribeRequest{ID: 1, App: "plant-7", Keys: []string{"001"}})
 
 	ts := time.Unix(1763812345, 0)
-	publishConfirmed(t, it.pub, it.topo.IngestExchange, "plant-7.001", amqp.Publishing{
+	amqpPublishConfirmed(t, it.pub, it.topo.IngestExchange, "plant-7.001", amqp.Publishing{
 		ContentType: "application/json", Timestamp: ts, Body: []byte(`{"temp":21.5}`),
 	})
 	it.publish(t, "plant-7.001", "application/octet-stream", []byte{1, 2, 3})
@@ -119,7 +119,7 @@ func TestAMQPIngest(t *testing.T) {
 	it.publish(t, "plant-7.001", "", []byte(`not json`))         // binary
 	it.publish(t, "plant-7.001", "text/plain", []byte(`"text"`)) // binary, JSON or not
 
-	waitSeqs(t, "subscriber", rec, "001", seqRange(1, 6))
+	waitBusSeqs(t, "subscriber", rec, "001", seqRange(1, 6))
 	want := []struct {
 		data string
 		json bool
@@ -144,7 +144,7 @@ func TestAMQPIngest(t *testing.T) {
 	if got := ms[1].pub.TS; got == 0 {
 		t.Errorf("no AMQP timestamp: ts 0, want the time of sequencing")
 	}
-	wantCount(t, "ingested", amqpMetricValue(t, it.ingest.ingested), 6)
+	wantMetric(t, "ingested", amqpMetricValue(t, it.ingest.ingested), 6)
 }
 
 // Malformed messages go to the dead queue, counted by reason, and the ones
@@ -161,8 +161,8 @@ func TestAMQPIngestDeadLetters(t *testing.T) {
 		body            []byte
 		reason          string
 	}{
-		{"a.b.c", "application/json", jsonBody(1), DeadReasonRoutingKey},
-		{"bad key", "application/json", jsonBody(2), DeadReasonRoutingKey},
+		{"a.b.c", "application/json", ingestJSONBody(1), DeadReasonRoutingKey},
+		{"bad key", "application/json", ingestJSONBody(2), DeadReasonRoutingKey},
 		{"app.k", "application/json", []byte(`{"v":`), DeadReasonInvalidJSON},
 		{"app.k", "application/octet-stream", make([]byte, 101), DeadReasonOversized},
 		{"app.k", "application/octet-stream", make([]byte, 60), DeadReasonRejected},
@@ -170,9 +170,9 @@ func TestAMQPIngestDeadLetters(t *testing.T) {
 	for _, b := range bad {
 		it.publish(t, b.rk, b.contentType, b.body)
 	}
-	it.publish(t, "app.k", "application/json", jsonBody(7))
-	waitSeqs(t, "subscriber", rec, "k", []uint64{1})
-	if v := values(t, rec, "k"); len(v) != 1 || v[0] != 7 {
+	it.publish(t, "app.k", "application/json", ingestJSONBody(7))
+	waitBusSeqs(t, "subscriber", rec, "k", []uint64{1})
+	if v := ingestValues(t, rec, "k"); len(v) != 1 || v[0] != 7 {
 		t.Fatalf("delivered %v, want the valid message only", v)
 	}
 
@@ -187,9 +187,9 @@ func TestAMQPIngestDeadLetters(t *testing.T) {
 	}
 	wantReasons := map[string]float64{DeadReasonRoutingKey: 2, DeadReasonInvalidJSON: 1, DeadReasonOversized: 1, DeadReasonRejected: 1}
 	for reason, n := range wantReasons {
-		wantCount(t, "dead-lettered "+reason, amqpMetricValue(t, it.ingest.deadLettered.WithLabelValues(reason)), n)
+		wantMetric(t, "dead-lettered "+reason, amqpMetricValue(t, it.ingest.deadLettered.WithLabelValues(reason)), n)
 	}
-	wantCount(t, "ingested", amqpMetricValue(t, it.ingest.ingested), 1)
+	wantMetric(t, "ingested", amqpMetricValue(t, it.ingest.ingested), 1)
 }
 
 // Messages queued before the ingest starts arrive in batches; the ones
@@ -197,7 +197,7 @@ func TestAMQPIngestDeadLetters(t *testing.T) {
 func TestAMQPIngestBatchWithRejected(t *testing.T) {
 	var calls, biggest atomic.Int64
 	var it *ingestTest
-	counting := publisherFunc(func(ctx context.Context, pubs []proto.Publication) ([]uint64, error) {
+	counting := ingestPublisherFunc(func(ctx context.Context, pubs []proto.Publication) ([]uint64, error) {
 		calls.Add(1)
 		if n := int64(len(pubs)); n > biggest.Load() {
 			biggest.Store(n)
@@ -214,22 +214,22 @@ func TestAMQPIngestBatchWithRejected(t *testing.T) {
 			it.publish(t, "app.k", "application/json", []byte(`{"v":`+strconv.Itoa(v)+`,"pad":"`+strings.Repeat("x", 20)+`"}`))
 			continue
 		}
-		it.publish(t, "app.k", "application/json", jsonBody(v))
+		it.publish(t, "app.k", "application/json", ingestJSONBody(v))
 		want = append(want, v)
 	}
 	it.start(t)
-	waitSeqs(t, "subscriber", rec, "k", seqRange(1, uint64(len(want))))
-	if got := values(t, rec, "k"); fmt.Sprint(got) != fmt.Sprint(want) {
+	waitBusSeqs(t, "subscriber", rec, "k", seqRange(1, uint64(len(want))))
+	if got := ingestValues(t, rec, "k"); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("delivered %v, want %v", got, want)
 	}
 	it.deadMessages(t, n-len(want))
 	t.Logf("%d publish calls, largest batch %d", calls.Load(), biggest.Load())
 }
 
-// publisherFunc adapts a function to Publisher.
-type publisherFunc func(ctx context.Context, pubs []proto.Publication) ([]uint64, error)
+// ingestPublisherFunc adapts a function to Publisher.
+type ingestPublisherFunc func(ctx context.Context, pubs []proto.Publication) ([]uint64, error)
 
-func (f publisherFunc) Publish(ctx context.Context, pubs []proto.Publication) ([]uint64, error) {
+func (f ingestPublisherFunc) Publish(ctx context.Context, pubs []proto.Publication) ([]uint64, error) {
 	return f(ctx, pubs)
 }
 
@@ -239,7 +239,7 @@ func TestAMQPIngestRequeue(t *testing.T) {
 	var failures atomic.Int64
 	failures.Store(3)
 	var it *ingestTest
-	flaky := publisherFunc(func(ctx context.Context, pubs []proto.Publication) ([]uint64, error) {
+	flaky := ingestPublisherFunc(func(ctx context.Context, pubs []proto.Publication) ([]uint64, error) {
 		if failures.Add(-1) >= 0 {
 			return nil, fmt.Errorf("publish %s.%s: %w: store down", pubs[0].App, pubs[0].Key, ErrUnavailable)
 		}
@@ -249,11 +249,11 @@ func TestAMQPIngestRequeue(t *testing.T) {
 	it.start(t)
 	rec := newRecorder()
 	subscribe(t, it.node, rec, SubscribeRequest{ID: 1, App: "app", Keys: []string{"k"}})
-	it.publish(t, "app.k", "application/json", jsonBody(1))
-	waitSeqs(t, "subscriber", rec, "k", []uint64{1})
-	wantCount(t, "requeued", amqpMetricValue(t, it.ingest.requeued), 3)
-	wantCount(t, "ingested", amqpMetricValue(t, it.ingest.ingested), 1)
-	wantCount(t, "dead-lettered", amqpMetricValue(t, it.ingest.deadLettered.WithLabelValues(DeadReasonRejected)), 0)
+	it.publish(t, "app.k", "application/json", ingestJSONBody(1))
+	waitBusSeqs(t, "subscriber", rec, "k", []uint64{1})
+	wantMetric(t, "requeued", amqpMetricValue(t, it.ingest.requeued), 3)
+	wantMetric(t, "ingested", amqpMetricValue(t, it.ingest.ingested), 1)
+	wantMetric(t, "dead-lettered", amqpMetricValue(t, it.ingest.deadLettered.WithLabelValues(DeadReasonRejected)), 0)
 }
 
 // When Publish fails part way through a batch, the publications that went
@@ -261,7 +261,7 @@ func TestAMQPIngestRequeue(t *testing.T) {
 func TestAMQPIngestPartialFailure(t *testing.T) {
 	var tripped atomic.Bool
 	var it *ingestTest
-	partial := publisherFunc(func(ctx context.Context, pubs []proto.Publication) ([]uint64, error) {
+	partial := ingestPublisherFunc(func(ctx context.Context, pubs []proto.Publication) ([]uint64, error) {
 		if len(pubs) >= 2 && tripped.CompareAndSwap(false, true) {
 			seqs, err := it.node.Publish(ctx, "amqp", pubs[:1])
 			if err != nil {
@@ -276,20 +276,20 @@ func TestAMQPIngestPartialFailure(t *testing.T) {
 	subscribe(t, it.node, rec, SubscribeRequest{ID: 1, App: "app", Keys: []string{"k"}})
 	const n = 50
 	for v := 1; v <= n; v++ {
-		it.publish(t, "app.k", "application/json", jsonBody(v))
+		it.publish(t, "app.k", "application/json", ingestJSONBody(v))
 	}
 	it.start(t)
-	waitSeqs(t, "subscriber", rec, "k", seqRange(1, n))
+	waitBusSeqs(t, "subscriber", rec, "k", seqRange(1, n))
 	if !tripped.Load() {
 		t.Fatal("no batch of two or more: the partial failure was not exercised")
 	}
 	seen := map[int]int{}
-	for _, v := range values(t, rec, "k") {
+	for _, v := range ingestValues(t, rec, "k") {
 		seen[v]++
 	}
 	for v := 1; v <= n; v++ {
 		if seen[v] != 1 {
-			t.Fatalf("value %d delivered %d times, want once (all: %v)", v, seen[v], values(t, rec, "k"))
+			t.Fatalf("value %d delivered %d times, want once (all: %v)", v, seen[v], ingestValues(t, rec, "k"))
 		}
 	}
 	if r := amqpMetricValue(t, it.ingest.requeued); r < 1 {
@@ -310,13 +310,13 @@ func TestAMQPIngestCompetingConsumers(t *testing.T) {
 	subscribe(t, it.node, rec, SubscribeRequest{ID: 1, App: "app", Keys: []string{"k"}})
 	const n = 200
 	for v := 1; v <= n; v++ {
-		it.publish(t, "app.k", "application/json", jsonBody(v))
+		it.publish(t, "app.k", "application/json", ingestJSONBody(v))
 	}
 	it.start(t)
 	amqpRunUntilCleanup(t, in2.Run)
-	waitSeqs(t, "subscriber", rec, "k", seqRange(1, n))
+	waitBusSeqs(t, "subscriber", rec, "k", seqRange(1, n))
 	seen := map[int]bool{}
-	for _, v := range values(t, rec, "k") {
+	for _, v := range ingestValues(t, rec, "k") {
 		if seen[v] {
 			t.Fatalf("value %d delivered twice", v)
 		}
@@ -335,8 +335,8 @@ func TestAMQPIngestQueueDeleted(t *testing.T) {
 	it.start(t)
 	rec := newRecorder()
 	subscribe(t, it.node, rec, SubscribeRequest{ID: 1, App: "app", Keys: []string{"k"}})
-	it.publish(t, "app.k", "application/json", jsonBody(1))
-	waitSeqs(t, "subscriber", rec, "k", []uint64{1})
+	it.publish(t, "app.k", "application/json", ingestJSONBody(1))
+	waitBusSeqs(t, "subscriber", rec, "k", []uint64{1})
 
 	if _, err := it.pub.QueueDelete(it.topo.IngestQueue, false, false, false); err != nil {
 		t.Fatal(err)
@@ -347,8 +347,8 @@ func TestAMQPIngestQueueDeleted(t *testing.T) {
 		}
 		return it.conn.Ready()
 	})
-	it.publish(t, "app.k", "application/json", jsonBody(2))
-	waitSeqs(t, "subscriber", rec, "k", []uint64{1, 2})
+	it.publish(t, "app.k", "application/json", ingestJSONBody(2))
+	waitBusSeqs(t, "subscriber", rec, "k", []uint64{1, 2})
 }
 
 func TestAMQPIngestConfigValidate(t *testing.T) {
@@ -356,7 +356,7 @@ func TestAMQPIngestConfigValidate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub := publisherFunc(func(context.Context, []proto.Publication) ([]uint64, error) { return nil, nil })
+	pub := ingestPublisherFunc(func(context.Context, []proto.Publication) ([]uint64, error) { return nil, nil })
 	for _, cfg := range []AMQPIngestConfig{
 		{Publisher: pub},
 		{Conn: conn},
@@ -418,14 +418,14 @@ func TestAMQPIngestDecode(t *testing.T) {
 	}
 }
 
-// discardSub is a Subscriber that counts its frames.
-type discardSub struct {
+// ingestBenchSub is a Subscriber that counts its frames.
+type ingestBenchSub struct {
 	id     uint64
 	frames atomic.Int64
 }
 
-func (s *discardSub) Enqueue(*proto.Frame) bool { s.frames.Add(1); return true }
-func (s *discardSub) ConnID() uint64            { return s.id }
+func (s *ingestBenchSub) Enqueue(*proto.Frame) bool { s.frames.Add(1); return true }
+func (s *ingestBenchSub) ConnID() uint64            { return s.id }
 
 // BenchmarkIngest measures messages per second from an integrator's
 // publish to the subscriber's queue: consumed from the ingest queue,
@@ -455,7 +455,7 @@ func benchmarkIngest(b *testing.B, withBus bool) {
 	}
 	amqpRunUntilCleanup(b, in.Run)
 	const keys = 16
-	sub := &discardSub{id: 1}
+	sub := &ingestBenchSub{id: 1}
 	var names []string
 	for k := range keys {
 		names = append(names, "k"+strconv.Itoa(k))

@@ -189,7 +189,7 @@ type RedisIndex struct {
 	pending   map[indexMember]bool // true: add, false: remove
 	queued    uint64               // changes recorded so far
 	flushed   uint64               // changes recorded before the last successful write
-	lastErr   error                // of the last round trip; errNotStarted before the first
+	lastErr   error                // of the last round trip; errIndexNotStarted before the first
 }
 
 type indexMember struct {
@@ -197,7 +197,7 @@ type indexMember struct {
 	conn     uint64
 }
 
-var errIndexNotStarted = errors.New("redis index: not written to Redis yet")
+var errIndexNotStarted = errors.New("index not written to Redis yet")
 
 // NewRedisIndex validates cfg and returns an index. Give it the node's
 // subscriptions with SetSnapshot, then start Run.
@@ -657,7 +657,10 @@ func (x *RedisIndex) rewrite(ctx context.Context) (int, error) {
 			}
 		}
 		if len(malformed) > 0 {
-			if err := x.client.SRem(ctx, x.keys.nodeSubs(x.cfg.NodeID), malformed...).Err(); err != nil {
+			sctx, cancel := context.WithTimeout(ctx, x.cfg.Timeout)
+			err := x.client.SRem(sctx, x.keys.nodeSubs(x.cfg.NodeID), malformed...).Err()
+			cancel()
+			if err != nil {
 				return 0, fmt.Errorf("rewrite: remove %d malformed entries: %w", len(malformed), err)
 			}
 		}

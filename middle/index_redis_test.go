@@ -568,43 +568,62 @@ func TestRedisIndexConfigValidate(t *testing.T) {
 	}
 }
 
-// BenchmarkRedisIndexAddRemove measures the batched path: one Add and one
-// Remove (of a member added 512 ops earlier) per op, from the call until
-// Redis holds the result.
+// BenchmarkRedisIndexAddRemove measures the batched path, per change,
+// from the Add or Remove call until Redis holds its result: blocks of
+// batch distinct changes (adds of new members, then removes of the same
+// members, so that nothing coalesces and the index stays small), each
+// written by one flush, which the benchmark waits for.
 func BenchmarkRedisIndexAddRemove(b *testing.B) {
-	c := redisForTest(b)
-	prefix := redisTestPrefix(b, c)
-	reg := prometheus.NewRegistry()
-	ix, err := NewRedisIndex(RedisIndexConfig{Client: c, NodeID: "bench", Prefix: prefix, Registerer: reg})
-	if err != nil {
-		b.Fatal(err)
+	for _, batch := range []int{1, 64, 1024} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			c := redisForTest(b)
+			prefix := redisTestPrefix(b, c)
+			reg := prometheus.NewRegistry()
+			ix, err := NewRedisIndex(RedisIndexConfig{
+				Client: c, NodeID: "bench", Prefix: prefix, Registerer: reg,
+				BatchSize: batch, FlushInterval: time.Hour, // flushed when a block is full
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ix.SetSnapshot(func(func(string, string, []uint64)) {})
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- ix.Run(ctx) }()
+			defer func() {
+				cancel()
+				<-done
+			}()
+			redisCheckFor(b, 5*time.Second, time.Millisecond, ix.Ready)
+			keys := keyNames(100)
+			wait := func() {
+				for !ix.synced() {
+					time.Sleep(10 * time.Microsecond)
+				}
+			}
+			b.ReportAllocs()
+			n := 0
+			for b.Loop() {
+				block := n / batch
+				member := uint64(n%batch + batch*(block/2)) // block 2k adds, 2k+1 removes
+				key := keys[member%uint64(len(keys))]
+				if block%2 == 0 {
+					ix.Add("bench", key, member)
+				} else {
+					ix.Remove("bench", key, member)
+				}
+				n++
+				if n%batch == 0 {
+					wait()
+				}
+			}
+			ix.poke()
+			wait()
+			b.StopTimer()
+			flushes := redisMetric(b, reg, "wspush_index_flushes_total", "result", "ok")
+			b.ReportMetric(float64(n)/max(flushes-1, 1), "changes/flush") // less the start's rewrite
+		})
 	}
-	ix.SetSnapshot(func(func(string, string, []uint64)) {})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- ix.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	redisCheckFor(b, 5*time.Second, time.Millisecond, ix.Ready)
-	keys := keyNames(1000)
-	const window = 512
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		ix.Add("bench", keys[i%len(keys)], uint64(i))
-		if i >= window {
-			ix.Remove("bench", keys[(i-window)%len(keys)], uint64(i-window))
-		}
-		i++
-	}
-	for !ix.synced() {
-		time.Sleep(100 * time.Microsecond)
-	}
-	b.StopTimer()
-	flushes := redisMetric(b, reg, "wspush_index_flushes_total", "result", "ok")
-	b.ReportMetric(float64(2*i)/max(flushes, 1), "changes/flush")
 }
 
 // TestRedisIndexLivenessLost: when a node's liveness key disappears under

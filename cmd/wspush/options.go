@@ -42,7 +42,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.DurationVar(&c.Poller.Timeout, "poll-timeout", 0, "timeout of one getRealTimeData call (default 5s)")
 
 	fs.IntVar(&c.Middle.HistorySize, "history-size", 0, "publications kept per key for resume (default 32)")
-	fs.DurationVar(&c.Middle.HistoryTTL, "history-ttl", 0, "age after which history is trimmed (default 5m)")
+	fs.DurationVar(&c.Middle.HistoryTTL, "history-ttl", 0, "age after which history is trimmed (default 5m embedded; with --redis-url, unset means never)")
 	fs.IntVar(&c.Middle.MaxPayload, "max-payload", 0, "largest publication payload in bytes (default 65536)")
 
 	u := &c.Users

@@ -76,6 +76,7 @@ type App struct {
 
 	// Cluster mode; all nil when embedded.
 	redis  *redis.Client
+	lease  *middle.RedisLease
 	index  *middle.RedisIndex
 	amqp   *middle.AMQPConn
 	ingest *middle.AMQPIngest
@@ -148,7 +149,7 @@ func New(cfg Config) (*App, error) {
 				a.close()
 				return nil, err
 			}
-			pc.Lease = lease
+			pc.Lease, a.lease = lease, lease
 		}
 		if err := pc.Validate(); err != nil {
 			return nil, fmt.Errorf("poller config: %w", err)
@@ -339,6 +340,13 @@ func (a *App) Ready() error {
 func (a *App) NodeID() string { return a.cfg.NodeID }
 
 func (a *App) close() {
+	if a.lease != nil { // let another node take the apps over at once
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := a.lease.ReleaseAll(ctx); err != nil {
+			a.log.Warn("releasing poll leases failed; other nodes take over when they expire", "error", err)
+		}
+		cancel()
+	}
 	if a.redis != nil {
 		_ = a.redis.Close()
 	}

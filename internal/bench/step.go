@@ -89,6 +89,9 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepReport, error)
 		if err := f.broadcast(wireMsg{Type: msgStart, WindowStart: windowStart}); err != nil {
 			return s, err
 		}
+		if _, err := f.await(msgStarted); err != nil {
+			return s, fmt.Errorf("start: %w", err)
+		}
 		pv.setPhase("publish", spec.window)
 		if err := pub.run(f.ctx); err != nil {
 			return s, fmt.Errorf("publish: %w", errors.Join(err, context.Cause(f.ctx)))
@@ -107,6 +110,9 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepReport, error)
 		windowStart = start.UnixNano()
 		if err := f.broadcast(wireMsg{Type: msgStart, WindowStart: windowStart, WindowEnd: end.UnixNano()}); err != nil {
 			return s, err
+		}
+		if _, err := f.await(msgStarted); err != nil {
+			return s, fmt.Errorf("start: %w", err)
 		}
 		pv.setPhase("measure", time.Until(end)+r.o.Drain)
 		if !sleepCtx(f.ctx, time.Until(end.Add(r.o.Drain))) {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"strconv"
 	"strings"
 )
 
@@ -101,6 +102,7 @@ func niceCeil(v float64) float64 {
 	return 10 * p
 }
 
+// countLabel is a tick label: 0.5, 20, 5k, 2M.
 func countLabel(v float64) string {
 	switch {
 	case v >= 1e6 && math.Mod(v, 1e6) == 0:
@@ -108,7 +110,7 @@ func countLabel(v float64) string {
 	case v >= 1e3 && math.Mod(v, 1e3) == 0:
 		return fmt.Sprintf("%gk", v/1e3)
 	}
-	return fmt.Sprintf("%g", v)
+	return strconv.FormatFloat(v, 'g', 4, 64)
 }
 
 func tableSVG(b *bytes.Buffer, r *Report) {
@@ -171,7 +173,7 @@ func tableSVG(b *bytes.Buffer, r *Report) {
 		fmt.Fprintf(b, `<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", px(t), padT+plotH+18, countLabel(t))
 	}
 	for _, t := range ys.ticks() {
-		fmt.Fprintf(b, `<text x="%d" y="%.1f" text-anchor="end" dominant-baseline="middle">%s</text>`+"\n", padL-6, py(t), esc(ms(t)))
+		fmt.Fprintf(b, `<text x="%d" y="%.1f" text-anchor="end" dominant-baseline="middle">%s</text>`+"\n", padL-6, py(t), countLabel(t))
 	}
 	for i := 0; i <= 5; i++ {
 		v := errMax * float64(i) / 5
@@ -210,7 +212,7 @@ func tableSVG(b *bytes.Buffer, r *Report) {
 	for _, p := range r.Reference {
 		cx, cy := px(float64(p.Connections)), py(p.AvgMs)
 		fmt.Fprintf(b, `<rect x="%.1f" y="%.1f" width="8" height="8" stroke-width="2"/>`+"\n", cx-4, cy-4)
-		fmt.Fprintf(b, `<text x="%.1f" y="%.1f" fill="%s" stroke="none">paper: %s ms, %.2f%% errors</text>`+"\n", cx+8, cy-6, grey, ms(p.AvgMs), p.ErrorPct)
+		fmt.Fprintf(b, `<text x="%.1f" y="%.1f" fill="%s" stroke="none">%s</text>`+"\n", cx+8, cy-6, grey, esc(p.String()))
 	}
 	fmt.Fprintf(b, "</g>\n")
 
@@ -287,7 +289,7 @@ func histogramSVG(b *bytes.Buffer, r *Report) {
 	fmt.Fprintf(b, `<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#444"/>`+"\n", padL, padT, plotW, plotH)
 	fmt.Fprintf(b, "</g>\n")
 	for _, t := range xs.ticks() {
-		fmt.Fprintf(b, `<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", px(t), padT+plotH+18, esc(ms(t)))
+		fmt.Fprintf(b, `<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", px(t), padT+plotH+18, countLabel(t))
 	}
 	for i := 0; i <= 4; i++ {
 		v := ymax * float64(i) / 4
@@ -313,8 +315,14 @@ func histogramSVG(b *bytes.Buffer, r *Report) {
 	for i, m := range marks {
 		v := math.Max(float64(h.Quantile(m.q))/1e6, lo)
 		x := px(v)
-		fmt.Fprintf(b, `<g id="%s" stroke="%s" fill="%s"><line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke-dasharray="4 3"/><text x="%.1f" y="%d" stroke="none">%s %s ms</text></g>`+"\n",
-			m.id, colorErr, colorErr, x, padT, x, padT+plotH, x+4, padT+14+14*i, m.label, esc(ms(v)))
+		// Labels go left of their line in the right half, so that they stay
+		// inside the chart.
+		tx, anchor := x+4, "start"
+		if x > padL+plotW/2 {
+			tx, anchor = x-4, "end"
+		}
+		fmt.Fprintf(b, `<g id="%s" stroke="%s" fill="%s"><line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke-dasharray="4 3"/><text x="%.1f" y="%d" text-anchor="%s" stroke="none" paint-order="stroke">%s %s ms</text></g>`+"\n",
+			m.id, colorErr, colorErr, x, padT, x, padT+plotH, tx, padT+14+14*i, anchor, m.label, esc(ms(v)))
 	}
 	fmt.Fprintf(b, `<text x="%d" y="52">avg %s ms, max %s ms, %d samples</text>`+"\n", padL, esc(ms(h.Mean()/1e6)), esc(ms(float64(h.Max())/1e6)), h.Count())
 	fmt.Fprintf(b, "</svg>\n")

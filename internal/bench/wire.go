@@ -7,6 +7,7 @@ package bench
 //	worker → coordinator   {"type":"progress",...} every ProgressEvery, throughout
 //	worker → coordinator   {"type":"ready"}     every planned connection is up or failed
 //	coordinator → worker   {"type":"start","window_start":ns,"window_end":ns}
+//	worker → coordinator   {"type":"started"}   values from now on are counted
 //	coordinator → worker   {"type":"finish","expected":[[node,key,count],...]}
 //	worker → coordinator   {"type":"drained"}   values due have arrived (or Drain passed)
 //	coordinator → worker   {"type":"stop"}
@@ -23,6 +24,7 @@ const (
 	msgProgress = "progress"
 	msgReady    = "ready"
 	msgStart    = "start"
+	msgStarted  = "started"
 	msgFinish   = "finish"
 	msgDrained  = "drained"
 	msgStop     = "stop"

@@ -151,13 +151,16 @@ loop:
 				return err
 			}
 		case m, ok := <-msgs:
-			if !ok {
-				return fmt.Errorf("worker %d: the coordinator closed the input before stop", cfg.ID)
+			if !ok { // the coordinator gave up on the step: nobody wants a result
+				return nil
 			}
 			switch m.Type {
 			case msgStart:
 				w.windowEnd.Store(m.WindowEnd)
 				w.windowStart.Store(m.WindowStart)
+				if err := lw.send(wireMsg{Type: msgStarted}); err != nil {
+					return err
+				}
 			case msgFinish:
 				expected = make(map[uint64]uint64, len(m.Expected))
 				for _, e := range m.Expected {

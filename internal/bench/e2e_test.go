@@ -1,0 +1,262 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/wspush/wspush/internal/app"
+)
+
+// workerEnv makes the test binary a wsbench worker (see TestMain), so
+// that tests can run workers as processes without building wsbench.
+const workerEnv = "WSBENCH_TEST_WORKER"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(workerEnv) == "1" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		err := RunWorker(ctx, os.Stdin, os.Stdout)
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "test worker:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// testWorkers runs workers as processes of this test binary.
+func testWorkers() Spawner {
+	return ExecSpawner{Command: func(ctx context.Context) (*exec.Cmd, error) {
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), workerEnv+"=1")
+		return cmd, nil
+	}}
+}
+
+// startServer runs a whole wspush process on a loopback port; it is shut
+// down when the test ends.
+func startServer(t *testing.T, cfg app.Config) ServerURL {
+	t.Helper()
+	a, err := app.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("server: %v", err)
+		}
+	})
+	return ServerURL{WS: "ws://" + ln.Addr().String() + "/ws", HTTP: "http://" + ln.Addr().String()}
+}
+
+func newTestRunner(t *testing.T, o Options) *Runner {
+	t.Helper()
+	o.RampRate = max(o.RampRate, 500)
+	if o.Drain == 0 {
+		o.Drain = 5 * time.Second
+	}
+	o.Deadline = time.Now().Add(2 * time.Minute)
+	r, err := NewRunner(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func onlyStep(t *testing.T, rep *Report, err error) StepReport {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if len(rep.Steps) != 1 {
+		t.Fatalf("%d steps, want 1", len(rep.Steps))
+	}
+	s := rep.Steps[0]
+	if s.Skipped != "" || s.Error != "" {
+		t.Fatalf("step skipped %q, error %q", s.Skipped, s.Error)
+	}
+	return s
+}
+
+// checkClean fails unless every connection came up and stayed up and
+// nothing was lost, repeated or reordered.
+func checkClean(t *testing.T, s StepReport) {
+	t.Helper()
+	if s.Connected != int64(s.Connections) || s.ConnectErrors != 0 || s.Dropped != 0 {
+		t.Errorf("connections: %d of %d up, %d errors %v, %d dropped", s.Connected, s.Connections, s.ConnectErrors, s.ErrorSamples, s.Dropped)
+	}
+	l := s.Loss
+	if l.Lost != 0 || l.Duplicates != 0 || l.OutOfOrder != 0 || l.Unexpected != 0 || s.Foreign != 0 || s.ErrorRate != 0 {
+		t.Errorf("loss %+v, foreign %d, error rate %g", l, s.Foreign, s.ErrorRate)
+	}
+	if s.Handshake.Count != uint64(s.Connections) || s.Subscribe.Count != uint64(s.Connections) {
+		t.Errorf("%d handshakes, %d subscribes timed for %d connections", s.Handshake.Count, s.Subscribe.Count, s.Connections)
+	}
+	if s.Server.Missing != 0 || s.Server.QueueOverflows != 0 {
+		t.Errorf("server figures: %+v", s.Server)
+	}
+}
+
+// checkDeliveries checks deliveries == publications × subscribers per
+// key, against wsbench's own counts and the server's.
+func checkDeliveries(t *testing.T, s StepReport, publications int64, want uint64) {
+	t.Helper()
+	if s.Publications != publications || s.PublishFailed != 0 {
+		t.Errorf("publications %d (%d failed, %v), want %d", s.Publications, s.PublishFailed, s.PublishErrors, publications)
+	}
+	l := s.Loss
+	if l.Expected != want || l.Received != want || l.Distinct != want || s.Latency.Count != want {
+		t.Errorf("deliveries: expected %d, received %d, distinct %d, latencies %d; want %d each", l.Expected, l.Received, l.Distinct, s.Latency.Count, want)
+	}
+	if s.Server.Deliveries != float64(want) {
+		t.Errorf("the server counted %g deliveries, want %d", s.Server.Deliveries, want)
+	}
+	if s.Latency.Avg <= 0 || s.Latency.Max < s.Latency.P99 || s.Latency.P99 < s.Latency.P50 {
+		t.Errorf("latency %+v", s.Latency)
+	}
+}
+
+func TestCapacityEndToEnd(t *testing.T) {
+	srv := startServer(t, app.Config{})
+	r := newTestRunner(t, Options{Servers: []ServerURL{srv}})
+	rep, err := r.Capacity(t.Context(), CapacityConfig{Connections: 30, KeysPerConn: 3, Hold: 300 * time.Millisecond})
+	s := onlyStep(t, rep, err)
+	checkClean(t, s)
+	if s.Server.Connections != 30 || s.PerServer[0].After.Connections < 30 {
+		t.Errorf("the server saw %g new connections, want 30", s.Server.Connections)
+	}
+	if s.Loss != (Loss{}) || s.Latency.Count != 0 {
+		t.Errorf("capacity has no values, got loss %+v, %d latencies", s.Loss, s.Latency.Count)
+	}
+}
+
+func TestFanoutEndToEnd(t *testing.T) {
+	for _, format := range []string{"binary", "json"} {
+		t.Run(format, func(t *testing.T) {
+			srv := startServer(t, app.Config{})
+			r := newTestRunner(t, Options{Servers: []ServerURL{srv}, Format: format})
+			// 20 subscribers on 2 keys, 40 values: each value reaches 10.
+			rep, err := r.Fanout(t.Context(), FanoutConfig{Subscribers: 20, Keys: 2, Rate: 20, Duration: 2 * time.Second})
+			s := onlyStep(t, rep, err)
+			checkClean(t, s)
+			checkDeliveries(t, s, 40, 40*10)
+			if s.DeliveriesPerSec <= 0 {
+				t.Errorf("deliveries per second %g", s.DeliveriesPerSec)
+			}
+		})
+	}
+}
+
+func TestFanoutWithWorkerProcessesAndServers(t *testing.T) {
+	a, b := startServer(t, app.Config{}), startServer(t, app.Config{})
+	r := newTestRunner(t, Options{Servers: []ServerURL{a, b}, Workers: 2, SourceIPs: 3, Spawner: testWorkers()})
+	// Two independent servers: every value goes to both, each reaching
+	// its 12 subscribers.
+	rep, err := r.Fanout(t.Context(), FanoutConfig{Subscribers: 24, Keys: 1, Rate: 10, Duration: 2 * time.Second})
+	s := onlyStep(t, rep, err)
+	checkClean(t, s)
+	if s.Workers != 2 || s.ServerNodes != 2 || s.SourceIPs != 3 {
+		t.Errorf("layout: %d workers, %d servers, %d source addresses", s.Workers, s.ServerNodes, s.SourceIPs)
+	}
+	checkDeliveries(t, s, 2*20, 20*24)
+	for _, n := range s.PerServer {
+		if n.Connections != 12 || n.Deliveries != 20*12 {
+			t.Errorf("server %s: %g connections, %g deliveries; want 12 and 240", n.URL, n.Connections, n.Deliveries)
+		}
+	}
+}
+
+func TestTableHTTPEndToEnd(t *testing.T) {
+	srv := startServer(t, app.Config{})
+	r := newTestRunner(t, Options{Servers: []ServerURL{srv}, MaxConnsPerNode: 25})
+	var seen []int
+	rep, err := r.Table(t.Context(), TableConfig{Steps: []int{10, 20, 60}, Source: SourceHTTP, Duration: 2 * time.Second},
+		func(s StepReport) { seen = append(seen, s.Connections) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(seen) != "[10 20 60]" || len(rep.Steps) != 3 {
+		t.Fatalf("steps reported %v", seen)
+	}
+	for i, n := range []int{10, 20} {
+		s := rep.Steps[i]
+		checkClean(t, s)
+		checkDeliveries(t, s, int64(2*n), uint64(2*n))
+	}
+	// Step 2 reuses the keys of step 1, whose latest values are replayed
+	// on subscribe: stale, not counted.
+	if rep.Steps[1].Stale != 10 {
+		t.Errorf("step 2: %d stale replays, want 10", rep.Steps[1].Stale)
+	}
+	if s := rep.Steps[2]; !strings.Contains(s.Skipped, "needs 3 server nodes") {
+		t.Errorf("60 connections on one 25-connection server: skipped %q", s.Skipped)
+	}
+}
+
+func TestTablePollerEndToEnd(t *testing.T) {
+	// Demo mode runs the simulated data center in-process and polls it
+	// every second, for any app, so the poller publishes the bench keys.
+	srv := startServer(t, app.Config{Demo: true})
+	r := newTestRunner(t, Options{Servers: []ServerURL{srv}, Drain: 1500 * time.Millisecond})
+	rep, err := r.Table(t.Context(), TableConfig{Steps: []int{10}, Source: SourcePoller, Duration: 2 * time.Second, Warmup: time.Second}, nil)
+	s := onlyStep(t, rep, err)
+	checkClean(t, s)
+	// Values change every second: two per key in a 2s window, give or
+	// take one whose poll fell on the other side of a step.
+	if s.Loss.Expected < 10 || s.Loss.Expected > 30 || s.Latency.Count != s.Loss.Expected {
+		t.Errorf("expected %d values, %d latencies; want 10 to 30", s.Loss.Expected, s.Latency.Count)
+	}
+	if s.Latency.Max > 2000 {
+		t.Errorf("latency %+v", s.Latency)
+	}
+}
+
+func TestStopsWhenCancelled(t *testing.T) {
+	srv := startServer(t, app.Config{})
+	r := newTestRunner(t, Options{Servers: []ServerURL{srv}, Workers: 2, Spawner: testWorkers()})
+	ctx, cancel := context.WithCancelCause(t.Context())
+	time.AfterFunc(time.Second, func() { cancel(errors.New("interrupted by the test")) })
+	start := time.Now()
+	rep, err := r.Capacity(ctx, CapacityConfig{Connections: 20, Hold: time.Hour})
+	if err == nil || !strings.Contains(err.Error(), "interrupted by the test") {
+		t.Fatalf("err %v, want the cancellation", err)
+	}
+	if d := time.Since(start); d > 15*time.Second {
+		t.Fatalf("took %s to stop", d)
+	}
+	if rep == nil || len(rep.Steps) != 1 || rep.Error == "" {
+		t.Fatalf("report %+v", rep)
+	}
+}
+
+func TestWorkerFailureStopsTheStep(t *testing.T) {
+	srv := startServer(t, app.Config{})
+	r := newTestRunner(t, Options{Servers: []ServerURL{srv}, Workers: 2, Spawner: ExecSpawner{
+		// Reads its config, then dies.
+		Command: func(ctx context.Context) (*exec.Cmd, error) {
+			return exec.CommandContext(ctx, "sh", "-c", "head -n 1 >/dev/null; exit 3"), nil
+		},
+	}})
+	_, err := r.Capacity(t.Context(), CapacityConfig{Connections: 4, Hold: time.Hour})
+	if err == nil || !strings.Contains(err.Error(), "ended before its result") {
+		t.Fatalf("err %v, want a worker that ended", err)
+	}
+}

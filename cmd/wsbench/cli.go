@@ -60,7 +60,7 @@ func scenarios() []*scenario {
 func capacityScenario() *scenario {
 	var c bench.CapacityConfig
 	s := &scenario{name: "capacity", synopsis: `Opens --connections connections at --ramp per second, each subscribing to
---keys-per-conn keys (binary format), holds them for --hold, then closes
+--keys-per-conn keys (in --format), holds them for --hold, then closes
 them. Reports connect errors, handshake and subscribe latency, and from
 the servers' /metrics the memory (RSS growth / connections) and CPU.`}
 	s.flags = func(fs *flag.FlagSet) func() error {
@@ -98,7 +98,7 @@ connection.`}
 		return func() error {
 			return errors.Join(
 				intIn("--subscribers", c.Subscribers, 1, maxConnections),
-				intIn("--keys", c.Keys, 1, maxConnections),
+				intIn("--keys", c.Keys, 1, c.Subscribers),
 				floatIn("--rate", c.Rate, 0.1, maxRate),
 				durationIn("--duration", c.Duration, time.Second, maxDuration))
 		}

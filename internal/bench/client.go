@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -104,12 +105,12 @@ func (c *client) run(ctx context.Context, dialer *websocket.Dialer, dialing <-ch
 
 	ws.SetReadLimit(1 << 20)
 	_ = ws.SetReadDeadline(time.Now().Add(w.cfg.HandshakeTimeout))
+	subStart := time.Now()
 	pending, err := c.subscribe(ws)
 	if err != nil {
 		resolve(err)
 		return
 	}
-	subStart := time.Now()
 	c.buf = make([]byte, 0, 256)
 	for {
 		mt, r, err := ws.NextReader()
@@ -274,6 +275,15 @@ func newDialers(p *Plan, handshakeTimeout time.Duration) []*websocket.Dialer {
 		nd := &net.Dialer{Control: loopbackOnly, Timeout: handshakeTimeout}
 		if n > 1 {
 			nd.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i))}
+			nd.Control = func(network, address string, c syscall.RawConn) error {
+				if err := loopbackOnly(network, address, c); err != nil {
+					return err
+				}
+				if err := bindNoPort(c); err != nil {
+					return fmt.Errorf("dial %s: IP_BIND_ADDRESS_NO_PORT: %w", address, err)
+				}
+				return nil
+			}
 		}
 		out[i] = &websocket.Dialer{
 			NetDialContext:   nd.DialContext,

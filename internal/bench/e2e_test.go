@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -258,5 +259,43 @@ func TestWorkerFailureStopsTheStep(t *testing.T) {
 	_, err := r.Capacity(t.Context(), CapacityConfig{Connections: 4, Hold: time.Hour})
 	if err == nil || !strings.Contains(err.Error(), "ended before its result") {
 		t.Fatalf("err %v, want a worker that ended", err)
+	}
+}
+
+// TestLeavesNoGoroutines checks that a run stops everything it started:
+// workers, connections, publisher, progress view, idle HTTP connections.
+func TestLeavesNoGoroutines(t *testing.T) {
+	srv := startServer(t, app.Config{})
+	var progress strings.Builder
+	r := newTestRunner(t, Options{Servers: []ServerURL{srv}, Progress: &progress})
+	// Warm up the server and the runtime, then count.
+	if _, err := r.Capacity(t.Context(), CapacityConfig{Connections: 2}); err != nil {
+		t.Fatal(err)
+	}
+	settle := func() int {
+		n := runtime.NumGoroutine()
+		for range 50 {
+			time.Sleep(20 * time.Millisecond)
+			n = min(n, runtime.NumGoroutine())
+		}
+		return n
+	}
+	before := settle()
+	rep, err := r.Fanout(t.Context(), FanoutConfig{Subscribers: 20, Rate: 20, Duration: time.Second})
+	checkClean(t, onlyStep(t, rep, err))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		after := runtime.NumGoroutine()
+		if after <= before {
+			break
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines before the run, %d after:\n%s", before, after, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(progress.String(), "fanout publish") {
+		t.Errorf("no progress lines: %q", progress.String())
 	}
 }

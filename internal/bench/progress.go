@@ -18,6 +18,7 @@ type progressView struct {
 	planned int64
 	snap    func() Progress
 
+	wmu     sync.Mutex // the ticker and setPhase both render
 	mu      sync.Mutex
 	phase   string
 	started time.Time
@@ -95,6 +96,8 @@ func (v *progressView) render() {
 	}
 	fmt.Fprintf(&b, "  conns %d/%d  failed %d  dropped %d  values %d  %.1fs",
 		p.Connected, v.planned, p.Failed, p.Dropped, p.Counted, elapsed.Seconds())
+	v.wmu.Lock()
+	defer v.wmu.Unlock()
 	if v.tty {
 		fmt.Fprintf(v.w, "\r\033[K%s", b.String())
 	} else {
@@ -112,7 +115,9 @@ func (v *progressView) close() {
 		close(v.stop)
 		<-v.done
 		if v.tty {
+			v.wmu.Lock()
 			fmt.Fprint(v.w, "\r\033[K")
+			v.wmu.Unlock()
 		}
 	})
 }

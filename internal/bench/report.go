@@ -38,6 +38,7 @@ type ReportOptions struct {
 	BatchMs    float64 `json:"batch_interval_ms"`
 	MaxBatch   int     `json:"max_batch"`
 	GoMaxProcs int     `json:"gomaxprocs"`
+	CPUs       int     `json:"cpus"` // of this machine, shared by the servers and the load generator
 }
 
 // PaperPoint is one measurement of the paper wspush started from: a
@@ -306,7 +307,11 @@ func writeServer(w io.Writer, s *StepReport) {
 		fmt.Fprintf(w, "  server:\t/metrics not readable\n")
 		return
 	}
-	fmt.Fprintf(w, "  server memory:\tRSS %+.1f MiB for %.0f connections = %.1f KiB/connection\n", t.RSSDeltaBytes/(1<<20), t.Connections, t.KiBPerConn)
+	if t.KiBPerConn > 0 {
+		fmt.Fprintf(w, "  server memory:\tRSS %+.1f MiB for %.0f connections = %.1f KiB/connection\n", t.RSSDeltaBytes/(1<<20), t.Connections, t.KiBPerConn)
+	} else {
+		fmt.Fprintf(w, "  server memory:\tRSS %+.1f MiB for %.0f connections: memory freed by earlier runs hides the growth (run capacity on a fresh server)\n", t.RSSDeltaBytes/(1<<20), t.Connections)
+	}
 	fmt.Fprintf(w, "  server CPU:\t%.2fs while connecting, %.2fs while running; %.0f goroutines\n", t.CPURampSeconds, t.CPURunSeconds, t.Goroutines)
 	if t.Deliveries > 0 {
 		fmt.Fprintf(w, "  server deliveries:\t%.0f, %.0f per CPU-second; %.0f queue overflows\n", t.Deliveries, t.DeliveriesPerCPUSecond, t.QueueOverflows)
@@ -319,6 +324,17 @@ func writeServer(w io.Writer, s *StepReport) {
 	}
 }
 
+// saturation says when a step's publisher fell behind its schedule by
+// more than a second: the values went out slower than asked, and the
+// machine's CPU figures tell who took it.
+func saturation(s *StepReport, cpus int) string {
+	if s.PublishMaxLagMs < 1000 {
+		return ""
+	}
+	return fmt.Sprintf("the publisher fell up to %.1f s behind its schedule; server CPU %.1f s + load generator CPU %.1f s in %.1f s on %d CPUs",
+		s.PublishMaxLagMs/1000, s.Server.CPURunSeconds+s.Server.CPURampSeconds, s.ClientCPUSeconds, s.RampSeconds+s.RunSeconds, cpus)
+}
+
 func writeTable(w io.Writer, r *Report) error {
 	t := r.Table
 	if t != nil {
@@ -326,14 +342,20 @@ func writeTable(w io.Writer, r *Report) error {
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "connections\tconnected\tavg ms\tp99 ms\tmax ms\tvalues\tlost\tconn err\terror %\tKiB/conn\tdeliv/CPU-s\t")
+	var notes []string
 	for i := range r.Steps {
 		s := &r.Steps[i]
 		switch {
 		case s.Skipped != "":
-			fmt.Fprintf(tw, "%d\tskipped: %s\t\t\t\t\t\t\t\t\t\t\n", s.Connections, s.Skipped)
+			fmt.Fprintf(tw, "%d\tskipped\t-\t-\t-\t-\t-\t-\t-\t-\t-\t\n", s.Connections)
+			notes = append(notes, fmt.Sprintf("%d connections: skipped: %s", s.Connections, s.Skipped))
 		case s.Error != "":
-			fmt.Fprintf(tw, "%d\tfailed: %s\t\t\t\t\t\t\t\t\t\t\n", s.Connections, s.Error)
+			fmt.Fprintf(tw, "%d\tfailed\t-\t-\t-\t-\t-\t-\t-\t-\t-\t\n", s.Connections)
+			notes = append(notes, fmt.Sprintf("%d connections: failed: %s", s.Connections, s.Error))
 		default:
+			if n := saturation(s, r.Options.CPUs); n != "" {
+				notes = append(notes, fmt.Sprintf("%d connections: %s", s.Connections, n))
+			}
 			kib := "n/a" // the server gave memory back: GC noise beats the step's growth
 			if s.Server.KiBPerConn > 0 {
 				kib = fmt.Sprintf("%.1f", s.Server.KiBPerConn)
@@ -345,6 +367,9 @@ func writeTable(w io.Writer, r *Report) error {
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	for _, n := range notes {
+		fmt.Fprintln(w, n)
 	}
 	for _, p := range r.Reference {
 		line := fmt.Sprintf("paper (Node.js + Redis + RabbitMQ) at %d connections: %.0f ms average", p.Connections, p.AvgMs)
@@ -361,6 +386,7 @@ func writeTable(w io.Writer, r *Report) error {
 	fmt.Fprintln(w, "KiB/conn: the server's RSS growth over the step / its connections; a server reuses memory freed by earlier steps, so it is most accurate in a capacity run on a fresh server.")
 	if t != nil && t.Source == SourcePoller {
 		fmt.Fprintln(w, "note: with --source poller, latency is receive time minus the value's ts, which the simulator sets to the start of its 1s step in whole ms: it includes the wait until the poller's tick and is ±1 ms.")
+		fmt.Fprintln(w, "      values are the seqs the server published in the window (a value unchanged since the last poll is not published again); a loss after the last value received is not seen.")
 	}
 	return nil
 }

@@ -72,7 +72,7 @@ func TestWriteTextTable(t *testing.T) {
 	out := b.String()
 	for _, want := range []string{
 		"connections", "avg ms", "p99 ms", "error %",
-		"1500", "3.90", "skipped: needs 6 server nodes", "failed: connect: worker 1 exited",
+		"1500", "3.90", "100000 connections: skipped: needs 6 server nodes", "50000 connections: failed: connect: worker 1 exited",
 		"at 500 connections: 1047 ms average; wspush: 0.800 ms, 1309× faster",
 		"at 1500 connections: 3242 ms average, 1.83% errors",
 	} {

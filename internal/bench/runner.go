@@ -146,7 +146,7 @@ func (r *Runner) report(scenario string) *Report {
 	rep := &Report{Scenario: scenario, Started: time.Now(), Options: ReportOptions{
 		Workers: r.o.Workers, SourceIPs: r.o.SourceIPs, Format: r.o.Format, App: r.o.App, Cluster: r.o.Cluster,
 		RampRate: r.o.RampRate, DrainMs: float64(r.o.Drain) / 1e6, BatchMs: float64(r.o.BatchInterval) / 1e6,
-		MaxBatch: r.o.MaxBatch, GoMaxProcs: runtime.GOMAXPROCS(0),
+		MaxBatch: r.o.MaxBatch, GoMaxProcs: runtime.GOMAXPROCS(0), CPUs: runtime.NumCPU(),
 	}}
 	for _, s := range r.o.Servers {
 		rep.Servers = append(rep.Servers, s.WS)
@@ -198,6 +198,11 @@ func (r *Runner) Fanout(ctx context.Context, c FanoutConfig) (*Report, error) {
 	}
 	rep := r.report("fanout")
 	rep.Fanout = &c
+	if c.Keys > c.Subscribers {
+		err := fmt.Errorf("%d keys for %d subscribers: some keys would have nobody to deliver to", c.Keys, c.Subscribers)
+		rep.Error = err.Error()
+		return rep, err
+	}
 	err := r.runSteps(ctx, rep, []stepSpec{{
 		label: "fanout", conns: c.Subscribers, keysPerConn: 1, keySpace: c.Keys, prefix: "f",
 		source: SourceHTTP, rate: c.Rate, total: int64(math.Round(c.Rate * c.Duration.Seconds())), window: c.Duration,
@@ -257,16 +262,19 @@ type stepSpec struct {
 // runSteps runs specs in order into rep. After a failed step the others
 // are skipped.
 func (r *Runner) runSteps(ctx context.Context, rep *Report, specs []stepSpec) error {
-	defer func() { rep.Finished = time.Now() }()
+	defer func() {
+		rep.Finished = time.Now()
+		r.client.CloseIdleConnections() // their goroutines end with the run
+	}()
 	var baseline []float64 // the servers' connections before the first step
 	var failed error
 	for i, spec := range specs {
 		var s StepReport
 		switch {
-		case failed != nil:
-			s = StepReport{Connections: spec.conns, Skipped: "an earlier step failed"}
 		case ctx.Err() != nil:
 			s = StepReport{Connections: spec.conns, Skipped: "stopped: " + context.Cause(ctx).Error()}
+		case failed != nil:
+			s = StepReport{Connections: spec.conns, Skipped: "an earlier step failed"}
 		default:
 			if i == 0 {
 				baseline = r.connections(ctx)

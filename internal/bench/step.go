@@ -94,7 +94,10 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepReport, error)
 		}
 		pv.setPhase("publish", spec.window)
 		if err := pub.run(f.ctx); err != nil {
-			return s, fmt.Errorf("publish: %w", errors.Join(err, context.Cause(f.ctx)))
+			if f.ctx.Err() != nil {
+				err = context.Cause(f.ctx)
+			}
+			return s, fmt.Errorf("publish: %w", err)
 		}
 		for i, c := range cfgs {
 			if err := f.send(i, wireMsg{Type: msgFinish, Expected: pub.expectedFor(&plan, c.First, c.Count)}); err != nil {

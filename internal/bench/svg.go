@@ -102,6 +102,14 @@ func niceCeil(v float64) float64 {
 	return 10 * p
 }
 
+// msLabel is a tick label of milliseconds: 0.5, 20, 500, 1 s, 10 s.
+func msLabel(v float64) string {
+	if v >= 1000 {
+		return strconv.FormatFloat(v/1000, 'g', 4, 64) + " s"
+	}
+	return strconv.FormatFloat(v, 'g', 4, 64)
+}
+
 // countLabel is a tick label: 0.5, 20, 5k, 2M.
 func countLabel(v float64) string {
 	switch {
@@ -173,7 +181,7 @@ func tableSVG(b *bytes.Buffer, r *Report) {
 		fmt.Fprintf(b, `<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", px(t), padT+plotH+18, countLabel(t))
 	}
 	for _, t := range ys.ticks() {
-		fmt.Fprintf(b, `<text x="%d" y="%.1f" text-anchor="end" dominant-baseline="middle">%s</text>`+"\n", padL-6, py(t), countLabel(t))
+		fmt.Fprintf(b, `<text x="%d" y="%.1f" text-anchor="end" dominant-baseline="middle">%s</text>`+"\n", padL-6, py(t), msLabel(t))
 	}
 	for i := 0; i <= 5; i++ {
 		v := errMax * float64(i) / 5
@@ -289,7 +297,7 @@ func histogramSVG(b *bytes.Buffer, r *Report) {
 	fmt.Fprintf(b, `<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#444"/>`+"\n", padL, padT, plotW, plotH)
 	fmt.Fprintf(b, "</g>\n")
 	for _, t := range xs.ticks() {
-		fmt.Fprintf(b, `<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", px(t), padT+plotH+18, countLabel(t))
+		fmt.Fprintf(b, `<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", px(t), padT+plotH+18, msLabel(t))
 	}
 	for i := 0; i <= 4; i++ {
 		v := ymax * float64(i) / 4

@@ -1,0 +1,67 @@
+package bench
+
+import (
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// lockedBuffer is a writer tests can read while a view writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func TestProgressPlainLines(t *testing.T) {
+	var out lockedBuffer
+	p := Progress{Connected: 3, Failed: 1}
+	v := startProgress(&out, false, "capacity", 8, func() Progress { return p })
+	v.setPhase("ramp", 0)
+	v.setPhase("hold", time.Second)
+	v.close()
+	v.close()
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("want one line per phase, got %q", lines)
+	}
+	if !strings.Contains(lines[0], "capacity ramp") || !strings.Contains(lines[0], " 50%") || !strings.Contains(lines[0], "conns 3/8  failed 1") {
+		t.Errorf("ramp line %q", lines[0])
+	}
+	if strings.Contains(out.String(), "\r") {
+		t.Error("plain output must not redraw lines")
+	}
+}
+
+func TestProgressTerminalRedraws(t *testing.T) {
+	var out lockedBuffer
+	v := startProgress(&out, true, "fanout", 10, func() Progress { return Progress{Connected: 10, Counted: 42} })
+	v.setPhase("publish", time.Minute)
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(out.String(), "values 42") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	v.close()
+	s := out.String()
+	if !strings.Contains(s, "\r\033[Kfanout publish  [") || !strings.HasSuffix(s, "\r\033[K") {
+		t.Fatalf("terminal output %q: want redrawn lines and a cleared line at the end", s)
+	}
+}
+
+func TestProgressNowhere(t *testing.T) {
+	v := startProgress(nil, false, "x", 1, func() Progress { return Progress{} })
+	v.setPhase("ramp", 0)
+	v.close()
+}

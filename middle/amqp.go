@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
-	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -147,7 +145,7 @@ func (c AMQPConfig) Validate() error {
 		return errors.New("amqp URL: required")
 	}
 	if _, err := amqp.ParseURI(c.URL); err != nil {
-		return fmt.Errorf("amqp URL %s: %w", redactAMQPURL(c.URL), err)
+		return fmt.Errorf("amqp URL %s: %w", redactURL(c.URL), err)
 	}
 	switch {
 	case c.DialTimeout < 0:
@@ -206,7 +204,7 @@ func NewAMQPConn(cfg AMQPConfig) (*AMQPConn, error) {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		topo:     cfg.Topology,
-		redacted: redactAMQPURL(cfg.URL),
+		redacted: redactURL(cfg.URL),
 		dial:     amqp.DefaultDial(cfg.DialTimeout),
 		changed:  make(chan struct{}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
@@ -247,7 +245,7 @@ func (c *AMQPConn) Run(ctx context.Context) error {
 	if !c.running.CompareAndSwap(false, true) {
 		return errors.New("amqp connection: Run called twice")
 	}
-	bo := amqpBackoff{min: c.cfg.MinBackoff, max: c.cfg.MaxBackoff}
+	bo := backoff{min: c.cfg.MinBackoff, max: c.cfg.MaxBackoff}
 	var (
 		everUp   bool
 		failures int          // failed attempts since the last session
@@ -271,7 +269,7 @@ func (c *AMQPConn) Run(ctx context.Context) error {
 			default:
 				c.log.Debug("AMQP connection attempt failed", "url", c.redacted, "attempt", failures, "error", err)
 			}
-			if !amqpSleep(ctx, bo.next()) {
+			if !sleepCtx(ctx, bo.next()) {
 				break
 			}
 			continue
@@ -334,7 +332,7 @@ func (c *AMQPConn) Run(ctx context.Context) error {
 		if downAt.Sub(upAt) >= c.cfg.MaxBackoff {
 			bo.reset() // a connection that lived a while earns a quick retry
 		}
-		if !amqpSleep(ctx, bo.next()) {
+		if !sleepCtx(ctx, bo.next()) {
 			break
 		}
 	}
@@ -494,45 +492,4 @@ func amqpCloseReason(e *amqp.Error, ok bool) error {
 		return e
 	}
 	return amqp.ErrClosed
-}
-
-// amqpBackoff is exponential with jitter: each delay is drawn from the upper
-// half of the current step, so nodes that lost the broker together do not
-// come back in lockstep.
-type amqpBackoff struct {
-	min, max time.Duration
-	step     time.Duration
-}
-
-func (b *amqpBackoff) next() time.Duration {
-	if b.step == 0 {
-		b.step = b.min
-	} else {
-		b.step = min(2*b.step, b.max)
-	}
-	half := b.step / 2
-	return half + rand.N(b.step-half+1)
-}
-
-func (b *amqpBackoff) reset() { b.step = 0 }
-
-// amqpSleep waits d; false when ctx ended first.
-func amqpSleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
-// redactAMQPURL drops the password from an AMQP URL.
-func redactAMQPURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
 }

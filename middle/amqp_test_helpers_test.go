@@ -32,9 +32,9 @@ func amqpURLForTest(t testing.TB) string {
 	conn, err := amqp.DialConfig(url, amqp.Config{Dial: amqp.DefaultDial(3 * time.Second)})
 	if err != nil {
 		if os.Getenv("WSPUSH_REQUIRE_SERVICES") == "1" {
-			t.Fatalf("RabbitMQ at %s is unreachable and WSPUSH_REQUIRE_SERVICES=1: %v", redactAMQPURL(url), err)
+			t.Fatalf("RabbitMQ at %s is unreachable and WSPUSH_REQUIRE_SERVICES=1: %v", redactURL(url), err)
 		}
-		t.Skipf("RabbitMQ at %s is unreachable (set WSPUSH_REQUIRE_SERVICES=1 to fail instead): %v", redactAMQPURL(url), err)
+		t.Skipf("RabbitMQ at %s is unreachable (set WSPUSH_REQUIRE_SERVICES=1 to fail instead): %v", redactURL(url), err)
 	}
 	_ = conn.Close()
 	return url
@@ -60,7 +60,7 @@ func amqpTestTopology(t testing.TB, url string) AMQPTopology {
 	t.Cleanup(func() {
 		conn, err := amqp.Dial(url)
 		if err != nil {
-			t.Errorf("cleanup: dial %s: %v", redactAMQPURL(url), err)
+			t.Errorf("cleanup: dial %s: %v", redactURL(url), err)
 			return
 		}
 		defer conn.Close()

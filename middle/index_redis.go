@@ -319,7 +319,7 @@ func (x *RedisIndex) Run(ctx context.Context) error {
 func (x *RedisIndex) flushLoop(ctx context.Context) {
 	tick := time.NewTicker(x.cfg.FlushInterval)
 	defer tick.Stop()
-	bo := redisBackoff{min: x.cfg.BackoffMin, max: x.cfg.BackoffMax}
+	bo := backoff{min: x.cfg.BackoffMin, max: x.cfg.BackoffMax}
 	var (
 		rewriteDue   = true // the first write replaces what a previous run left
 		failing      bool

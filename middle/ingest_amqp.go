@@ -440,7 +440,7 @@ func (in *AMQPIngest) requeue(ctx context.Context, items []ingestItem, cause err
 	} else {
 		in.log.Debug("AMQP ingest: cannot publish; requeueing", "messages", len(items), "error", cause)
 	}
-	if !amqpSleep(ctx, in.cfg.RequeueDelay) {
+	if !sleepCtx(ctx, in.cfg.RequeueDelay) {
 		return nil
 	}
 	for i := range items {

@@ -5,10 +5,7 @@ import (
 	crand "crypto/rand"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"net/url"
 	"strings"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
@@ -25,7 +22,7 @@ const DefaultRedisPrefix = "wspush"
 func NewRedisClient(ctx context.Context, rawURL string) (*redis.Client, error) {
 	opt, err := redis.ParseURL(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("redis URL %s: %w", redactRedisURL(rawURL), err)
+		return nil, fmt.Errorf("redis URL %s: %w", redactURL(rawURL), err)
 	}
 	// Maintenance notifications are a Redis Cloud feature; asking a plain
 	// Redis for them only adds a failing command to every new connection.
@@ -33,18 +30,9 @@ func NewRedisClient(ctx context.Context, rawURL string) (*redis.Client, error) {
 	c := redis.NewClient(opt)
 	if err := c.Ping(ctx).Err(); err != nil {
 		_ = c.Close()
-		return nil, fmt.Errorf("redis %s: ping: %w", redactRedisURL(rawURL), err)
+		return nil, fmt.Errorf("redis %s: ping: %w", redactURL(rawURL), err)
 	}
 	return c, nil
-}
-
-// redactRedisURL hides the password of a Redis URL for logs and errors.
-func redactRedisURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
 }
 
 // validateRedisPrefix checks a key prefix: something non-empty that cannot
@@ -82,31 +70,6 @@ func (k redisKeys) nodes() string               { return k.p + "nodes" }
 func (k redisKeys) node(id string) string       { return k.p + "node:" + id }
 func (k redisKeys) nodeSubs(id string) string   { return k.p + "nodesubs:" + id }
 func (k redisKeys) poll(app string) string      { return k.p + "poll:" + app }
-
-// redisBackoff is an exponential retry delay: min, doubled per failure up to max,
-// each wait shortened by a random up to 25% so nodes do not retry in step.
-type redisBackoff struct {
-	min, max time.Duration
-	cur      time.Duration
-}
-
-func (b *redisBackoff) next() time.Duration {
-	switch {
-	case b.cur == 0:
-		b.cur = b.min
-	case b.cur < b.max/2:
-		b.cur *= 2
-	default:
-		b.cur = b.max
-	}
-	d := b.cur
-	if j := d / 4; j > 0 {
-		d -= rand.N(j)
-	}
-	return d
-}
-
-func (b *redisBackoff) reset() { b.cur = 0 }
 
 // instanceToken identifies one run of a process, to tell it apart from
 // another process that (wrongly) uses the same node ID.

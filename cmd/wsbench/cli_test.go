@@ -2,11 +2,9 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/xml"
 	"errors"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +13,7 @@ import (
 
 	"github.com/wspush/wspush/internal/app"
 	"github.com/wspush/wspush/internal/bench"
+	"github.com/wspush/wspush/internal/wstest"
 )
 
 func runCLI(t *testing.T, stdin string, args ...string) (code int, stdout, stderr string) {
@@ -108,24 +107,8 @@ func TestWorkerSubcommandReportsBadInput(t *testing.T) {
 // startServer runs a wspush process on a loopback port for the test.
 func startServer(t *testing.T) string {
 	t.Helper()
-	a, err := app.New(app.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server: %v", err)
-		}
-	})
-	return "ws://" + ln.Addr().String() + "/ws"
+	base, _, _ := wstest.StartApp(t, app.Config{})
+	return wstest.WSURL(base)
 }
 
 func checkSVG(t *testing.T, path string) {

@@ -26,24 +26,8 @@ import (
 // base URL; it is shut down when the test ends.
 func startApp(t *testing.T, cfg app.Config) (string, *app.App) {
 	t.Helper()
-	a, err := app.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	})
-	return "http://" + ln.Addr().String(), a
+	base, a, _ := wstest.StartApp(t, cfg)
+	return base, a
 }
 
 func publish(t *testing.T, base string, body string) (int, map[string]any) {

@@ -47,34 +47,10 @@ func randomName(prefix string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
-// startNode runs one cluster node; stop ends it as a killed node would not
-// (gracefully), and is also called at cleanup.
+// startNode runs one cluster node until stop (or the end of the test).
 func startNode(t *testing.T, id, datacenter string) (base string, stop func()) {
 	t.Helper()
-	a, err := app.New(app.Config{NodeID: id, RedisURL: testRedisURL, AMQPURL: testAMQPURL, DatacenterURL: datacenter})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx, ln) }()
-	stopped := false
-	stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("node %s: %v", id, err)
-		}
-	}
-	t.Cleanup(stop)
-	base = "http://" + ln.Addr().String()
+	base, a, stop := wstest.StartApp(t, app.Config{NodeID: id, RedisURL: testRedisURL, AMQPURL: testAMQPURL, DatacenterURL: datacenter})
 	wstest.Eventually(t, 15*time.Second, func() error { return a.Ready() })
 	return base, stop
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/wspush/wspush/internal/app"
+	"github.com/wspush/wspush/internal/wstest"
 )
 
 // workerEnv makes the test binary a wsbench worker (see TestMain), so
@@ -48,24 +48,8 @@ func testWorkers() Spawner {
 // down when the test ends.
 func startServer(t *testing.T, cfg app.Config) ServerURL {
 	t.Helper()
-	a, err := app.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server: %v", err)
-		}
-	})
-	return ServerURL{WS: "ws://" + ln.Addr().String() + "/ws", HTTP: "http://" + ln.Addr().String()}
+	base, _, _ := wstest.StartApp(t, cfg)
+	return ServerURL{WS: wstest.WSURL(base), HTTP: base}
 }
 
 func newTestRunner(t *testing.T, o Options) *Runner {

@@ -160,6 +160,7 @@ func (s *session) writeLoop() {
 		s.queued = 0
 		closing := s.closeFrame
 		if len(batch) == 0 && closing == nil {
+			s.queue = nil // an idle connection keeps no burst-sized array
 			s.writing = false
 			s.mu.Unlock()
 			return

@@ -40,8 +40,12 @@ type Server struct {
 	nextID   atomic.Uint64
 	conns    atomic.Int64
 	draining atomic.Bool
-	sessions [16]sessionShard
+	sessions [sessionShards]sessionShard
 }
+
+// sessionShards is how many locks share the session registry; the
+// heartbeat also visits one shard at a time.
+const sessionShards = 64
 
 type sessionShard struct {
 	mu sync.Mutex
@@ -169,19 +173,24 @@ func (s *Server) remove(sess *session) {
 	sh.mu.Unlock()
 }
 
+// each calls fn for every session, outside the shard locks.
 func (s *Server) each(fn func(*session)) {
 	for i := range s.sessions {
-		sh := &s.sessions[i]
-		sh.mu.Lock()
-		list := make([]*session, 0, len(sh.m))
-		for _, sess := range sh.m {
-			list = append(list, sess)
-		}
-		sh.mu.Unlock()
-		for _, sess := range list {
+		for _, sess := range s.sessions[i].list() {
 			fn(sess)
 		}
 	}
+}
+
+// list returns the sessions of sh.
+func (sh *sessionShard) list() []*session {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	list := make([]*session, 0, len(sh.m))
+	for _, sess := range sh.m {
+		list = append(list, sess)
+	}
+	return list
 }
 
 func (s *Server) queuedBytes() int64 {
@@ -193,32 +202,36 @@ func (s *Server) queuedBytes() int64 {
 // Connections is the number of open connections.
 func (s *Server) Connections() int { return int(s.conns.Load()) }
 
-// Run sends heartbeats and reaps dead connections until ctx ends.
+// Run sends heartbeats and reaps dead connections until ctx ends. The
+// connections are visited one shard per tick, spread over PingInterval, so
+// that a node with many connections never pings them all at once: that
+// would start a writer goroutine per connection in one burst (CPU and
+// stack memory spike, a latency spike for the data behind it).
 func (s *Server) Run(ctx context.Context) error {
-	t := time.NewTicker(s.cfg.PingInterval)
+	t := time.NewTicker(max(s.cfg.PingInterval/sessionShards, 1))
 	defer t.Stop()
-	for {
+	for next := 0; ; next = (next + 1) % sessionShards {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.C:
-			s.heartbeat(time.Now())
+		case now := <-t.C:
+			s.heartbeat(&s.sessions[next], now)
 		}
 	}
 }
 
-// heartbeat pings every connection and reaps those silent for longer than
-// PingTimeout (a pong or any frame counts as a sign of life).
-func (s *Server) heartbeat(now time.Time) {
+// heartbeat pings every connection of sh and reaps those silent for longer
+// than PingTimeout (a pong or any frame counts as a sign of life).
+func (s *Server) heartbeat(sh *sessionShard, now time.Time) {
 	deadline := now.Add(-s.cfg.PingTimeout).UnixNano()
-	s.each(func(sess *session) {
+	for _, sess := range sh.list() {
 		if sess.lastRead.Load() < deadline {
 			s.log.Info("reaping dead connection", "conn", sess.id, "silent_for", now.Sub(time.Unix(0, sess.lastRead.Load())).Round(time.Second))
 			sess.abort(proto.CloseGoingAway)
-			return
+			continue
 		}
 		sess.Enqueue(s.pingFrame)
-	})
+	}
 }
 
 // Shutdown stops accepting connections, closes every open one with 1001

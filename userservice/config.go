@@ -22,6 +22,11 @@ type Config struct {
 	PingInterval        time.Duration // server pings this often (default 25s)
 	PingTimeout         time.Duration // a connection silent this long is reaped (default 60s)
 	WriteTimeout        time.Duration // one write to a client (default 10s)
+	// WriteDelay is how long a connection's writer waits, once something
+	// is queued, before it writes: frames queued meanwhile go out in the
+	// same write. It trades that much latency for fewer write syscalls
+	// when keys change many times a second (default 0: write at once).
+	WriteDelay time.Duration
 	CommandTimeout      time.Duration // a subscribe's work in the middle tier (default 10s)
 	HandshakeTimeout    time.Duration // the WebSocket upgrade (default 10s)
 	// AllowedOrigins lists the browser origins allowed to connect, e.g.
@@ -52,6 +57,7 @@ const (
 	DefaultWriteTimeout        = 10 * time.Second
 	DefaultCommandTimeout      = 10 * time.Second
 	DefaultHandshakeTimeout    = 10 * time.Second
+	MaxWriteDelay              = time.Second
 )
 
 func (c Config) withDefaults() Config {
@@ -99,6 +105,9 @@ func (c Config) Validate() error {
 	positive("queue max bytes", c.QueueMaxBytes > 0)
 	positive("ping interval", c.PingInterval > 0)
 	positive("write timeout", c.WriteTimeout > 0)
+	if c.WriteDelay < 0 || c.WriteDelay > MaxWriteDelay {
+		errs = append(errs, fmt.Errorf("write delay %s: want 0 to %s", c.WriteDelay, MaxWriteDelay))
+	}
 	if c.PingTimeout <= c.PingInterval {
 		errs = append(errs, fmt.Errorf("ping timeout %s must be longer than the ping interval %s", c.PingTimeout, c.PingInterval))
 	}

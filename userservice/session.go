@@ -152,6 +152,7 @@ func (s *session) abort(code int) {
 // empty (then it ends) or the close frame has been sent (then it ends for
 // good). The batch buffers live on its stack's frame only while it runs.
 func (s *session) writeLoop() {
+	s.delayWrite()
 	var batch []*proto.Frame
 	var iov net.Buffers
 	for {
@@ -190,6 +191,21 @@ func (s *session) writeLoop() {
 		}
 		close(s.writerDone)
 		return
+	}
+}
+
+// delayWrite waits WriteDelay before a writer's first write, so that what
+// is queued meanwhile shares it; a closing connection does not wait.
+func (s *session) delayWrite() {
+	d := s.srv.cfg.WriteDelay
+	if d <= 0 {
+		return
+	}
+	s.mu.Lock()
+	closing := s.closeFrame != nil
+	s.mu.Unlock()
+	if !closing {
+		time.Sleep(d)
 	}
 }
 

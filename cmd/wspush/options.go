@@ -58,6 +58,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.DurationVar(&u.PingInterval, "ping-interval", 0, "heartbeat ping interval (default 25s)")
 	fs.DurationVar(&u.PingTimeout, "ping-timeout", 0, "silence after which a connection is reaped (default 60s)")
 	fs.DurationVar(&u.WriteTimeout, "write-timeout", 0, "timeout of one write to a client (default 10s)")
+	fs.DurationVar(&u.WriteDelay, "write-delay", 0, "a connection's writer waits this long before writing, so that frames queued meanwhile share one write (fewer syscalls for keys that change many times a second, at that much latency); 0: write at once")
 	fs.StringVar(&origins, "allowed-origins", "", `comma-separated browser origins allowed to connect, "*" for any; empty: same host`)
 	fs.StringVar(&jwtSecret, "jwt-secret", "", "HS256 secret: when set, clients need a JWT (?token= or Authorization: Bearer)")
 

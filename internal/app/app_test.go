@@ -433,3 +433,66 @@ func TestHTTPEndpoints(t *testing.T) {
 		}
 	}
 }
+
+func TestWriteDelayPutsQueuedFramesInOneWrite(t *testing.T) {
+	cfg := app.Config{}
+	cfg.Users.WriteDelay = 500 * time.Millisecond
+	cfg.Users.PingInterval, cfg.Users.PingTimeout = time.Hour, 2*time.Hour // no ping frame in between
+	base, a := startApp(t, cfg)
+	c := wstest.Dial(t, wstest.WSURL(base), nil)
+	c.Subscribe("a", "json", nil, "k")
+	// The counters move just after the write the client already saw.
+	counters := func() (writes, frames float64) {
+		return metricValue(t, base, "wspush_socket_writes_total"), metricValue(t, base, "wspush_frames_written_total")
+	}
+	wstest.Eventually(t, 5*time.Second, func() error {
+		if w, f := counters(); w != 1 || f != 1 {
+			return fmt.Errorf("%v frames in %v writes, want the ack alone", f, w)
+		}
+		return nil
+	})
+
+	// Ten publications queued within the delay leave in one write.
+	const n = 10
+	pubs := make([]proto.Publication, n)
+	for i := range pubs {
+		pubs[i] = proto.Publication{App: "a", Key: "k", Data: []byte(fmt.Sprint(i)), JSON: true}
+	}
+	if _, err := a.Node().Publish(context.Background(), "test", pubs); err != nil {
+		t.Fatal(err)
+	}
+	if got := wstest.Seqs(c.Data(n)); !slices.Equal(got, []uint64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}) {
+		t.Fatalf("seqs %v", got)
+	}
+	wstest.Eventually(t, 5*time.Second, func() error {
+		if w, f := counters(); w != 2 || f != 1+n {
+			return fmt.Errorf("%v frames in %v writes, want %d in 2", f, w, 1+n)
+		}
+		return nil
+	})
+}
+
+// metricValue reads an unlabelled counter or gauge from /metrics.
+func metricValue(t *testing.T, base, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err != nil {
+				t.Fatalf("metric %s: %v", name, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
+}

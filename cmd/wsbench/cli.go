@@ -32,8 +32,8 @@ addresses (127.0.0.0/8, ::1).
 Scenarios:
   capacity   open many connections, hold them; connect errors, handshake
              latency, server memory per connection and CPU
-  fanout     many subscribers, values published over HTTP; deliveries per
-             second, end-to-end latency, loss by seq
+  fanout     many subscribers, values published over HTTP or AMQP;
+             deliveries per second, end-to-end latency, loss by seq
   table      the paper's experiment as a sweep over connection counts, one
              key per connection and one value per key per second
 
@@ -42,6 +42,7 @@ Run "wsbench <scenario> --help" for a scenario's flags.
 Examples:
   wsbench capacity --connections 5000 --ramp 2000 --hold 10s
   wsbench fanout --subscribers 1000 --rate 20 --duration 10s --svg fanout.svg
+  wsbench fanout --source amqp --url ws://127.0.0.1:8080/ws,ws://127.0.0.1:8081/ws   # scripts/cluster.sh 2
   wsbench table --steps 500,1500,5000 --json table.json --svg table.svg
   wsbench table --source poller   # wspush --datacenter-url http://127.0.0.1:9090
 `
@@ -83,20 +84,35 @@ the servers' /metrics the memory (RSS growth / connections) and CPU.`}
 }
 
 func fanoutScenario() *scenario {
-	var c bench.FanoutConfig
+	var (
+		c      bench.FanoutConfig
+		source string
+	)
 	s := &scenario{name: "fanout", synopsis: `Opens --subscribers connections spread over --keys keys, then publishes
---rate values per second (all keys together, round robin) for --duration
-over POST /api/publish, in batches. Every value carries its send time;
-reports deliveries per second, end-to-end latency (avg, p50, p99, p99.9,
-max) and loss by seq (lost, duplicates, out of order) per key per
-connection.`}
+--rate values per second (all keys together, round robin) for --duration,
+in batches: over POST /api/publish (--source http), or to the RabbitMQ
+exchange wspush.ingest that a cluster's servers share (--source amqp,
+routing key <app>.<key>, publisher confirms; implies --cluster). Every
+value carries its send time; reports deliveries per second, end-to-end
+latency (avg, p50, p99, p99.9, max) and loss by seq (lost, duplicates,
+out of order) per key per connection. With amqp, a value counts as
+published once the broker confirms it, and latency includes the servers'
+ingestion.`}
 	s.flags = func(fs *flag.FlagSet) func() error {
 		fs.IntVar(&c.Subscribers, "subscribers", 1000, "subscriber connections")
 		fs.IntVar(&c.Keys, "keys", 1, "keys the subscribers are spread over")
 		fs.Float64Var(&c.Rate, "rate", 100, "values published per second, all keys together")
 		fs.DurationVar(&c.Duration, "duration", 10*time.Second, "how long to publish")
+		fs.StringVar(&source, "source", "http", "how wsbench publishes: http (POST /api/publish) or amqp (exchange wspush.ingest at --amqp-url)")
 		return func() error {
-			return errors.Join(
+			var err error
+			if c.Source, err = bench.ParseSource(source); err == nil && !c.Source.FromWsbench() {
+				err = fmt.Errorf("source %q: want http or amqp", source)
+			}
+			if err != nil {
+				err = fmt.Errorf("--source: %w", err)
+			}
+			return errors.Join(err,
 				intIn("--subscribers", c.Subscribers, 1, maxConnections),
 				intIn("--keys", c.Keys, 1, c.Subscribers),
 				floatIn("--rate", c.Rate, 0.1, maxRate),
@@ -118,8 +134,8 @@ func tableScenario() *scenario {
 	s := &scenario{name: "table", synopsis: `The paper's experiment as a sweep. For each connection count in --steps,
 every connection subscribes to its own key (s000001, s000002, ...) and
 every key gets one value per second for --duration: published by wsbench
-(--source http; latency from the send time in the payload) or by the
-server's poller from the data center (--source poller: run wspush with
+(--source http, or amqp as in fanout; latency from the send time in the
+payload) or by the server's poller from the data center (--source poller: run wspush with
 --datacenter-url pointing at cmd/datacenter; latency is receive time minus
 the value's ts, which the simulator sets to the start of its 1s step in
 whole milliseconds, so it includes the wait for the poller's tick and is
@@ -129,7 +145,7 @@ error rate = (lost values, a failed connection losing all of its) /
 (19,900 connections each) is reported as skipped.`}
 	s.flags = func(fs *flag.FlagSet) func() error {
 		fs.StringVar(&steps, "steps", "500,750,900,1200,1500,5000,10000,50000,100000", "comma-separated connection counts")
-		fs.StringVar(&source, "source", "http", "who publishes: http (wsbench) or poller (the server polling the data center)")
+		fs.StringVar(&source, "source", "http", "who publishes: http or amqp (wsbench, as in fanout) or poller (the server polling the data center)")
 		fs.DurationVar(&c.Duration, "duration", 10*time.Second, "measured time per step")
 		fs.DurationVar(&c.Warmup, "warmup", 3*time.Second, "poller: wait after subscribing before measuring")
 		return func() error {
@@ -205,9 +221,26 @@ func durationIn(name string, v, lo, hi time.Duration) error {
 	return nil
 }
 
+// urlsFlag is --url: it may be repeated, and its first use replaces the
+// default.
+type urlsFlag struct {
+	list []string
+	set  bool
+}
+
+func (f *urlsFlag) String() string { return strings.Join(f.list, ",") }
+
+func (f *urlsFlag) Set(v string) error {
+	if !f.set {
+		f.list, f.set = nil, true
+	}
+	f.list = append(f.list, v)
+	return nil
+}
+
 // common holds the flags every scenario shares.
 type common struct {
-	urls     string
+	urls     urlsFlag
 	timeout  time.Duration
 	jsonPath string
 	svgPath  string
@@ -217,7 +250,8 @@ type common struct {
 
 func (c *common) register(fs *flag.FlagSet) func() error {
 	o := &c.o
-	fs.StringVar(&c.urls, "url", "ws://127.0.0.1:8080/ws", "comma-separated wspush WebSocket URLs (loopback only); connections go round robin")
+	c.urls = urlsFlag{list: []string{"ws://127.0.0.1:8080/ws"}}
+	fs.Var(&c.urls, "url", "wspush WebSocket `URLs` (loopback only), comma-separated or with --url repeated; connections go round robin")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Minute, "stop the whole run after this long")
 	fs.StringVar(&c.jsonPath, "json", "", "write every figure to this JSON file")
 	fs.StringVar(&c.svgPath, "svg", "", "write a chart to this SVG file")
@@ -229,12 +263,13 @@ func (c *common) register(fs *flag.FlagSet) func() error {
 	fs.StringVar(&o.Format, "format", "binary", "subscription format: binary or json (json decodes every message: slower receivers)")
 	fs.StringVar(&o.App, "app", bench.DefaultApp, "app ID of the keys")
 	fs.StringVar(&o.APIKey, "api-key", "", "API key of POST /api/publish, when the servers have one")
-	fs.BoolVar(&o.Cluster, "cluster", false, "the servers share Redis and RabbitMQ: publish each value to one of them (default: to every server with a subscriber of the key)")
+	fs.BoolVar(&o.Cluster, "cluster", false, "the servers share Redis and RabbitMQ: publish each value to one of them (default: to every server with a subscriber of the key; implied by --source amqp)")
+	fs.StringVar(&o.AMQPURL, "amqp-url", bench.DefaultAMQPURL, "the RabbitMQ the servers share, for --source amqp (loopback only)")
 	fs.Float64Var(&o.RampRate, "ramp", bench.DefaultRampRate, "connections opened per second, all workers together")
 	fs.DurationVar(&o.HandshakeTimeout, "handshake-timeout", bench.DefaultHandshakeTimeout, "limit of one connection's dial, upgrade and subscribe")
 	fs.DurationVar(&o.Drain, "drain", bench.DefaultDrain, "after publishing, how long to wait for values in flight")
-	fs.DurationVar(&o.BatchInterval, "batch-interval", bench.DefaultBatchInterval, "publisher tick: values due are sent as one batch per server per tick")
-	fs.IntVar(&o.PublishConns, "publish-conns", bench.DefaultPublishConns, "concurrent publish requests")
+	fs.DurationVar(&o.BatchInterval, "batch-interval", bench.DefaultBatchInterval, "publisher tick: values due are sent as one batch per server (amqp: one batch) per tick")
+	fs.IntVar(&o.PublishConns, "publish-conns", bench.DefaultPublishConns, "concurrent publish requests (amqp: channels)")
 	return func() error {
 		return errors.Join(
 			durationIn("--timeout", c.timeout, time.Second, 24*time.Hour),
@@ -320,8 +355,12 @@ func runScenario(s *scenario, args []string, stdout, stderr io.Writer) int {
 	} else {
 		c.o.MaxConnsPerWorker = int(min(hard, maxConnections)) - 100
 	}
-	if c.o.Servers, err = bench.ParseServerURLs(ctx, c.urls); err != nil {
+	if c.o.Servers, err = bench.ParseServerURLs(ctx, c.urls.String()); err != nil {
 		fmt.Fprintf(stderr, "wsbench %s: --url: %v\n", s.name, err)
+		return 2
+	}
+	if err := bench.CheckAMQPURL(ctx, c.o.AMQPURL); err != nil {
+		fmt.Fprintf(stderr, "wsbench %s: --amqp-url: %v\n", s.name, err)
 		return 2
 	}
 	c.o.Deadline = time.Now().Add(c.timeout + 30*time.Second)

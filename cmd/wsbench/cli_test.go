@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/xml"
 	"errors"
+	"flag"
 	"io"
 	"os"
 	"os/exec"
@@ -41,14 +42,14 @@ func TestHelp(t *testing.T) {
 func TestScenarioHelp(t *testing.T) {
 	for scenario, flags := range map[string][]string{
 		"capacity": {"--connections", "--keys-per-conn", "--key-space", "--hold"},
-		"fanout":   {"--subscribers", "--keys", "--rate", "--duration"},
+		"fanout":   {"--subscribers", "--keys", "--rate", "--duration", "--source"},
 		"table":    {"--steps", "--source", "--duration", "--warmup"},
 	} {
 		code, out, _ := runCLI(t, "", scenario, "--help")
 		if code != 0 {
 			t.Fatalf("%s --help: exit %d", scenario, code)
 		}
-		common := []string{"--url", "--workers", "--source-ips", "--timeout", "--json", "--svg", "--ramp", "--format"}
+		common := []string{"--url", "--workers", "--source-ips", "--timeout", "--json", "--svg", "--ramp", "--format", "--amqp-url"}
 		for _, f := range append(flags, common...) {
 			if !strings.Contains(out, f+" ") && !strings.Contains(out, f+"\n") {
 				t.Errorf("%s --help lacks %s:\n%s", scenario, f, out)
@@ -71,7 +72,12 @@ func TestBadUsage(t *testing.T) {
 		{[]string{"fanout", "--duration", "2h"}, "--duration 2h0m0s"},
 		{[]string{"table", "--steps", "10,x"}, "--steps"},
 		{[]string{"table", "--steps", ""}, "--steps"},
-		{[]string{"table", "--source", "amqp"}, "--source"},
+		{[]string{"table", "--source", "kafka"}, `--source: source "kafka": want http, amqp or poller`},
+		{[]string{"fanout", "--source", "poller"}, `--source: source "poller": want http or amqp`},
+		{[]string{"fanout", "--source", "nope"}, "--source"},
+		{[]string{"fanout", "--source", "amqp", "--amqp-url", "amqp://u:pw@10.1.2.3:5672/"}, "--amqp-url: refusing amqp://u:xxxxx@10.1.2.3:5672/"},
+		{[]string{"table", "--source", "amqp", "--amqp-url", "amqp://[2001:db8::1]/"}, "refusing"},
+		{[]string{"fanout", "--source", "amqp", "--amqp-url", "http://127.0.0.1:5672/"}, "want amqp:// or amqps://"},
 		{[]string{"table", "--timeout", "0s"}, "--timeout"},
 		{[]string{"capacity", "--url", "ws://10.1.2.3:8080/ws"}, "refusing"},
 		{[]string{"capacity", "--url", "http://127.0.0.1:8080/ws"}, "ws://"},
@@ -82,6 +88,24 @@ func TestBadUsage(t *testing.T) {
 		if code != 2 || !strings.Contains(errOut, tc.want) {
 			t.Errorf("%q: exit %d, stderr %q; want 2 and %q", tc.args, code, errOut, tc.want)
 		}
+		if strings.Contains(errOut, ":pw@") {
+			t.Errorf("%q: stderr shows the AMQP password: %q", tc.args, errOut)
+		}
+	}
+}
+
+func TestURLFlagRepeats(t *testing.T) {
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	var c common
+	c.register(fs)
+	if got := c.urls.String(); got != "ws://127.0.0.1:8080/ws" {
+		t.Fatalf("default %q", got)
+	}
+	if err := fs.Parse([]string{"--url", "ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws", "--url", "ws://127.0.0.1:3/ws"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.urls.String(), "ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws,ws://127.0.0.1:3/ws"; got != want {
+		t.Fatalf("--url twice: %q, want %q", got, want)
 	}
 }
 

@@ -5,9 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -20,27 +18,6 @@ import (
 	"github.com/wspush/wspush/internal/wstest"
 )
 
-const (
-	testRedisURL = "redis://127.0.0.1:6379/0"
-	testAMQPURL  = "amqp://guest:guest@127.0.0.1:5672/"
-)
-
-// requireServices skips the test when Redis or RabbitMQ is unreachable, or
-// fails it when WSPUSH_REQUIRE_SERVICES=1 (CI).
-func requireServices(t *testing.T) {
-	t.Helper()
-	for _, addr := range []string{"127.0.0.1:6379", "127.0.0.1:5672"} {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			if os.Getenv("WSPUSH_REQUIRE_SERVICES") == "1" {
-				t.Fatalf("%s unreachable (WSPUSH_REQUIRE_SERVICES=1): %v", addr, err)
-			}
-			t.Skipf("%s unreachable: %v", addr, err)
-		}
-		c.Close()
-	}
-}
-
 func randomName(prefix string) string {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
@@ -50,13 +27,13 @@ func randomName(prefix string) string {
 // startNode runs one cluster node until stop (or the end of the test).
 func startNode(t *testing.T, id, datacenter string) (base string, stop func()) {
 	t.Helper()
-	base, a, stop := wstest.StartApp(t, app.Config{NodeID: id, RedisURL: testRedisURL, AMQPURL: testAMQPURL, DatacenterURL: datacenter})
+	base, a, stop := wstest.StartApp(t, app.Config{NodeID: id, RedisURL: wstest.RedisURL, AMQPURL: wstest.AMQPURL, DatacenterURL: datacenter})
 	wstest.Eventually(t, 15*time.Second, func() error { return a.Ready() })
 	return base, stop
 }
 
 func TestClusterTwoNodes(t *testing.T) {
-	requireServices(t)
+	wstest.RequireServices(t)
 	dc := httptest.NewServer(simulator.New(simulator.Config{}))
 	defer dc.Close()
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
@@ -85,7 +62,7 @@ func TestClusterTwoNodes(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		mustPublish(t, baseB, appID, "k1", fmt.Sprintf(`{"http":%d}`, i))
 	}
-	conn, err := amqp.Dial(testAMQPURL)
+	conn, err := amqp.Dial(wstest.AMQPURL)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -230,15 +230,15 @@ func (c *client) onValue(key []byte, seq uint64, ts int64, payload []byte, now i
 		return
 	}
 	var sent int64
-	switch w.cfg.Plan.Source {
-	case SourceHTTP:
+	switch src := w.cfg.Plan.Source; {
+	case src.FromWsbench():
 		t, ok := parseSendTime(payload)
 		if !ok {
 			w.foreign.Add(1)
 			return
 		}
 		sent = t
-	case SourcePoller:
+	case src == SourcePoller:
 		sent = ts * int64(time.Millisecond)
 	default:
 		w.foreign.Add(1)

@@ -283,3 +283,41 @@ func TestLeavesNoGoroutines(t *testing.T) {
 		t.Errorf("no progress lines: %q", progress.String())
 	}
 }
+
+// startClusterNode runs a wspush node on the test Redis and RabbitMQ and
+// waits until it is ready.
+func startClusterNode(t *testing.T) ServerURL {
+	t.Helper()
+	base, a, _ := wstest.StartApp(t, app.Config{NodeID: uniqueName("node-"), RedisURL: wstest.RedisURL, AMQPURL: wstest.AMQPURL})
+	wstest.Eventually(t, 15*time.Second, a.Ready)
+	return ServerURL{WS: wstest.WSURL(base), HTTP: base}
+}
+
+// TestAMQPSourceEndToEnd publishes through RabbitMQ to a two-node
+// cluster: every value is published once and reaches every subscriber
+// of its key on both nodes.
+func TestAMQPSourceEndToEnd(t *testing.T) {
+	wstest.RequireServices(t)
+	a, b := startClusterNode(t), startClusterNode(t)
+	r := newTestRunner(t, Options{Servers: []ServerURL{a, b}, App: uniqueName("bench-"), AMQPURL: wstest.AMQPURL})
+
+	// 20 subscribers of one key, 10 per node; 40 values.
+	rep, err := r.Fanout(t.Context(), FanoutConfig{Subscribers: 20, Keys: 1, Rate: 20, Duration: 2 * time.Second, Source: SourceAMQP})
+	s := onlyStep(t, rep, err)
+	checkClean(t, s)
+	checkDeliveries(t, s, 40, 40*20)
+	if !rep.Options.Cluster {
+		t.Error("the report does not say --source amqp published as a cluster")
+	}
+	for _, n := range s.PerServer {
+		if n.Connections != 10 || n.Deliveries != 40*10 {
+			t.Errorf("server %s: %g connections, %g deliveries; want 10 and 400", n.URL, n.Connections, n.Deliveries)
+		}
+	}
+
+	// The table: every connection its own key, one value per second.
+	rep, err = r.Table(t.Context(), TableConfig{Steps: []int{10}, Source: SourceAMQP, Duration: time.Second}, nil)
+	s = onlyStep(t, rep, err)
+	checkClean(t, s)
+	checkDeliveries(t, s, 10, 10)
+}

@@ -19,6 +19,10 @@ const (
 	// SourceHTTP: wsbench publishes over POST /api/publish; every payload
 	// is {"t":<send time, Unix ns>}.
 	SourceHTTP Source = "http"
+	// SourceAMQP: wsbench publishes the same payloads to the RabbitMQ
+	// exchange wspush.ingest that the servers share, which implies cluster
+	// semantics (see Options.Cluster).
+	SourceAMQP Source = "amqp"
 	// SourcePoller: the server's poller publishes what it polls from the
 	// data center; latency is measured from the value's ts (Unix ms, the
 	// start of the simulator's step).
@@ -28,11 +32,16 @@ const (
 // ParseSource maps a --source value to a Source.
 func ParseSource(s string) (Source, error) {
 	switch Source(s) {
-	case SourceHTTP, SourcePoller:
+	case SourceHTTP, SourceAMQP, SourcePoller:
 		return Source(s), nil
 	}
-	return "", fmt.Errorf("source %q: want http or poller", s)
+	return "", fmt.Errorf("source %q: want http, amqp or poller", s)
 }
+
+// FromWsbench tells whether wsbench publishes the values itself
+// (SourceHTTP, SourceAMQP): their payload carries the send time and the
+// expected counts come from the publisher.
+func (s Source) FromWsbench() bool { return s == SourceHTTP || s == SourceAMQP }
 
 // Plan is what every worker must know the same way about a step: which
 // connection goes to which server and source address and subscribes to
@@ -126,7 +135,7 @@ type WorkerConfig struct {
 	// of one connection.
 	HandshakeTimeout time.Duration `json:"handshake_timeout"`
 	// Drain is how long, after finish, the worker waits for the values
-	// still due (SourceHTTP).
+	// still due (Source.FromWsbench).
 	Drain time.Duration `json:"drain"`
 	// ProgressEvery is the period of progress messages.
 	ProgressEvery time.Duration `json:"progress_every"`

@@ -27,27 +27,48 @@ func newHTTPClient(conns int) *http.Client {
 	}
 }
 
-// publisher publishes a step's values over POST /api/publish: Total
-// values at Rate per second, value v going to key v mod keys, each sent
-// to every node with a subscriber of that key (or, in a cluster, to one
-// node). Each tick sends what is due as one batch per node.
+// batch is what the publisher sends to one target in one go: a value
+// for each of keys (a key may repeat), all with the same payload.
+type batch struct {
+	app     string
+	keys    []string
+	payload []byte // {"t":<send time, Unix ns>}, see appendPayload
+}
+
+// transport carries the publisher's batches: over HTTP to one server
+// (httpTransport) or over AMQP to the broker the servers share
+// (amqpTransport). send is called concurrently.
+type transport interface {
+	// targets is how many destinations batches go to, numbered from 0:
+	// the servers, or 1 for a broker that feeds them all.
+	targets() int
+	// send publishes b to target. A nil error means every value was
+	// accepted. With an error, failed marks the values that were not,
+	// and a nil failed means all of them.
+	send(ctx context.Context, target int, b batch) (failed []bool, err error)
+	// close releases what the transport holds; sends must have ended.
+	close()
+}
+
+// publisher publishes a step's values through a transport: Total values
+// at Rate per second, value v going to key v mod keys, each sent to every
+// target with a subscriber of that key (or, in a cluster, to one target).
+// Each tick sends what is due as one batch per target.
 type publisher struct {
-	client      *http.Client
-	bases       []string // HTTP base of every node
-	apiKey      string
+	tr          transport
 	app, prefix string
 	keys        int
 	rate        float64
 	total       int64
 	cluster     bool
 	subs        [][]uint32 // planned subscriptions per node and key
-	nodesOf     [][]int32  // nodes to publish key k to
+	nodesOf     [][]int32  // targets to publish key k to
 	interval    time.Duration
 	maxBatch    int
 	concurrency int
 
 	mu           sync.Mutex
-	counts       [][]uint64 // values accepted per node and key (cluster: per key, in counts[0])
+	counts       [][]uint64 // values accepted per target and key (cluster: summed over targets)
 	items        int64
 	failedItems  int64
 	failedDeliv  uint64 // planned deliveries of failed items
@@ -60,8 +81,7 @@ type publisher struct {
 }
 
 type publisherConfig struct {
-	Bases       []string
-	APIKey      string
+	Transport   transport
 	App, Prefix string
 	Keys        int
 	Rate        float64
@@ -73,29 +93,35 @@ type publisherConfig struct {
 	Concurrency int
 }
 
-func newPublisher(client *http.Client, c publisherConfig) *publisher {
+// newPublisher checks that c's targets are the nodes of c.Subs unless
+// c.Cluster, where every value reaches every node whatever its target.
+func newPublisher(c publisherConfig) (*publisher, error) {
+	targets := c.Transport.targets()
+	if targets < 1 || !c.Cluster && targets != len(c.Subs) {
+		return nil, fmt.Errorf("%d publish targets for %d servers: only a cluster can take fewer", targets, len(c.Subs))
+	}
 	p := &publisher{
-		client: client, bases: c.Bases, apiKey: c.APIKey, app: c.App, prefix: c.Prefix,
+		tr: c.Transport, app: c.App, prefix: c.Prefix,
 		keys: c.Keys, rate: c.Rate, total: c.Total, cluster: c.Cluster, subs: c.Subs,
 		interval: c.Interval, maxBatch: c.MaxBatch, concurrency: c.Concurrency,
 	}
-	p.counts = make([][]uint64, len(c.Bases))
+	p.counts = make([][]uint64, targets)
 	for n := range p.counts {
 		p.counts[n] = make([]uint64, c.Keys)
 	}
 	p.nodesOf = make([][]int32, c.Keys)
 	for k := range c.Keys {
 		if c.Cluster {
-			p.nodesOf[k] = []int32{int32(k % len(c.Bases))}
+			p.nodesOf[k] = []int32{int32(k % targets)}
 			continue
 		}
-		for n := range c.Bases {
+		for n := range targets {
 			if c.Subs[n][k] > 0 {
 				p.nodesOf[k] = append(p.nodesOf[k], int32(n))
 			}
 		}
 	}
-	return p
+	return p, nil
 }
 
 // expected is how many values subscribers of key on node should get.
@@ -111,10 +137,10 @@ func (p *publisher) expected(node int, key int) uint64 {
 }
 
 // subscribersOf is how many planned subscriptions a value of key sent to
-// node reaches.
-func (p *publisher) subscribersOf(node, key int) uint64 {
+// target reaches.
+func (p *publisher) subscribersOf(target, key int) uint64 {
 	if !p.cluster {
-		return uint64(p.subs[node][key])
+		return uint64(p.subs[target][key])
 	}
 	var n uint64
 	for _, s := range p.subs {
@@ -123,19 +149,19 @@ func (p *publisher) subscribersOf(node, key int) uint64 {
 	return n
 }
 
-// run publishes until Total values are out and every request has been
+// run publishes until Total values are out and every batch has been
 // answered, or ctx ends.
 func (p *publisher) run(ctx context.Context) error {
 	sem := make(chan struct{}, p.concurrency)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	batches := make([][]int32, len(p.bases))
-	flush := func(node int) error {
-		if len(batches[node]) == 0 {
+	batches := make([][]int32, len(p.counts))
+	flush := func(target int) error {
+		if len(batches[target]) == 0 {
 			return nil
 		}
-		keys := batches[node]
-		batches[node] = nil
+		keys := batches[target]
+		batches[target] = nil
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
@@ -143,7 +169,7 @@ func (p *publisher) run(ctx context.Context) error {
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			p.send(ctx, node, keys)
+			p.send(ctx, target, keys)
 		})
 		return nil
 	}
@@ -190,28 +216,14 @@ func (p *publisher) run(ctx context.Context) error {
 	return nil
 }
 
-// send publishes one batch of keys to node.
-func (p *publisher) send(ctx context.Context, node int, keys []int32) {
-	body := make([]byte, 0, 16+len(keys)*(48+len(p.app)+len(p.prefix)))
-	body = append(body, `{"items":[`...)
-	now := time.Now().UnixNano()
+// send publishes one batch of keys to target and counts the outcome.
+func (p *publisher) send(ctx context.Context, target int, keys []int32) {
+	b := batch{app: p.app, keys: make([]string, len(keys))}
 	for i, k := range keys {
-		if i > 0 {
-			body = append(body, ',')
-		}
-		body = append(body, `{"app":"`...)
-		body = append(body, p.app...)
-		body = append(body, `","key":"`...)
-		body = append(body, keyName(p.prefix, int(k))...)
-		body = append(body, `","data":`...)
-		body = appendPayload(body, now)
-		body = append(body, '}')
+		b.keys[i] = keyName(p.prefix, int(k))
 	}
-	body = append(body, "]}"...)
-	seqs, err := p.post(ctx, p.bases[node], body)
-	if err == nil && len(seqs) != len(keys) {
-		err = fmt.Errorf("%d seqs for %d items", len(seqs), len(keys))
-	}
+	b.payload = appendPayload(nil, time.Now().UnixNano())
+	failed, err := p.tr.send(ctx, target, b)
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -219,31 +231,68 @@ func (p *publisher) send(ctx context.Context, node int, keys []int32) {
 	p.lastResponse = time.Now()
 	if err != nil {
 		p.failedReqs++
-		p.failedItems += int64(len(keys))
-		for _, k := range keys {
-			p.failedDeliv += p.subscribersOf(node, int(k))
-		}
 		if ctx.Err() == nil {
 			p.errs = addErrorSample(p.errs, err.Error())
 		}
-		return
 	}
-	p.items += int64(len(keys))
-	for _, k := range keys {
-		p.counts[node][k]++
+	for i, k := range keys {
+		if err != nil && (failed == nil || failed[i]) {
+			p.failedItems++
+			p.failedDeliv += p.subscribersOf(target, int(k))
+			continue
+		}
+		p.items++
+		p.counts[target][k]++
 	}
 }
 
-func (p *publisher) post(ctx context.Context, base string, body []byte) ([]uint64, error) {
+// httpTransport publishes over POST /api/publish, one target per server.
+type httpTransport struct {
+	client *http.Client
+	bases  []string // HTTP base of every server
+	apiKey string
+}
+
+func (t *httpTransport) targets() int { return len(t.bases) }
+
+// close does nothing: the client is the Runner's.
+func (t *httpTransport) close() {}
+
+// send posts b to server target; the server answers once every value is
+// sequenced, and it takes all of them or none.
+func (t *httpTransport) send(ctx context.Context, target int, b batch) ([]bool, error) {
+	body := make([]byte, 0, 16+len(b.keys)*(48+len(b.app)+len(b.payload)))
+	body = append(body, `{"items":[`...)
+	for i, k := range b.keys {
+		if i > 0 {
+			body = append(body, ',')
+		}
+		body = append(body, `{"app":"`...)
+		body = append(body, b.app...)
+		body = append(body, `","key":"`...)
+		body = append(body, k...)
+		body = append(body, `","data":`...)
+		body = append(body, b.payload...)
+		body = append(body, '}')
+	}
+	body = append(body, "]}"...)
+	seqs, err := t.post(ctx, t.bases[target], body)
+	if err == nil && len(seqs) != len(b.keys) {
+		err = fmt.Errorf("publish to %s: %d seqs for %d items", t.bases[target], len(seqs), len(b.keys))
+	}
+	return nil, err
+}
+
+func (t *httpTransport) post(ctx context.Context, base string, body []byte) ([]uint64, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/api/publish", bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("publish to %s: %w", base, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	if p.apiKey != "" {
-		req.Header.Set("Authorization", "Bearer "+p.apiKey)
+	if t.apiKey != "" {
+		req.Header.Set("Authorization", "Bearer "+t.apiKey)
 	}
-	resp, err := p.client.Do(req)
+	resp, err := t.client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("publish to %s: %w", base, err)
 	}

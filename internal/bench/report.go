@@ -87,9 +87,9 @@ type StepReport struct {
 	Subscribe Summary `json:"subscribe"`
 	Latency   Summary `json:"latency"`
 
-	Publications    int64    `json:"publications"` // values accepted by the servers
+	Publications    int64    `json:"publications"` // values accepted by the servers (SourceAMQP: confirmed by the broker)
 	PublishFailed   int64    `json:"publish_failed"`
-	PublishRequests int64    `json:"publish_requests"`
+	PublishRequests int64    `json:"publish_requests"` // POSTs, or AMQP batches waited for as one
 	PublishErrors   []string `json:"publish_errors,omitempty"`
 	PublishMaxLagMs float64  `json:"publish_max_lag_ms"`
 
@@ -273,7 +273,11 @@ func writeStep(w io.Writer, r *Report, s *StepReport) error {
 		fmt.Fprintf(tw, "capacity: %d connections × %d keys, ramp %g/s, hold %s\n", c.Connections, c.KeysPerConn, r.Options.RampRate, c.Hold)
 	case r.Fanout != nil:
 		f := r.Fanout
-		fmt.Fprintf(tw, "fanout: %d subscribers on %d key(s), %g values/s for %s (%s frames)\n", f.Subscribers, f.Keys, f.Rate, f.Duration, r.Options.Format)
+		fmt.Fprintf(tw, "fanout: %d subscribers on %d key(s), %g values/s for %s (%s frames)", f.Subscribers, f.Keys, f.Rate, f.Duration, r.Options.Format)
+		if f.Source != SourceNone {
+			fmt.Fprintf(tw, ", source %s", f.Source)
+		}
+		fmt.Fprintln(tw)
 	}
 	if s.Skipped != "" {
 		fmt.Fprintf(tw, "  skipped:\t%s\n", s.Skipped)

@@ -42,14 +42,15 @@ type Options struct {
 	Format           string  // "binary" (default) or "json"
 	App              string  // default "bench"
 	APIKey           string  // of POST /api/publish
-	Cluster          bool    // the servers share Redis and RabbitMQ: publish each value once
+	Cluster          bool    // the servers share Redis and RabbitMQ: publish each value once (SourceAMQP implies it)
+	AMQPURL          string  // the broker the servers share, for SourceAMQP (default DefaultAMQPURL; loopback only)
 	RampRate         float64 // connections per second, all workers together (default 1000)
 	HandshakeTimeout time.Duration
 	MaxDialing       int           // handshakes in flight per worker (default 500)
 	Drain            time.Duration // wait for values in flight after publishing (default 5s)
 	BatchInterval    time.Duration // publisher tick (default 10ms)
-	MaxBatch         int           // items per POST (default 1000, the server's limit)
-	PublishConns     int           // concurrent POSTs (default 8)
+	MaxBatch         int           // items per POST or confirmed AMQP batch (default 1000, the server's limit)
+	PublishConns     int           // concurrent POSTs or AMQP channels (default 8)
 	// SettleTimeout bounds the wait, before a step, for the servers'
 	// connections of the previous step to be gone (default 15s).
 	SettleTimeout time.Duration
@@ -79,6 +80,7 @@ const (
 	DefaultPublishConns     = 8
 	DefaultSettleTimeout    = 15 * time.Second
 	DefaultApp              = "bench"
+	DefaultAMQPURL          = "amqp://guest:guest@127.0.0.1:5672/"
 )
 
 func (o Options) withDefaults() Options {
@@ -99,6 +101,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.App == "" {
 		o.App = DefaultApp
+	}
+	if o.AMQPURL == "" {
+		o.AMQPURL = DefaultAMQPURL
 	}
 	if o.RampRate <= 0 {
 		o.RampRate = DefaultRampRate
@@ -142,9 +147,13 @@ func NewRunner(o Options) (*Runner, error) {
 	return &Runner{o: o, client: newHTTPClient(o.PublishConns + 2*len(o.Servers))}, nil
 }
 
-func (r *Runner) report(scenario string) *Report {
+// cluster tells whether values from source are published with cluster
+// semantics (Options.Cluster).
+func (r *Runner) cluster(source Source) bool { return r.o.Cluster || source == SourceAMQP }
+
+func (r *Runner) report(scenario string, source Source) *Report {
 	rep := &Report{Scenario: scenario, Started: time.Now(), Options: ReportOptions{
-		Workers: r.o.Workers, SourceIPs: r.o.SourceIPs, Format: r.o.Format, App: r.o.App, Cluster: r.o.Cluster,
+		Workers: r.o.Workers, SourceIPs: r.o.SourceIPs, Format: r.o.Format, App: r.o.App, Cluster: r.cluster(source),
 		RampRate: r.o.RampRate, DrainMs: float64(r.o.Drain) / 1e6, BatchMs: float64(r.o.BatchInterval) / 1e6,
 		MaxBatch: r.o.MaxBatch, GoMaxProcs: runtime.GOMAXPROCS(0), CPUs: runtime.NumCPU(),
 	}}
@@ -172,7 +181,7 @@ func (r *Runner) Capacity(ctx context.Context, c CapacityConfig) (*Report, error
 	if c.KeySpace <= 0 {
 		c.KeySpace = c.Connections * c.KeysPerConn
 	}
-	rep := r.report("capacity")
+	rep := r.report("capacity", SourceNone)
 	rep.Capacity = &c
 	err := r.runSteps(ctx, rep, []stepSpec{{
 		label: "capacity", conns: c.Connections, keysPerConn: c.KeysPerConn, keySpace: c.KeySpace,
@@ -183,12 +192,14 @@ func (r *Runner) Capacity(ctx context.Context, c CapacityConfig) (*Report, error
 
 // FanoutConfig is the fanout scenario: Subscribers connections spread
 // over Keys keys; Rate values per second (all keys together) for
-// Duration.
+// Duration, published through Source.
 type FanoutConfig struct {
 	Subscribers int           `json:"subscribers"`
 	Keys        int           `json:"keys"`
 	Rate        float64       `json:"rate"`
 	Duration    time.Duration `json:"duration"`
+	// Source is SourceHTTP (the default) or SourceAMQP.
+	Source Source `json:"source,omitempty"`
 }
 
 // Fanout runs the fanout scenario.
@@ -196,16 +207,25 @@ func (r *Runner) Fanout(ctx context.Context, c FanoutConfig) (*Report, error) {
 	if c.Keys <= 0 {
 		c.Keys = 1
 	}
-	rep := r.report("fanout")
+	if c.Source == SourceNone {
+		c.Source = SourceHTTP
+	}
+	rep := r.report("fanout", c.Source)
 	rep.Fanout = &c
-	if c.Keys > c.Subscribers {
-		err := fmt.Errorf("%d keys for %d subscribers: some keys would have nobody to deliver to", c.Keys, c.Subscribers)
+	var err error
+	switch {
+	case !c.Source.FromWsbench():
+		err = fmt.Errorf("source %q: fanout publishes its own values, over http or amqp", c.Source)
+	case c.Keys > c.Subscribers:
+		err = fmt.Errorf("%d keys for %d subscribers: some keys would have nobody to deliver to", c.Keys, c.Subscribers)
+	}
+	if err != nil {
 		rep.Error = err.Error()
 		return rep, err
 	}
-	err := r.runSteps(ctx, rep, []stepSpec{{
+	err = r.runSteps(ctx, rep, []stepSpec{{
 		label: "fanout", conns: c.Subscribers, keysPerConn: 1, keySpace: c.Keys, prefix: "f",
-		source: SourceHTTP, rate: c.Rate, total: int64(math.Round(c.Rate * c.Duration.Seconds())), window: c.Duration,
+		source: c.Source, rate: c.Rate, total: int64(math.Round(c.Rate * c.Duration.Seconds())), window: c.Duration,
 	}})
 	return rep, err
 }
@@ -225,14 +245,14 @@ type TableConfig struct {
 // Table runs the table scenario; onStep, when not nil, is called after
 // each step.
 func (r *Runner) Table(ctx context.Context, c TableConfig, onStep func(StepReport)) (*Report, error) {
-	rep := r.report("table")
+	rep := r.report("table", c.Source)
 	rep.Table = &c
 	rep.Reference = PaperReference()
 	secs := int64(c.Duration / time.Second)
 	var specs []stepSpec
 	for _, n := range c.Steps {
 		s := stepSpec{label: fmt.Sprintf("table %d", n), conns: n, keysPerConn: 1, keySpace: n, prefix: "s", source: c.Source, window: c.Duration, onDone: onStep}
-		if c.Source == SourceHTTP {
+		if c.Source.FromWsbench() {
 			s.rate, s.total = float64(n), int64(n)*secs
 		} else {
 			s.warmup = c.Warmup
@@ -252,8 +272,8 @@ type stepSpec struct {
 	prefix      string
 	source      Source
 	hold        time.Duration // capacity
-	rate        float64       // SourceHTTP: values per second
-	total       int64         // SourceHTTP: values
+	rate        float64       // FromWsbench: values per second
+	total       int64         // FromWsbench: values
 	window      time.Duration // the measured time
 	warmup      time.Duration // SourcePoller
 	onDone      func(StepReport)

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -96,4 +97,31 @@ func ParseServerURLs(ctx context.Context, list string) ([]ServerURL, error) {
 		return nil, fmt.Errorf("no server URL given")
 	}
 	return out, nil
+}
+
+// CheckAMQPURL refuses an AMQP URL that is not amqp:// or amqps:// on a
+// loopback host (see CheckLoopback). Its messages never show the
+// password.
+func CheckAMQPURL(ctx context.Context, raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // without the URL
+		}
+		return fmt.Errorf("AMQP URL: %w", err)
+	}
+	if u.Scheme != "amqp" && u.Scheme != "amqps" {
+		return fmt.Errorf("AMQP URL %s: want amqp:// or amqps://", u.Redacted())
+	}
+	return CheckLoopback(ctx, u.Redacted())
+}
+
+// redactURL is raw without its password, for messages.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
 }

@@ -47,3 +47,18 @@ func TestLoopbackOnlyDialControl(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckAMQPURL(t *testing.T) {
+	ctx := t.Context()
+	for _, ok := range []string{DefaultAMQPURL, "amqps://u:p@localhost:5671/vhost", "amqp://[::1]/"} {
+		if err := CheckAMQPURL(ctx, ok); err != nil {
+			t.Errorf("%s: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"amqp://u:secret@10.0.0.1/", "http://127.0.0.1:5672/", "amqp:///", "::", "amqp://u:secret@[2001:db8::1]/"} {
+		err := CheckAMQPURL(ctx, bad)
+		if err == nil || strings.Contains(err.Error(), "secret") {
+			t.Errorf("%s: %v; want refused without the password", bad, err)
+		}
+	}
+}

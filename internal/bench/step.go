@@ -49,6 +49,25 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepReport, error)
 		}
 	}
 
+	var pub *publisher
+	if spec.source.FromWsbench() {
+		// Before connecting: a broker that is not there fails the step
+		// at once.
+		tr, err := r.openTransport(ctx, spec.source)
+		if err != nil {
+			return s, err
+		}
+		defer tr.close()
+		pub, err = newPublisher(publisherConfig{
+			Transport: tr, App: plan.App, Prefix: plan.KeyPrefix, Keys: plan.KeySpace,
+			Rate: spec.rate, Total: spec.total, Cluster: r.cluster(spec.source), Subs: plan.subscribers(),
+			Interval: r.o.BatchInterval, MaxBatch: r.o.MaxBatch, Concurrency: r.o.PublishConns,
+		})
+		if err != nil {
+			return s, err
+		}
+	}
+
 	cpu0 := cpuSeconds()
 	before, beforeErrs := r.scrapeAll(ctx)
 	f, err := startFleet(ctx, sp, cfgs)
@@ -68,10 +87,9 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepReport, error)
 	ready, readyErrs := r.scrapeAll(ctx)
 
 	runStart := time.Now()
-	var pub *publisher
 	var windowStart int64
-	switch spec.source {
-	case SourceNone:
+	switch {
+	case spec.source == SourceNone:
 		pv.setPhase("hold", spec.hold)
 		if !sleepCtx(f.ctx, spec.hold) {
 			return s, fmt.Errorf("hold: %w", context.Cause(f.ctx))
@@ -79,12 +97,7 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepReport, error)
 		if err := f.broadcast(wireMsg{Type: msgFinish}); err != nil {
 			return s, err
 		}
-	case SourceHTTP:
-		pub = newPublisher(r.client, publisherConfig{
-			Bases: r.bases(), APIKey: r.o.APIKey, App: plan.App, Prefix: plan.KeyPrefix, Keys: plan.KeySpace,
-			Rate: spec.rate, Total: spec.total, Cluster: r.o.Cluster, Subs: plan.subscribers(),
-			Interval: r.o.BatchInterval, MaxBatch: r.o.MaxBatch, Concurrency: r.o.PublishConns,
-		})
+	case pub != nil:
 		windowStart = time.Now().UnixNano()
 		if err := f.broadcast(wireMsg{Type: msgStart, WindowStart: windowStart}); err != nil {
 			return s, err
@@ -105,7 +118,7 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepReport, error)
 			}
 		}
 		pv.setPhase("drain", r.o.Drain)
-	case SourcePoller:
+	case spec.source == SourcePoller:
 		// Values carry the start of their 1s step as ts; a window on whole
 		// seconds holds exactly one step per second.
 		start := time.Now().Add(spec.warmup).Truncate(time.Second).Add(time.Second)
@@ -214,6 +227,22 @@ func merge(s *StepReport, results []wireMsg) error {
 		s.LatencyHistogram = lat
 	}
 	return nil
+}
+
+// openTransport returns what carries the values of source, which must
+// be one of wsbench's (Source.FromWsbench).
+func (r *Runner) openTransport(ctx context.Context, source Source) (transport, error) {
+	switch source {
+	case SourceHTTP:
+		return &httpTransport{client: r.client, bases: r.bases(), apiKey: r.o.APIKey}, nil
+	case SourceAMQP:
+		t, err := dialAMQP(ctx, r.o.AMQPURL, IngestExchange, r.o.PublishConns)
+		if err != nil {
+			return nil, err // not a typed nil in the interface
+		}
+		return t, nil
+	}
+	return nil, fmt.Errorf("source %q: wsbench does not publish it", source)
 }
 
 func (r *Runner) bases() []string {

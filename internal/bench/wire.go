@@ -38,13 +38,13 @@ type wireMsg struct {
 	Type     string        `json:"type"`
 	Config   *WorkerConfig `json:"config,omitempty"`
 	Progress *Progress     `json:"progress,omitempty"`
-	// WindowStart and WindowEnd (Unix ns) bound the send times (SourceHTTP)
+	// WindowStart and WindowEnd (Unix ns) bound the send times (FromWsbench)
 	// or value timestamps (SourcePoller) of the values counted; a value
 	// outside is stale (a replay of an older value). WindowEnd 0: open.
 	WindowStart int64 `json:"window_start,omitempty"`
 	WindowEnd   int64 `json:"window_end,omitempty"`
 	// Expected lists [node, key index, values published] for every (node,
-	// key) the worker subscribes to (SourceHTTP). Nil: counts come from
+	// key) the worker subscribes to (FromWsbench). Nil: counts come from
 	// the seqs received (SourcePoller) or no values are due (capacity).
 	Expected [][3]uint64   `json:"expected,omitempty"`
 	Result   *WorkerResult `json:"result,omitempty"`

@@ -268,10 +268,11 @@ func (w *worker) progress() Progress {
 	}
 }
 
-// drain waits, for SourceHTTP, until the connections still open have
-// received every value published to their keys, or cfg.Drain has passed.
+// drain waits, for the sources of wsbench, until the connections still
+// open have received every value published to their keys, or cfg.Drain
+// has passed.
 func (w *worker) drain(ctx context.Context, expected map[uint64]uint64) error {
-	if w.cfg.Plan.Source != SourceHTTP {
+	if !w.cfg.Plan.Source.FromWsbench() {
 		return nil
 	}
 	var due uint64
@@ -317,10 +318,10 @@ func (w *worker) result(expected map[uint64]uint64) *WorkerResult {
 		}
 		r.LastReceive = max(r.LastReceive, c.lastReceive)
 		for j, k := range c.keys {
-			switch w.cfg.Plan.Source {
-			case SourceHTTP:
+			switch src := w.cfg.Plan.Source; {
+			case src.FromWsbench():
 				r.Loss.Account(&c.subs[j], expected[nodeKey(c.node, k)])
-			case SourcePoller:
+			case src == SourcePoller:
 				r.Loss.AccountGaps(&c.subs[j], w.cfg.SilentExpect)
 			}
 		}

@@ -26,9 +26,9 @@ type Config struct {
 	// is queued, before it writes: frames queued meanwhile go out in the
 	// same write. It trades that much latency for fewer write syscalls
 	// when keys change many times a second (default 0: write at once).
-	WriteDelay time.Duration
-	CommandTimeout      time.Duration // a subscribe's work in the middle tier (default 10s)
-	HandshakeTimeout    time.Duration // the WebSocket upgrade (default 10s)
+	WriteDelay       time.Duration
+	CommandTimeout   time.Duration // a subscribe's work in the middle tier (default 10s)
+	HandshakeTimeout time.Duration // the WebSocket upgrade (default 10s)
 	// AllowedOrigins lists the browser origins allowed to connect, e.g.
 	// "https://dash.example.com"; "*" allows any. Empty: same host only
 	// (requests without an Origin header, i.e. non-browsers, always pass).

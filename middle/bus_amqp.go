@@ -38,8 +38,9 @@ type AMQPBusConfig struct {
 	// falls that far behind loses the oldest fan-out messages, which it
 	// recovers from the history when the next seq of their key arrives.
 	QueueMaxLength int
-	// SendTimeout bounds Send, the wait for a connection included, when
-	// the caller's ctx has no earlier deadline (default 5s).
+	// SendTimeout bounds a SendBatch call, the wait for a connection and
+	// for every confirm included, when the caller's ctx has no earlier
+	// deadline (default 5s).
 	SendTimeout time.Duration
 	// WatchWait is how long Watch waits for a lost connection to come back
 	// before it fails with ErrUnavailable (default 2s).
@@ -287,7 +288,7 @@ func (b *AMQPBus) runSession(ctx context.Context, s *amqpSession, deliver func(*
 }
 
 // attach binds every watched key on ctl and then makes the link available
-// to Watch and Send.
+// to Watch and SendBatch.
 func (b *AMQPBus) attach(l *busLink) error {
 	b.bindMu.Lock()
 	defer b.bindMu.Unlock()
@@ -346,32 +347,71 @@ func (b *AMQPBus) handle(d *amqp.Delivery, deliver func(*proto.Publication)) uin
 	return d.DeliveryTag
 }
 
-// Send publishes p to the fan-out exchange and waits for the broker's
-// confirm. While disconnected it waits for the connection, within ctx and
-// SendTimeout; failures wrap ErrUnavailable. Safe for concurrent use.
+// Send is SendBatch of one publication.
 func (b *AMQPBus) Send(ctx context.Context, p *proto.Publication) error {
-	rk := proto.RoutingKey(p.App, p.Key)
+	_, err := b.SendBatch(ctx, []proto.Publication{*p})
+	return err
+}
+
+// SendBatch publishes pubs to the fan-out exchange, in order on the one
+// publishing channel (so in order for every queue), then waits for the
+// broker's confirms of them all: one wait per batch, not per publication.
+// It returns how many leading publications were confirmed; on error, a
+// later one may or may not have been routed. While disconnected it waits
+// for the connection; the whole call is bounded by ctx and SendTimeout.
+// Failures wrap ErrUnavailable. Safe for concurrent use: the batches of
+// concurrent calls interleave, each in its own order.
+func (b *AMQPBus) SendBatch(ctx context.Context, pubs []proto.Publication) (int, error) {
+	if len(pubs) == 0 {
+		return 0, nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.SendTimeout)
 	defer cancel()
 	l, err := b.waitLink(ctx)
 	if err != nil {
-		return fmt.Errorf("send %s seq %d: %w", rk, p.Seq, err)
+		return 0, fmt.Errorf("send %s seq %d: %w", proto.RoutingKey(pubs[0].App, pubs[0].Key), pubs[0].Seq, err)
 	}
-	// The channel numbers publications and matches confirms under its own
-	// lock, so concurrent Sends need none; each waits for its own confirm.
-	dc, err := l.pub.PublishWithDeferredConfirmWithContext(ctx, b.exch, rk, false, false, encodeFanout(p, b.cfg.NodeID))
-	if err != nil {
-		return fmt.Errorf("send %s seq %d: publish: %w: %w", rk, p.Seq, ErrUnavailable, err)
+	confirms, pubErr := b.publish(ctx, l, pubs)
+	n, err := b.waitConfirms(ctx, pubs, confirms)
+	b.sent.Add(float64(n))
+	if err == nil {
+		err = pubErr
 	}
-	acked, err := dc.WaitContext(ctx)
-	if err != nil {
-		return fmt.Errorf("send %s seq %d: confirm: %w: %w", rk, p.Seq, ErrUnavailable, err)
+	return n, err
+}
+
+// publish publishes pubs on l until one fails. It returns the confirms to
+// wait for, one per publication published, and why it stopped early.
+func (b *AMQPBus) publish(ctx context.Context, l *busLink, pubs []proto.Publication) ([]*amqp.DeferredConfirmation, error) {
+	confirms := make([]*amqp.DeferredConfirmation, 0, len(pubs))
+	for i := range pubs {
+		p := &pubs[i]
+		rk := proto.RoutingKey(p.App, p.Key)
+		// The channel numbers publications and matches confirms under its
+		// own lock, so concurrent calls need none.
+		dc, err := l.pub.PublishWithDeferredConfirmWithContext(ctx, b.exch, rk, false, false, encodeFanout(p, b.cfg.NodeID))
+		if err != nil {
+			return confirms, fmt.Errorf("send %s seq %d: publish: %w: %w", rk, p.Seq, ErrUnavailable, err)
+		}
+		confirms = append(confirms, dc)
 	}
-	if !acked {
-		return fmt.Errorf("send %s seq %d: %w: broker nacked the publication or the channel closed", rk, p.Seq, ErrUnavailable)
+	return confirms, nil
+}
+
+// waitConfirms waits for the confirms of the leading publications of pubs
+// and returns how many of them, in order, the broker acked.
+func (b *AMQPBus) waitConfirms(ctx context.Context, pubs []proto.Publication, confirms []*amqp.DeferredConfirmation) (int, error) {
+	for i, dc := range confirms {
+		acked, err := dc.WaitContext(ctx)
+		if err == nil && !acked {
+			err = errors.New("broker nacked the publication or the channel closed")
+		}
+		if err != nil {
+			p := &pubs[i]
+			return i, fmt.Errorf("send %s seq %d: confirm: %w: %w", proto.RoutingKey(p.App, p.Key), p.Seq, ErrUnavailable, err)
+		}
 	}
-	b.sent.Inc()
-	return nil
+	return len(confirms), nil
 }
 
 // Watch binds the node queue to (app, key) and returns once the broker

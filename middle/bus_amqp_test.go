@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -147,6 +148,69 @@ func TestAMQPBusBinaryPayload(t *testing.T) {
 	}
 }
 
+// TestAMQPBusSendBatch: a batch is confirmed whole and reaches a watching
+// node in the order sent, its keys interleaved.
+func TestAMQPBusSendBatch(t *testing.T) {
+	url := amqpURLForTest(t)
+	topo := amqpTestTopology(t, url)
+	conn := startAMQPConn(t, url, topo, "n")
+	bus, err := NewAMQPBus(AMQPBusConfig{Conn: conn.AMQPConn, NodeID: "n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu  sync.Mutex
+		got []string
+	)
+	amqpRunUntilCleanup(t, func(ctx context.Context) error {
+		return bus.Run(ctx, func(p *proto.Publication) {
+			mu.Lock()
+			got = append(got, fmt.Sprintf("%s.%d", p.Key, p.Seq))
+			mu.Unlock()
+		})
+	})
+	waitBusAttached(t, bus)
+	ctx := context.Background()
+	for _, k := range []string{"k1", "k2"} {
+		if err := bus.Watch(ctx, "app", k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := bus.SendBatch(ctx, nil); n != 0 || err != nil {
+		t.Fatalf("empty batch: %d, %v; want 0, nil", n, err)
+	}
+
+	var (
+		pubs []proto.Publication
+		want []string
+		top  = map[string]uint64{}
+	)
+	for i := range 300 {
+		k := "k1"
+		if i%3 == 0 {
+			k = "k2"
+		}
+		top[k]++
+		pubs = append(pubs, proto.Publication{App: "app", Key: k, Seq: top[k], TS: 1, Data: []byte("x")})
+		want = append(want, fmt.Sprintf("%s.%d", k, top[k]))
+	}
+	if n, err := bus.SendBatch(ctx, pubs); n != len(pubs) || err != nil {
+		t.Fatalf("SendBatch: %d, %v; want %d, nil", n, err, len(pubs))
+	}
+	wantMetric(t, "sent", amqpMetricValue(t, bus.sent), float64(len(pubs)))
+	amqpWaitFor(t, 10*time.Second, "the batch delivered in order", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(got) > len(want) || !slices.Equal(got, want[:len(got)]) {
+			t.Fatalf("delivered %v, want %v", got, want)
+		}
+		if len(got) < len(want) {
+			return fmt.Errorf("%d of %d", len(got), len(want))
+		}
+		return nil
+	})
+}
+
 // A node that falls QueueMaxLength messages behind loses the oldest ones
 // from its queue rather than growing it without bound.
 func TestAMQPBusQueueMaxLength(t *testing.T) {
@@ -221,6 +285,10 @@ func TestAMQPBusDisconnected(t *testing.T) {
 	}
 	if err := bus.Send(ctx, &proto.Publication{App: "app", Key: "k", Seq: 1}); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Send while disconnected: %v, want ErrUnavailable", err)
+	}
+	batch := []proto.Publication{{App: "app", Key: "k", Seq: 1}, {App: "app", Key: "k", Seq: 2}}
+	if n, err := bus.SendBatch(ctx, batch); n != 0 || !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("SendBatch while disconnected: %d, %v; want 0, ErrUnavailable", n, err)
 	}
 	if err := bus.Unwatch(ctx, "app", "k"); err != nil {
 		t.Fatalf("Unwatch while disconnected: %v", err)

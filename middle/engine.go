@@ -24,6 +24,13 @@ type Store interface {
 	// atomic step: once seq N exists, every seq below it is in the history
 	// (unless trimmed).
 	Append(ctx context.Context, p *proto.Publication) error
+	// AppendBatch appends every publication of pubs as Append does, in
+	// slice order (keys may differ and interleave), in as few round trips
+	// as the store allows. It returns n, how many leading publications are
+	// sequenced and retained. On error pubs[n] failed, and a later one may
+	// or may not have been sequenced too: a caller that retries pubs[n:]
+	// may sequence some twice (at least once, never lost).
+	AppendBatch(ctx context.Context, pubs []proto.Publication) (n int, err error)
 	// History returns the retained publications of (app, key) with
 	// seq > since, in order. complete is false when the history no longer
 	// reaches back to since+1.
@@ -38,8 +45,11 @@ type Store interface {
 type Bus interface {
 	// Run delivers publications received from the bus until ctx ends.
 	Run(ctx context.Context, deliver func(*proto.Publication)) error
-	// Send hands a sequenced publication to the bus.
-	Send(ctx context.Context, p *proto.Publication) error
+	// SendBatch hands sequenced publications to the bus, to be delivered
+	// in slice order, and returns n, how many leading ones it accepted. On
+	// error, a later one may or may not reach the nodes: they fill a gap
+	// from the Store anyway.
+	SendBatch(ctx context.Context, pubs []proto.Publication) (n int, err error)
 	// Watch makes this node receive publications of (app, key); Unwatch
 	// stops it. The hub calls them when a key gains its first local
 	// subscriber and loses its last one, never concurrently for one key.

@@ -260,8 +260,9 @@ type ingestGroupOutcome struct {
 // dead-letter or requeue. An error means the channel failed.
 //
 // The keys of a batch are published concurrently, each key's items in
-// delivery order by one Publish call: with a bus, a Publish waits for one
-// broker confirm per publication, and keys need not wait for each other.
+// delivery order by one Publish call: with a bus, a Publish waits for a
+// store round trip and the broker's confirms, and keys need not wait for
+// each other.
 func (in *AMQPIngest) process(ctx context.Context, batch []amqp.Delivery) error {
 	var (
 		dead   []ingestDeadItem
@@ -343,9 +344,10 @@ func (in *AMQPIngest) publishGroup(ctx context.Context, items []ingestItem) inge
 			continue
 		}
 		// The first len(seqs) went through; the rest, the one that failed
-		// included, go back to the queue. That one may be sequenced
-		// already (the bus failed after the store): redelivered, it gets
-		// a second seq, the at-least-once of a requeue.
+		// included, go back to the queue. Some of them may be sequenced
+		// already (the store sequences a chunk before the bus sends it):
+		// redelivered, they get a second seq, the at-least-once of a
+		// requeue.
 		done := min(len(seqs), len(items))
 		out.published = append(out.published, items[:done]...)
 		out.retry, out.err = items[done:], err

@@ -429,21 +429,31 @@ func (s *ingestBenchSub) ConnID() uint64            { return s.id }
 
 // BenchmarkIngest measures messages per second from an integrator's
 // publish to the subscriber's queue: consumed from the ingest queue,
-// sequenced, fanned out and acked. "embedded" hands publications to the
-// local hub; "bus" sends each through the AMQP fan-out with a publisher
-// confirm and receives it back, as a cluster node does.
+// sequenced, fanned out and acked, the messages spread over 16 keys.
+// "embedded" hands publications to the local hub; "bus" sends them through
+// the AMQP fan-out with publisher confirms and receives them back, as a
+// cluster node does; "cluster" also sequences them in Redis, and
+// "cluster-hotkey" publishes to one key only.
 func BenchmarkIngest(b *testing.B) {
-	b.Run("embedded", func(b *testing.B) { benchmarkIngest(b, false) })
-	b.Run("bus", func(b *testing.B) { benchmarkIngest(b, true) })
+	b.Run("embedded", func(b *testing.B) { benchmarkIngest(b, nil, 16) })
+	b.Run("bus", func(b *testing.B) { benchmarkIngest(b, NewMemoryStore(32, time.Minute), 16) })
+	redisStore := func(b *testing.B) Store {
+		c := redisForTest(b)
+		return newTestRedisStore(b, c, redisTestPrefix(b, c), DefaultHistorySize, 0)
+	}
+	b.Run("cluster", func(b *testing.B) { benchmarkIngest(b, redisStore(b), 16) })
+	b.Run("cluster-hotkey", func(b *testing.B) { benchmarkIngest(b, redisStore(b), 1) })
 }
 
-func benchmarkIngest(b *testing.B, withBus bool) {
+// benchmarkIngest runs a node with a bus and busStore, or an embedded node
+// when busStore is nil, and publishes to that many keys.
+func benchmarkIngest(b *testing.B, busStore Store, keys int) {
 	url := amqpURLForTest(b)
 	topo := amqpTestTopology(b, url)
 	var node *Node
 	var conn *testAMQPConn
-	if withBus {
-		tn := startBusNode(b, url, topo, "bench", NewMemoryStore(32, time.Minute))
+	if busStore != nil {
+		tn := startBusNode(b, url, topo, "bench", busStore)
 		node, conn = tn.node, tn.conn
 	} else {
 		conn = startAMQPConn(b, url, topo, "bench")
@@ -454,7 +464,6 @@ func benchmarkIngest(b *testing.B, withBus bool) {
 		b.Fatal(err)
 	}
 	amqpRunUntilCleanup(b, in.Run)
-	const keys = 16
 	sub := &ingestBenchSub{id: 1}
 	var names []string
 	for k := range keys {

@@ -16,10 +16,10 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer, h *hub) *metrics {
 	m := &metrics{
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "wspush_publications_total", Help: "Publications sequenced by this node, by source (http, amqp, poller).",
+			Name: "wspush_publications_total", Help: "Publications sequenced and handed to fan-out by this node, by source (http, amqp, poller).",
 		}, []string{"source"}),
 		publishErrs: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "wspush_publish_errors_total", Help: "Publications that failed to be sequenced or sent to the bus.",
+			Name: "wspush_publish_errors_total", Help: "Publications not published because the store or bus failed (the caller may retry them).",
 		}),
 		deliveries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wspush_deliveries_total", Help: "Publication frames enqueued to local subscribers (including replays).",

@@ -144,47 +144,104 @@ func (n *Node) Validate(p *proto.Publication) error {
 	return nil
 }
 
+// publishChunk bounds the publications of one store round trip and one
+// wait for bus confirms in the cluster mode.
+const publishChunk = 256
+
 // Publish validates every publication of the batch (nothing is published if
 // one is invalid: *PublishError), then sequences and delivers them in order.
 // source labels the metrics (http, amqp, poller). It returns the assigned
-// seqs; on a store or bus failure, the seqs of the publications that went
-// through and an error wrapping ErrUnavailable.
+// seqs; on a store or bus failure, the seqs of the leading publications
+// that went through and an error wrapping ErrUnavailable.
+//
+// With a bus, the store sequences up to publishChunk publications before
+// the bus sends them, so a failure may leave publications past the
+// returned seqs sequenced and in the history (nodes deliver them when they
+// fill a gap), though not reported: a caller that retries them publishes
+// them again, under new seqs (at least once, never lost).
 func (n *Node) Publish(ctx context.Context, source string, pubs []proto.Publication) ([]uint64, error) {
+	if err := n.validateBatch(pubs); err != nil {
+		return nil, err
+	}
+	var (
+		seqs []uint64
+		err  error
+	)
+	if n.bus == nil {
+		seqs, err = n.publishEmbedded(ctx, pubs)
+	} else {
+		seqs, err = n.publishCluster(ctx, pubs)
+	}
+	n.metrics.published.WithLabelValues(source).Add(float64(len(seqs)))
+	if err != nil {
+		n.metrics.publishErrs.Add(float64(len(pubs) - len(seqs)))
+	}
+	return seqs, err
+}
+
+// validateBatch validates pubs and stamps those without a ts.
+func (n *Node) validateBatch(pubs []proto.Publication) error {
 	now := time.Now().UnixMilli()
 	for i := range pubs {
 		if err := n.Validate(&pubs[i]); err != nil {
-			return nil, &PublishError{Index: i, Err: err}
+			return &PublishError{Index: i, Err: err}
 		}
 		if pubs[i].TS == 0 {
 			pubs[i].TS = now
 		}
 	}
+	return nil
+}
+
+// publishEmbedded publishes pubs one by one, each sequenced and delivered
+// under its channel's lock (see publishLocal).
+func (n *Node) publishEmbedded(ctx context.Context, pubs []proto.Publication) ([]uint64, error) {
 	seqs := make([]uint64, 0, len(pubs))
 	for i := range pubs {
 		p := &pubs[i]
-		if err := n.publishOne(ctx, p); err != nil {
-			n.metrics.publishErrs.Inc()
+		if err := n.publishLocal(ctx, p); err != nil {
 			return seqs, fmt.Errorf("publish %s.%s: %w: %w", p.App, p.Key, ErrUnavailable, err)
 		}
 		seqs = append(seqs, p.Seq)
 	}
-	n.metrics.published.WithLabelValues(source).Add(float64(len(pubs)))
 	return seqs, nil
 }
 
-func (n *Node) publishOne(ctx context.Context, p *proto.Publication) error {
-	if n.bus == nil {
-		return n.publishLocal(ctx, p)
+// publishCluster publishes pubs through the store and the bus,
+// publishChunk at a time.
+func (n *Node) publishCluster(ctx context.Context, pubs []proto.Publication) ([]uint64, error) {
+	seqs := make([]uint64, 0, len(pubs))
+	for start := 0; start < len(pubs); start += publishChunk {
+		chunk := pubs[start:min(start+publishChunk, len(pubs))]
+		done, err := n.sequenceAndSend(ctx, chunk)
+		for i := range done {
+			seqs = append(seqs, chunk[i].Seq)
+		}
+		if err != nil {
+			p := &chunk[done]
+			return seqs, fmt.Errorf("publish %s.%s: %w: %w", p.App, p.Key, ErrUnavailable, err)
+		}
 	}
-	if err := n.store.Append(ctx, p); err != nil {
-		return fmt.Errorf("sequence: %w", err)
+	return seqs, nil
+}
+
+// sequenceAndSend sequences chunk in one store call, then sends what was
+// sequenced in one bus call. It returns how many leading publications went
+// through both.
+func (n *Node) sequenceAndSend(ctx context.Context, chunk []proto.Publication) (int, error) {
+	sequenced, storeErr := n.store.AppendBatch(ctx, chunk)
+	if storeErr != nil {
+		storeErr = fmt.Errorf("sequence: %w", storeErr)
 	}
-	if err := n.bus.Send(ctx, p); err != nil {
-		// The publication is sequenced and in the history: nodes that see
-		// the next seq of this key fill the gap from there.
-		return fmt.Errorf("send seq %d: %w", p.Seq, err)
+	// What was sequenced goes out even after a store failure: it is in
+	// the history, and a caller retrying it would sequence it twice.
+	sent, err := n.bus.SendBatch(ctx, chunk[:sequenced])
+	if err != nil {
+		// The publications not sent are in the history: nodes that see
+		// the next seq of their key fill the gap from there.
+		return sent, fmt.Errorf("send: %w", err)
 	}
-	return nil
+	return sent, storeErr
 }
 
 // publishLocal sequences and delivers p without a bus. While the key has a

@@ -503,6 +503,13 @@ func (s *flakyStore) Append(ctx context.Context, p *proto.Publication) error {
 	return s.MemoryStore.Append(ctx, p)
 }
 
+func (s *flakyStore) AppendBatch(ctx context.Context, pubs []proto.Publication) (int, error) {
+	if s.failAppend.Load() {
+		return 0, errStoreDown
+	}
+	return s.MemoryStore.AppendBatch(ctx, pubs)
+}
+
 func (s *flakyStore) Latest(ctx context.Context, app, key string) (proto.Publication, bool, error) {
 	if s.failLatest.Load() {
 		return proto.Publication{}, false, errStoreDown

@@ -74,6 +74,16 @@ func (s *MemoryStore) Append(_ context.Context, p *proto.Publication) error {
 	return nil
 }
 
+// AppendBatch implements Store; like Append, it never fails.
+func (s *MemoryStore) AppendBatch(ctx context.Context, pubs []proto.Publication) (int, error) {
+	for i := range pubs {
+		if err := s.Append(ctx, &pubs[i]); err != nil {
+			return i, err
+		}
+	}
+	return len(pubs), nil
+}
+
 // oldest is the lowest seq still retained (top+1 when nothing is).
 func (s *MemoryStore) oldest(st *memoryStream) uint64 {
 	lo := uint64(1)

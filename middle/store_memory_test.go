@@ -68,6 +68,10 @@ func TestMemoryStoreSeq(t *testing.T) {
 	}
 }
 
+func TestMemoryStoreAppendBatch(t *testing.T) {
+	testStoreAppendBatch(t, NewMemoryStore(8, 0))
+}
+
 func TestMemoryStoreHistory(t *testing.T) {
 	s := NewMemoryStore(8, 0)
 	appendN(t, s, "a", "k", 5)

@@ -62,7 +62,8 @@ func (c RedisStoreConfig) Validate() error {
 //
 // Append increments the counter and adds the entry in one Lua script, so
 // once seq N exists every lower seq is in the stream (unless trimmed), and
-// every node sharing the Redis assigns the same seqs.
+// every node sharing the Redis assigns the same seqs. AppendBatch pipelines
+// those script calls: one round trip per batch.
 type RedisStore struct {
 	client *redis.Client
 	keys   redisKeys
@@ -120,12 +121,68 @@ return seq
 
 // Append implements Store in one round trip.
 func (s *RedisStore) Append(ctx context.Context, p *proto.Publication) error {
+	keys, args := s.appendArgs(p)
+	return setAppendedSeq(appendScript.Run(ctx, s.client, keys, args...), p)
+}
+
+// AppendBatch implements Store in one round trip: a pipeline of one script
+// call per publication, which Redis runs in order, each atomically (other
+// clients' commands may run in between: the seqs of a key within a batch
+// are increasing, consecutive only without another writer of the key).
+// The batch goes out whole, so callers bound its size.
+//
+// Scripts cannot fall back to EVAL inside a pipeline: when Redis lacks the
+// script (it restarted, or SCRIPT FLUSH ran), AppendBatch loads it and
+// sends the failed calls again, provided that every call from the first
+// failure on failed for that reason, so that none of them ran.
+func (s *RedisStore) AppendBatch(ctx context.Context, pubs []proto.Publication) (int, error) {
+	n, noScript, err := s.appendPipelined(ctx, pubs)
+	if !noScript {
+		return n, err
+	}
+	if err := appendScript.Load(ctx, s.client).Err(); err != nil {
+		return n, fmt.Errorf("redis append: load script: %w", err)
+	}
+	m, _, err := s.appendPipelined(ctx, pubs[n:])
+	return n + m, err
+}
+
+// appendPipelined runs the append script for each of pubs in one
+// pipeline. It returns how many leading pubs got their seq and the error
+// of the first that did not; noScript reports that this call and every
+// later one failed because Redis lacked the script.
+func (s *RedisStore) appendPipelined(ctx context.Context, pubs []proto.Publication) (n int, noScript bool, err error) {
+	cmds := make([]*redis.Cmd, len(pubs))
+	// Every command carries its own result, read below; Pipelined's error
+	// is only the first of them.
+	_, _ = s.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i := range pubs {
+			keys, args := s.appendArgs(&pubs[i])
+			cmds[i] = appendScript.EvalSha(ctx, pipe, keys, args...)
+		}
+		return nil
+	})
+	for i, cmd := range cmds {
+		if err := setAppendedSeq(cmd, &pubs[i]); err != nil {
+			return i, allNoScript(cmds[i:]), err
+		}
+	}
+	return len(pubs), false, nil
+}
+
+// appendArgs are the KEYS and ARGV of appendScript for p.
+func (s *RedisStore) appendArgs(p *proto.Publication) ([]string, []any) {
 	j := "0"
 	if p.JSON {
 		j = "1"
 	}
-	seq, err := appendScript.Run(ctx, s.client, []string{s.keys.seq(p.App, p.Key), s.keys.hist(p.App, p.Key)},
-		s.size, s.ttlMs, p.Data, j, p.TS).Int64()
+	return []string{s.keys.seq(p.App, p.Key), s.keys.hist(p.App, p.Key)},
+		[]any{s.size, s.ttlMs, p.Data, j, p.TS}
+}
+
+// setAppendedSeq sets p.Seq from the reply of appendScript.
+func setAppendedSeq(cmd *redis.Cmd, p *proto.Publication) error {
+	seq, err := cmd.Int64()
 	if err != nil {
 		return fmt.Errorf("redis append to %s.%s: %w", p.App, p.Key, err)
 	}
@@ -134,6 +191,17 @@ func (s *RedisStore) Append(ctx context.Context, p *proto.Publication) error {
 	}
 	p.Seq = uint64(seq)
 	return nil
+}
+
+// allNoScript reports whether every one of cmds failed because Redis
+// lacked its script.
+func allNoScript(cmds []*redis.Cmd) bool {
+	for _, c := range cmds {
+		if !isNoScript(c.Err()) {
+			return false
+		}
+	}
+	return true
 }
 
 // History implements Store in one round trip: the counter, then the stream

@@ -9,7 +9,6 @@ import (
 	"mime"
 	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -248,8 +247,8 @@ type ingestDeadItem struct {
 	err    error
 }
 
-// ingestGroupOutcome is what became of the items of one routing key.
-type ingestGroupOutcome struct {
+// ingestOutcome is what became of the items of a batch.
+type ingestOutcome struct {
 	published []ingestItem     // sequenced and handed to fan-out: ack
 	rejected  []ingestDeadItem // refused by the Publisher
 	retry     []ingestItem     // not published for want of store or bus
@@ -259,15 +258,14 @@ type ingestGroupOutcome struct {
 // process publishes a batch and settles every delivery of it: ack,
 // dead-letter or requeue. An error means the channel failed.
 //
-// The keys of a batch are published concurrently, each key's items in
-// delivery order by one Publish call: with a bus, a Publish waits for a
-// store round trip and the broker's confirms, and keys need not wait for
-// each other.
+// The valid messages of a batch go to the Publisher in one call, in
+// delivery order, which keeps each key's order: with a bus, that call
+// costs one store round trip and one wait for the broker's confirms for
+// the whole batch, whatever its keys.
 func (in *AMQPIngest) process(ctx context.Context, batch []amqp.Delivery) error {
 	var (
-		dead   []ingestDeadItem
-		groups [][]ingestItem
-		byKey  = make(map[string]int, len(batch))
+		dead  []ingestDeadItem
+		items = make([]ingestItem, 0, len(batch))
 	)
 	for i := range batch {
 		d := &batch[i]
@@ -276,51 +274,27 @@ func (in *AMQPIngest) process(ctx context.Context, batch []amqp.Delivery) error 
 			dead = append(dead, ingestDeadItem{d, reason, err})
 			continue
 		}
-		g, ok := byKey[d.RoutingKey]
-		if !ok {
-			g = len(groups)
-			byKey[d.RoutingKey] = g
-			groups = append(groups, nil)
-		}
-		groups[g] = append(groups[g], ingestItem{d: d, pub: p})
+		items = append(items, ingestItem{d: d, pub: p})
 	}
-	outcomes := make([]ingestGroupOutcome, len(groups))
-	if len(groups) == 1 {
-		outcomes[0] = in.publishGroup(ctx, groups[0])
-	} else {
-		var wg sync.WaitGroup
-		for i := range groups {
-			wg.Go(func() { outcomes[i] = in.publishGroup(ctx, groups[i]) })
-		}
-		wg.Wait()
-	}
-
-	var published, retry []ingestItem
-	var retryErr error
-	for _, o := range outcomes {
-		dead = append(dead, o.rejected...)
-		published = append(published, o.published...)
-		if len(o.retry) > 0 {
-			retry, retryErr = append(retry, o.retry...), o.err
-		}
-	}
+	o := in.publish(ctx, items)
+	dead = append(dead, o.rejected...)
 	for _, x := range dead {
 		if err := in.deadLetter(x); err != nil {
 			return err
 		}
 	}
-	if err := in.ack(published, len(published) == len(batch)); err != nil {
+	if err := in.ack(o.published, len(o.published) == len(batch)); err != nil {
 		return err
 	}
-	if len(retry) > 0 {
-		return in.requeue(ctx, retry, retryErr)
+	if len(o.retry) > 0 {
+		return in.requeue(ctx, o.retry, o.err)
 	}
 	return nil
 }
 
-// publishGroup publishes items, of one routing key, in order.
-func (in *AMQPIngest) publishGroup(ctx context.Context, items []ingestItem) ingestGroupOutcome {
-	var out ingestGroupOutcome
+// publish publishes items in order.
+func (in *AMQPIngest) publish(ctx context.Context, items []ingestItem) ingestOutcome {
+	var out ingestOutcome
 	pubs := make([]proto.Publication, 0, len(items))
 	for len(items) > 0 {
 		pubs = pubs[:0]

@@ -443,6 +443,7 @@ func BenchmarkIngest(b *testing.B) {
 	}
 	b.Run("cluster", func(b *testing.B) { benchmarkIngest(b, redisStore(b), 16) })
 	b.Run("cluster-hotkey", func(b *testing.B) { benchmarkIngest(b, redisStore(b), 1) })
+	b.Run("cluster-1000keys", func(b *testing.B) { benchmarkIngest(b, redisStore(b), 1000) })
 }
 
 // benchmarkIngest runs a node with a bus and busStore, or an embedded node

@@ -3,14 +3,18 @@ package userservice_test
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/wspush/wspush/middle"
+	"github.com/wspush/wspush/proto"
 	"github.com/wspush/wspush/userservice"
 )
 
@@ -66,6 +70,13 @@ func memInUse() uint64 {
 // rawSubscribe performs the WebSocket handshake and one subscribe by hand,
 // reads the ack, and returns the bare socket.
 func rawSubscribe(b *testing.B, addr, key string) net.Conn {
+	c, _ := rawSubscriber(b, addr, key)
+	return c
+}
+
+// rawSubscriber is rawSubscribe that also returns the reader of the
+// socket, positioned after the ack frame.
+func rawSubscriber(b *testing.B, addr, key string) (net.Conn, *bufio.Reader) {
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		b.Fatal(err)
@@ -81,9 +92,102 @@ func rawSubscribe(b *testing.B, addr, key string) net.Conn {
 	if _, err := c.Write(append(frame, payload...)); err != nil {
 		b.Fatal(err)
 	}
-	hdr := make([]byte, 2)
-	if _, err := br.Read(hdr); err != nil { // the ack's frame header; its body is left unread
+	if _, err := readFrame(br); err != nil { // the ack
 		b.Fatal(err)
 	}
-	return c
+	return c, br
+}
+
+// readFrame reads one unmasked server frame and returns its opcode; its
+// payload is skipped.
+func readFrame(br *bufio.Reader) (opcode byte, err error) {
+	var hdr [2]byte
+	if _, err := io.ReadFull(br, hdr[:]); err != nil {
+		return 0, err
+	}
+	n := int(hdr[1] & 0x7f)
+	switch n {
+	case 126:
+		var ext [2]byte
+		if _, err := io.ReadFull(br, ext[:]); err != nil {
+			return 0, err
+		}
+		n = int(binary.BigEndian.Uint16(ext[:]))
+	case 127:
+		var ext [8]byte
+		if _, err := io.ReadFull(br, ext[:]); err != nil {
+			return 0, err
+		}
+		n = int(binary.BigEndian.Uint64(ext[:]))
+	}
+	_, err = br.Discard(n)
+	return hdr[0] & 0x0f, err
+}
+
+// BenchmarkBroadcast measures what one delivery costs from Publish to the
+// client's socket: a node, the userservice server and 1,000 raw-socket
+// clients on loopback, all in this process, all subscribed to one key.
+// Values are published in rounds of burst, the next round once every
+// client has the last: burst=1 is a key that changes rarely (one frame per
+// write); with burst=10 the writers batch what piles up.
+func BenchmarkBroadcast(b *testing.B) {
+	const conns = 1000
+	for _, burst := range []int{1, 10} {
+		b.Run(fmt.Sprintf("burst=%d", burst), func(b *testing.B) { benchmarkBroadcast(b, conns, burst) })
+	}
+}
+
+func benchmarkBroadcast(b *testing.B, conns, burst int) {
+	node, err := middle.NewNode(middle.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv, err := userservice.NewServer(userservice.Config{}, node)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	hs := &http.Server{Handler: srv}
+	go hs.Serve(ln)
+	defer hs.Close()
+	defer srv.Shutdown(context.Background())
+
+	var delivered atomic.Int64
+	var target atomic.Int64
+	reached := make(chan struct{}, 1)
+	for range conns {
+		c, br := rawSubscriber(b, ln.Addr().String(), "k")
+		defer c.Close()
+		go func() {
+			for {
+				op, err := readFrame(br)
+				if err != nil {
+					return
+				}
+				if op == 0x1 && delivered.Add(1) == target.Load() {
+					reached <- struct{}{}
+				}
+			}
+		}()
+	}
+	publish := func() {
+		_, err := node.Publish(context.Background(), "bench", []proto.Publication{{App: "a", Key: "k", Data: []byte(`{"v":1}`), JSON: true}})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i += burst {
+		n := min(burst, b.N-i)
+		target.Store(int64(i+n) * int64(conns))
+		for range n {
+			publish()
+		}
+		<-reached
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*conns), "ns/delivery")
 }

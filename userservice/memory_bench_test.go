@@ -24,6 +24,28 @@ import (
 // is the server's share (plus about 0.3 KiB of client socket per conn).
 func BenchmarkIdleConnectionMemory(b *testing.B) {
 	const conns = 2000
+	_, srv, addr := startBenchServer(b)
+
+	for i := 0; i < b.N; i++ {
+		before := memInUse()
+		clients := make([]net.Conn, 0, conns)
+		for c := 0; c < conns; c++ {
+			clients = append(clients, rawSubscribe(b, addr, fmt.Sprintf("k%d", c%100)))
+		}
+		after := memInUse()
+		b.ReportMetric(float64(after-before)/conns/1024, "KiB/conn")
+		for _, c := range clients {
+			c.Close()
+		}
+		for srv.Connections() > 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// startBenchServer runs an embedded node and the connection server on a
+// loopback port until the benchmark ends.
+func startBenchServer(b *testing.B) (*middle.Node, *userservice.Server, string) {
 	node, err := middle.NewNode(middle.Config{})
 	if err != nil {
 		b.Fatal(err)
@@ -38,24 +60,11 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	}
 	hs := &http.Server{Handler: srv}
 	go hs.Serve(ln)
-	defer hs.Close()
-	defer srv.Shutdown(context.Background())
-
-	for i := 0; i < b.N; i++ {
-		before := memInUse()
-		clients := make([]net.Conn, 0, conns)
-		for c := 0; c < conns; c++ {
-			clients = append(clients, rawSubscribe(b, ln.Addr().String(), fmt.Sprintf("k%d", c%100)))
-		}
-		after := memInUse()
-		b.ReportMetric(float64(after-before)/conns/1024, "KiB/conn")
-		for _, c := range clients {
-			c.Close()
-		}
-		for srv.Connections() > 0 {
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	b.Cleanup(func() {
+		_ = srv.Shutdown(context.Background())
+		_ = hs.Close()
+	})
+	return node, srv, ln.Addr().String()
 }
 
 func memInUse() uint64 {
@@ -138,28 +147,13 @@ func BenchmarkBroadcast(b *testing.B) {
 }
 
 func benchmarkBroadcast(b *testing.B, conns, burst int) {
-	node, err := middle.NewNode(middle.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv, err := userservice.NewServer(userservice.Config{}, node)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	hs := &http.Server{Handler: srv}
-	go hs.Serve(ln)
-	defer hs.Close()
-	defer srv.Shutdown(context.Background())
+	node, _, addr := startBenchServer(b)
 
 	var delivered atomic.Int64
 	var target atomic.Int64
 	reached := make(chan struct{}, 1)
 	for range conns {
-		c, br := rawSubscriber(b, ln.Addr().String(), "k")
+		c, br := rawSubscriber(b, addr, "k")
 		defer c.Close()
 		go func() {
 			for {

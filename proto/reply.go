@@ -19,6 +19,7 @@ const (
 // Close codes the server uses.
 const (
 	CloseGoingAway     = 1001 // server shutting down: reconnect and resume
+	CloseProtocolError = 1002 // a frame that breaks RFC 6455
 	ClosePolicy        = 1008 // rate limit, abuse, repeated garbage
 	CloseTooLarge      = 1009 // frame over the read limit
 	CloseInternal      = 1011

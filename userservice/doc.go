@@ -5,10 +5,14 @@
 // codes. It knows nothing of Redis or AMQP: it hands subscriptions to a
 // Router and receives ready-made frames through Enqueue.
 //
-// Writes bypass gorilla's per-message path: every frame the server sends is
-// already a complete WebSocket frame (proto.Frame), so the writer drains the
-// whole queue and hands it to the kernel in one writev. Only the writer
-// goroutine writes, except for the close frame gorilla itself sends when a
-// client exceeds the read limit (each Write on a net.Conn is atomic, so
-// frames never interleave).
+// gorilla/websocket performs the upgrade; after it, the connection is read
+// and written without gorilla's Conn, whose buffers are dropped:
+//
+//   - Reads: a goroutine that has done nothing but start one socket read
+//     into a small array waits for the client, so an idle connection holds
+//     a 2 KiB stack; proto.ClientReader turns what arrives into messages,
+//     on a goroutine that ends once they are handled (see readStep).
+//   - Writes: every frame the server sends is already a complete WebSocket
+//     frame (proto.Frame), so the writer drains the whole queue and hands
+//     it to the kernel in one writev. Only the writer goroutine writes.
 package userservice

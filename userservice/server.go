@@ -111,7 +111,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.metrics.accepted.Inc()
-	sess := newSession(s, s.nextID.Add(1), ws, apps)
+	// From here on the connection is read and written without gorilla
+	// (see readStep and writeLoop); its Conn, with its buffers, is dropped.
+	sess := newSession(s, s.nextID.Add(1), ws.NetConn(), apps)
 	if authErr != nil {
 		s.log.Info("connection unauthorized", "conn", sess.id, "remote", r.RemoteAddr, "error", authErr)
 		sess.closeWith(proto.CloseUnauthorized, "unauthorized: "+authErr.Error())
@@ -123,11 +125,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The handler returns so that net/http's goroutine, with its large
 	// stack, ends: the reader starts small, and a writer runs only while
 	// there is something to write.
-	go func() {
-		sess.readLoop()
-		s.remove(sess)
-		s.conns.Add(-1)
-	}()
+	go sess.readStep()
+}
+
+// release forgets a session whose connection is over.
+func (s *Server) release(sess *session) {
+	s.remove(sess)
+	s.conns.Add(-1)
 }
 
 // tokenClaims are the claims of a client JWT.

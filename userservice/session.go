@@ -11,12 +11,18 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"golang.org/x/time/rate"
 
 	"github.com/wspush/wspush/middle"
 	"github.com/wspush/wspush/proto"
 )
+
+// readChunk is the most one socket read takes: a command of a few keys
+// arrives whole, longer ones in several reads.
+const readChunk = 128
+
+// errPeerClosed ends reading when the client's close frame arrives.
+var errPeerClosed = errors.New("client closed the connection")
 
 // closeGrace is how long a closing connection waits for the client's close
 // frame (or EOF) before the socket is closed anyway.
@@ -28,13 +34,21 @@ const closeGrace = 2 * time.Second
 type session struct {
 	srv     *Server
 	id      uint64
-	ws      *websocket.Conn
 	conn    net.Conn
 	apps    []string // apps the token allows; nil: any
 	limiter *rate.Limiter
 	subs    map[subKey]struct{}
 	// badCommands counts consecutive invalid commands.
 	badCommands int
+
+	// The read side, owned by the reader goroutine of the moment (see
+	// readStep): in receives one socket read, frames turns the bytes into
+	// messages, draining drops commands after a policy close, and readEnd
+	// is why reading stopped at a message.
+	in       [readChunk]byte
+	frames   proto.ClientReader
+	draining bool
+	readEnd  error
 
 	lastRead atomic.Int64 // unix nanos of the last frame read
 
@@ -52,14 +66,14 @@ type session struct {
 
 type subKey struct{ app, key string }
 
-func newSession(srv *Server, id uint64, ws *websocket.Conn, apps []string) *session {
+func newSession(srv *Server, id uint64, conn net.Conn, apps []string) *session {
 	s := &session{
 		srv:        srv,
 		id:         id,
-		ws:         ws,
-		conn:       ws.NetConn(),
+		conn:       conn,
 		apps:       apps,
 		limiter:    rate.NewLimiter(rate.Limit(srv.cfg.CommandRate), srv.cfg.CommandBurst),
+		frames:     proto.ClientReader{MaxMessage: int(srv.cfg.MaxMessageSize)},
 		writerDone: make(chan struct{}),
 	}
 	s.lastRead.Store(time.Now().UnixNano())
@@ -233,57 +247,82 @@ func (s *session) write(iov net.Buffers, frames int) error {
 	return err
 }
 
-// readLoop reads commands until the connection ends, then cleans up.
-func (s *session) readLoop() {
-	s.ws.SetReadLimit(s.srv.cfg.MaxMessageSize)
-	s.ws.SetPongHandler(func(string) error { s.lastRead.Store(time.Now().UnixNano()); return nil })
-	s.ws.SetPingHandler(func(data string) error {
-		s.lastRead.Store(time.Now().UnixNano())
-		s.Enqueue(proto.NewFrame(proto.OpcodePong, []byte(data)))
-		return nil
-	})
-	// The close reply goes through the writer, after what is queued.
-	s.ws.SetCloseHandler(func(code int, _ string) error {
-		if code == websocket.CloseNoStatusReceived {
-			code = proto.CloseNormal
-		}
-		s.closeWith(code, "")
-		return nil
-	})
-
-	err := s.readCommands()
-	s.finish(err)
-}
-
-// readCommands is the frame that stays on the reader's stack while it
-// waits for the client, so it is kept small: the runtime halves an idle
-// goroutine's stack only while the part in use is under a quarter of it,
-// and everything a command needs happens in onMessage, which returns before
-// the next wait.
-func (s *session) readCommands() error {
-	for {
-		mt, msg, err := s.ws.ReadMessage()
-		if err != nil {
-			return err
-		}
-		if s.onMessage(mt, msg) {
-			return s.drain()
-		}
+// readStep is the whole life of a reader goroutine: one socket read, then
+// the work it brought, after which a new goroutine takes the next read. So
+// the goroutine that waits for an idle client has done nothing but start
+// that read, and holds the 2 KiB stack every goroutine starts with: one
+// that ever grew (net/http's, or one that decoded a command) keeps at least
+// 4 KiB while it waits, which is most of an idle connection's memory.
+func (s *session) readStep() {
+	n, err := s.conn.Read(s.in[:])
+	if s.onRead(n, err) {
+		go s.readStep()
 	}
 }
 
-// onMessage handles one client frame; it reports whether the connection is
-// being closed for policy reasons.
+// onRead handles what one read returned and reports whether to read on;
+// when the connection is over, it cleans up. It must not be inlined into
+// readStep, whose frame must stay small.
 //
 //go:noinline
-func (s *session) onMessage(mt int, msg []byte) (closing bool) {
-	s.lastRead.Store(time.Now().UnixNano())
+func (s *session) onRead(n int, err error) bool {
+	if n > 0 {
+		s.lastRead.Store(time.Now().UnixNano())
+		if ferr := s.frames.Feed(s.in[:n], s.onClientMessage); ferr != nil {
+			err = ferr
+		} else if s.readEnd != nil {
+			err = s.readEnd
+		}
+	}
+	if err == nil {
+		return true
+	}
+	s.finish(err)
+	s.srv.release(s)
+	return false
+}
+
+// onClientMessage handles one message of the client and reports whether to
+// go on reading.
+func (s *session) onClientMessage(m proto.ClientMessage) bool {
+	switch m.Opcode {
+	case proto.OpcodePing:
+		s.Enqueue(proto.NewFrame(proto.OpcodePong, m.Payload))
+	case proto.OpcodePong:
+		// A sign of life, counted with every read.
+	case proto.OpcodeClose:
+		code, _, err := proto.ParseClosePayload(m.Payload)
+		if err != nil {
+			s.readEnd = err
+			return false
+		}
+		if code == proto.CloseNoStatus {
+			code = proto.CloseNormal
+		}
+		// Our reply goes through the writer, after what is queued; if we
+		// closed first, this is the client's answer and changes nothing.
+		s.closeWith(code, "")
+		s.readEnd = errPeerClosed
+		return false
+	default:
+		if !s.draining && s.onMessage(m.Opcode, m.Payload) {
+			// Closing for policy: read on, dropping commands, until the
+			// client answers our close or closeGrace passes.
+			s.draining = true
+		}
+	}
+	return true
+}
+
+// onMessage handles one client message; it reports whether the connection
+// is being closed for policy reasons.
+func (s *session) onMessage(opcode byte, msg []byte) (closing bool) {
 	if !s.limiter.Allow() {
 		s.srv.log.Warn("closing connection: command rate limit exceeded", "conn", s.id, "rate", s.srv.cfg.CommandRate, "burst", s.srv.cfg.CommandBurst)
 		s.closeWith(proto.ClosePolicy, "command rate limit exceeded")
 		return true
 	}
-	if s.handle(mt, msg) {
+	if s.handle(opcode, msg) {
 		s.badCommands = 0
 		return false
 	}
@@ -295,21 +334,11 @@ func (s *session) onMessage(mt int, msg []byte) (closing bool) {
 	return false
 }
 
-// drain reads (and ignores) until the client closes or closeGrace passes,
-// so that the close frame is read before the socket goes.
-func (s *session) drain() error {
-	for {
-		if _, _, err := s.ws.NextReader(); err != nil {
-			return err
-		}
-	}
-}
-
 // handle executes one client frame and reports whether it was a valid
 // command.
-func (s *session) handle(mt int, msg []byte) bool {
+func (s *session) handle(opcode byte, msg []byte) bool {
 	m := s.srv.metrics
-	if mt != websocket.TextMessage {
+	if opcode != proto.OpcodeText {
 		s.replyError(0, proto.CodeBadRequest, "binary frames are not accepted: send commands as JSON text frames")
 		return false
 	}
@@ -397,22 +426,17 @@ func (s *session) replyError(id uint64, code, message string) {
 // finish runs once the read loop ended with err: it unsubscribes
 // everything, lets the writer finish, and closes the socket.
 func (s *session) finish(err error) {
-	var ce *websocket.CloseError
+	var fe *proto.FrameError
+	linger := false
 	switch {
-	case errors.As(err, &ce):
-		// The client closed; the close handler queued our reply.
-	case errors.Is(err, websocket.ErrReadLimit):
-		// gorilla has sent 1009 itself.
-		s.mu.Lock()
-		if s.closeFrame == nil {
-			s.closeFrame, s.closeCode = &proto.Frame{}, proto.CloseTooLarge
-		}
-		start := s.startWriterLocked()
-		s.mu.Unlock()
-		if start {
-			go s.writeLoop()
-		}
-		s.lingerClose()
+	case errors.Is(err, errPeerClosed):
+		// The client closed; our reply is queued.
+	case errors.As(err, &fe):
+		// A frame that breaks the protocol, or a message over the limit:
+		// say why, then let the client's remaining bytes drain.
+		s.srv.log.Info("closing connection: bad frame", "conn", s.id, "code", fe.Code, "reason", fe.Reason)
+		s.closeWith(fe.Code, fe.Reason)
+		linger = true
 	default:
 		// The connection broke, or a close we sent was not answered in
 		// time: nothing more can be sent.
@@ -436,6 +460,9 @@ func (s *session) finish(err error) {
 	case <-time.After(s.srv.cfg.WriteTimeout + time.Second):
 		s.conn.Close()
 		<-s.writerDone
+	}
+	if linger {
+		s.lingerClose()
 	}
 	s.conn.Close()
 	s.mu.Lock()

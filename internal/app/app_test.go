@@ -299,6 +299,55 @@ func TestFrameOverLimitClosesWith1009(t *testing.T) {
 	c.ExpectClose(proto.CloseTooLarge)
 }
 
+// rawClientFrame frames payload as a client must, masked (with an all-zero
+// key when unmasked is false, a legal key that leaves the bytes as they are),
+// or not at all when unmasked is true.
+func rawClientFrame(fin bool, opcode byte, payload string, unmasked bool) []byte {
+	b0 := opcode
+	if fin {
+		b0 |= 0x80
+	}
+	if unmasked {
+		return append([]byte{b0, byte(len(payload))}, payload...)
+	}
+	return append([]byte{b0, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...)
+}
+
+func TestFragmentedCommandWithAPingInBetween(t *testing.T) {
+	base, _ := startApp(t, app.Config{})
+	c := wstest.Dial(t, wstest.WSURL(base), nil)
+	pong := make(chan string, 1)
+	c.Conn.SetPongHandler(func(data string) error { pong <- data; return nil })
+	cmd := `{"op":"subscribe","id":7,"app":"a","keys":["k"]}`
+	var stream []byte
+	stream = append(stream, rawClientFrame(false, proto.OpcodeText, cmd[:10], false)...)
+	stream = append(stream, rawClientFrame(true, proto.OpcodePing, "hi", false)...)
+	stream = append(stream, rawClientFrame(true, 0, cmd[10:], false)...)
+	for _, b := range stream { // one byte per write: every read of the server is partial
+		if _, err := c.Conn.UnderlyingConn().Write([]byte{b}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.ExpectAck(7)
+	select {
+	case data := <-pong:
+		if data != "hi" {
+			t.Fatalf("pong %q, want hi", data)
+		}
+	default:
+		t.Fatal("no pong before the ack")
+	}
+}
+
+func TestUnmaskedFrameClosesWith1002(t *testing.T) {
+	base, _ := startApp(t, app.Config{})
+	c := wstest.Dial(t, wstest.WSURL(base), nil)
+	if _, err := c.Conn.UnderlyingConn().Write(rawClientFrame(true, proto.OpcodeText, `{"op":"ping"}`, true)); err != nil {
+		t.Fatal(err)
+	}
+	c.ExpectClose(proto.CloseProtocolError)
+}
+
 func TestCommandRateLimitClosesWith1008(t *testing.T) {
 	cfg := app.Config{}
 	cfg.Users.CommandRate, cfg.Users.CommandBurst = 1, 3

@@ -124,11 +124,17 @@ type ClientReader struct {
 // Feed consumes b, which it may modify, and calls fn with every complete
 // message in order; fn returns false to stop reading (the rest is
 // dropped). An error is a *FrameError, after which the stream is unusable.
+//
+// A frame that arrives in many pieces costs amortized constant work per
+// piece: its bytes are appended to one buffer, sized for the whole frame
+// once its header is known.
 func (r *ClientReader) Feed(b []byte, fn func(ClientMessage) bool) error {
-	if len(r.pending) > 0 {
+	fromPending := len(r.pending) > 0
+	if fromPending {
 		r.pending = append(r.pending, b...)
-		b, r.pending = r.pending, nil
+		b = r.pending
 	}
+	need := 0 // size of the incomplete frame at the end of b, when known
 	for len(b) > 0 {
 		h, n, err := ParseClientFrameHeader(b)
 		if err != nil {
@@ -142,6 +148,7 @@ func (r *ClientReader) Feed(b []byte, fn func(ClientMessage) bool) error {
 		}
 		end := uint64(n) + h.Length
 		if uint64(len(b)) < end {
+			need = int(end)
 			break
 		}
 		payload := b[n:end]
@@ -155,10 +162,22 @@ func (r *ClientReader) Feed(b []byte, fn func(ClientMessage) bool) error {
 			return nil
 		}
 	}
-	if len(b) > 0 {
-		r.pending = append([]byte(nil), b...)
-	}
+	r.keep(b, fromPending, need)
 	return nil
+}
+
+// keep saves rest, the start of an incomplete frame of need bytes (0:
+// unknown yet), for the next Feed; rest is a suffix of r.pending when
+// fromPending.
+func (r *ClientReader) keep(rest []byte, fromPending bool, need int) {
+	switch {
+	case len(rest) == 0:
+		r.pending = nil // between frames, no buffer
+	case fromPending:
+		r.pending = r.pending[:copy(r.pending, rest)]
+	default:
+		r.pending = append(make([]byte, 0, max(need, len(rest))), rest...)
+	}
 }
 
 // checkSize refuses a frame whose payload would take a message over

@@ -99,6 +99,27 @@ func TestClientReaderHoldsNothingBetweenFrames(t *testing.T) {
 	}
 }
 
+// A frame dribbled in byte by byte must not be copied again at every byte.
+func TestClientReaderDribbledFrameIsNotRecopied(t *testing.T) {
+	const size = 60000
+	frame := clientFrame(true, OpcodeText, bytes.Repeat([]byte("x"), size), testMask)
+	var got int
+	allocs := testing.AllocsPerRun(1, func() {
+		r := ClientReader{MaxMessage: size}
+		for i := range frame {
+			if err := r.Feed(frame[i:i+1:i+1], func(m ClientMessage) bool { got = len(m.Payload); return true }); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	if got != size {
+		t.Fatalf("message of %d bytes, want %d", got, size)
+	}
+	if allocs > 32 {
+		t.Fatalf("%v allocations to read one frame a byte at a time", allocs)
+	}
+}
+
 func TestClientReaderStops(t *testing.T) {
 	stream := append(clientFrame(true, OpcodeText, []byte("a"), testMask), clientFrame(true, OpcodeText, []byte("b"), testMask)...)
 	r := ClientReader{MaxMessage: 100}

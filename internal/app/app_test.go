@@ -339,6 +339,22 @@ func TestFragmentedCommandWithAPingInBetween(t *testing.T) {
 	}
 }
 
+func TestClientCloseIsEchoed(t *testing.T) {
+	base, _ := startApp(t, app.Config{})
+	c := wstest.Dial(t, wstest.WSURL(base), nil)
+	c.Subscribe("a", "json", nil, "k")
+	if err := c.Conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(4321, "bye"), time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	c.ExpectClose(4321)
+	wstest.Eventually(t, 5*time.Second, func() error {
+		if n := metricLine(t, base, `wspush_connections_closed_total{code="4321"}`); n != 1 {
+			return fmt.Errorf("%v connections closed with 4321, want 1", n)
+		}
+		return nil
+	})
+}
+
 func TestUnmaskedFrameClosesWith1002(t *testing.T) {
 	base, _ := startApp(t, app.Config{})
 	c := wstest.Dial(t, wstest.WSURL(base), nil)
@@ -524,6 +540,17 @@ func TestWriteDelayPutsQueuedFramesInOneWrite(t *testing.T) {
 // metricValue reads an unlabelled counter or gauge from /metrics.
 func metricValue(t *testing.T, base, name string) float64 {
 	t.Helper()
+	v := metricLine(t, base, name)
+	if v < 0 {
+		t.Fatalf("metric %s not found", name)
+	}
+	return v
+}
+
+// metricLine reads the value of the /metrics line that starts with series
+// (a name, with its labels if any), -1 if there is none.
+func metricLine(t *testing.T, base, series string) float64 {
+	t.Helper()
 	resp, err := http.Get(base + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -534,14 +561,13 @@ func metricValue(t *testing.T, base, name string) float64 {
 		t.Fatal(err)
 	}
 	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
 			var f float64
 			if _, err := fmt.Sscan(v, &f); err != nil {
-				t.Fatalf("metric %s: %v", name, err)
+				t.Fatalf("metric %s: %v", series, err)
 			}
 			return f
 		}
 	}
-	t.Fatalf("metric %s not found", name)
-	return 0
+	return -1
 }

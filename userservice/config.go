@@ -12,7 +12,7 @@ import (
 // Config configures a Server. Zero fields take the defaults below.
 type Config struct {
 	MaxConnections      int           // open connections per server (default 100000)
-	MaxMessageSize      int64         // largest client frame; larger closes with 1009 (default 64 KiB)
+	MaxMessageSize      int64         // largest client message (fragments together); larger closes with 1009 (default 64 KiB)
 	MaxKeysPerSubscribe int           // keys in one subscribe (default 100)
 	MaxSubscriptions    int           // keys subscribed per connection (default 1000)
 	CommandRate         float64       // sustained client commands per second (default 20)

@@ -48,7 +48,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	u := &c.Users
 	var origins, jwtSecret string
 	fs.IntVar(&u.MaxConnections, "max-connections", 0, "open connections per node (default 100000)")
-	fs.Int64Var(&u.MaxMessageSize, "max-message-size", 0, "largest client frame in bytes; larger closes with 1009 (default 65536)")
+	fs.Int64Var(&u.MaxMessageSize, "max-message-size", 0, "largest client message in bytes (its fragments together); larger closes with 1009 (default 65536)")
 	fs.IntVar(&u.MaxKeysPerSubscribe, "max-keys-per-subscribe", 0, "keys in one subscribe (default 100)")
 	fs.IntVar(&u.MaxSubscriptions, "max-subscriptions", 0, "keys per connection (default 1000)")
 	fs.Float64Var(&u.CommandRate, "command-rate", 0, "client commands per second per connection (default 20)")

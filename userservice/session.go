@@ -28,9 +28,9 @@ var errPeerClosed = errors.New("client closed the connection")
 // frame (or EOF) before the socket is closed anyway.
 const closeGrace = 2 * time.Second
 
-// session is one WebSocket connection. The read loop owns subs and the
-// limiter; the queue is shared with Enqueue callers under mu; only the write
-// loop writes to conn.
+// session is one WebSocket connection. The reader (readStep, one goroutine
+// at a time) owns subs, the limiter and the read side; the queue is shared
+// with Enqueue callers under mu; only the write loop writes to conn.
 type session struct {
 	srv     *Server
 	id      uint64
@@ -50,7 +50,7 @@ type session struct {
 	draining bool
 	readEnd  error
 
-	lastRead atomic.Int64 // unix nanos of the last frame read
+	lastRead atomic.Int64 // unix nanos of the last bytes read
 
 	mu         sync.Mutex
 	queue      []*proto.Frame

@@ -5,12 +5,15 @@
 # size that finishes in a few minutes, writes JSON and SVG to
 # bench/results/ and prints the summaries. Everything it starts is
 # stopped on exit, Ctrl-C included. Embedded mode needs no Redis or
-# RabbitMQ, so scripts/services.sh is not sourced.
+# RabbitMQ; CLUSTER=1 adds a fourth run that does (installed and started
+# if missing): two nodes sharing them, values published over AMQP.
 #
 #   scripts/bench.sh
 #   CAPACITY=20000 STEPS=500,1500,5000,10000 scripts/bench.sh   # bigger
+#   CLUSTER=1 scripts/bench.sh                                   # + AMQP on 2 nodes
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/services.sh
 
 CAPACITY=${CAPACITY:-5000}             # capacity: connections
 FANOUT_SUBS=${FANOUT_SUBS:-1000}       # fanout: subscribers on one key
@@ -20,8 +23,9 @@ STEPS=${STEPS:-500,1500,5000}          # table: connection counts
 STEP_DURATION=${STEP_DURATION:-10s}    # table: measured time per step
 RAMP=${RAMP:-2000}                     # connections opened per second
 RESULTS=${RESULTS:-bench/results}
-
-log() { printf '== %s\n' "$*" >&2; }
+CLUSTER=${CLUSTER:-0}                  # 1: also the AMQP run on a 2-node cluster
+CLUSTER_SUBS=${CLUSTER_SUBS:-1000}     # its subscribers, over both nodes
+CLUSTER_RATE=${CLUSTER_RATE:-20}       # its values per second
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/wspush-bench.XXXXXX")
 pids=()
@@ -37,8 +41,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # free_port prints a loopback port nobody listens on, from a random start.
 free_port() {
@@ -98,6 +100,23 @@ bench capacity capacity --url "$url" --connections "$CAPACITY" --ramp "$RAMP" --
 bench fanout fanout --url "$url" --subscribers "$FANOUT_SUBS" --rate "$FANOUT_RATE" --duration "$FANOUT_DURATION" --ramp "$RAMP"
 bench table-http table --url "$url" --steps "$STEPS" --source http --duration "$STEP_DURATION" --ramp "$RAMP"
 bench table-poller table --url "ws://127.0.0.1:$poll_port/ws" --steps "$STEPS" --source poller --duration "$STEP_DURATION" --ramp "$RAMP"
+
+if [ "$CLUSTER" = 1 ]; then
+  ensure_redis
+  ensure_rabbitmq
+  urls=()
+  for node in a b; do
+    port=$(free_port)
+    "$tmp/wspush" --addr "127.0.0.1:$port" --node-id "bench-$node-$port" --log-level warn \
+      --redis-url redis://127.0.0.1:6379/0 --amqp-url amqp://guest:guest@127.0.0.1:5672/ >"$tmp/wspush-$node.log" 2>&1 &
+    pids+=($!)
+    wait_http "http://127.0.0.1:$port/readyz" "wspush-$node"
+    urls+=(--url "ws://127.0.0.1:$port/ws")
+  done
+  log "cluster of 2 nodes: ${urls[*]}"
+  bench cluster-amqp fanout "${urls[@]}" --source amqp --app "bench-$$" --subscribers "$CLUSTER_SUBS" \
+    --rate "$CLUSTER_RATE" --duration "$FANOUT_DURATION" --ramp "$RAMP"
+fi
 
 log "done in $((SECONDS - started))s; results in $RESULTS/:"
 ls -1 "$RESULTS" >&2

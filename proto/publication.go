@@ -110,34 +110,52 @@ var (
 	ErrVersion    = errors.New("binary frame: unknown version")
 )
 
+// BinaryData is a binary data frame payload read in place: App, Key and
+// Data alias the frame, so reading one allocates nothing (what a client
+// holding many connections needs on its hot path).
+type BinaryData struct {
+	JSON     bool
+	App, Key []byte
+	Seq      uint64
+	TS       int64 // Unix ms
+	Data     []byte
+}
+
+// ParseDataBinary reads a binary data frame payload in place.
+func ParseDataBinary(b []byte) (BinaryData, error) {
+	var v BinaryData
+	if len(b) < 2+2 {
+		return v, ErrShortFrame
+	}
+	if b[0] != BinaryVersion {
+		return v, fmt.Errorf("%w %d", ErrVersion, b[0])
+	}
+	v.JSON = b[1]&binaryFlagJSON != 0
+	b = b[2:]
+	var ok bool
+	if v.App, b, ok = readName(b); !ok {
+		return BinaryData{}, fmt.Errorf("%w: app", ErrShortFrame)
+	}
+	if v.Key, b, ok = readName(b); !ok {
+		return BinaryData{}, fmt.Errorf("%w: key", ErrShortFrame)
+	}
+	if len(b) < 16 {
+		return BinaryData{}, fmt.Errorf("%w: seq and ts", ErrShortFrame)
+	}
+	v.Seq = binary.BigEndian.Uint64(b)
+	v.TS = int64(binary.BigEndian.Uint64(b[8:]))
+	v.Data = b[16:]
+	return v, nil
+}
+
 // DecodeDataBinary parses a binary data frame payload. App and Key are
 // copied (strings); Data aliases b.
 func DecodeDataBinary(b []byte) (Publication, error) {
-	var p Publication
-	if len(b) < 2+2 {
-		return p, ErrShortFrame
+	v, err := ParseDataBinary(b)
+	if err != nil {
+		return Publication{}, err
 	}
-	if b[0] != BinaryVersion {
-		return p, fmt.Errorf("%w %d", ErrVersion, b[0])
-	}
-	p.JSON = b[1]&binaryFlagJSON != 0
-	b = b[2:]
-	app, b, ok := readName(b)
-	if !ok {
-		return Publication{}, fmt.Errorf("%w: app", ErrShortFrame)
-	}
-	key, b, ok := readName(b)
-	if !ok {
-		return Publication{}, fmt.Errorf("%w: key", ErrShortFrame)
-	}
-	if len(b) < 16 {
-		return Publication{}, fmt.Errorf("%w: seq and ts", ErrShortFrame)
-	}
-	p.App, p.Key = string(app), string(key)
-	p.Seq = binary.BigEndian.Uint64(b)
-	p.TS = int64(binary.BigEndian.Uint64(b[8:]))
-	p.Data = b[16:]
-	return p, nil
+	return Publication{App: string(v.App), Key: string(v.Key), Seq: v.Seq, TS: v.TS, JSON: v.JSON, Data: v.Data}, nil
 }
 
 func readName(b []byte) (name, rest []byte, ok bool) {

@@ -222,3 +222,21 @@ func dataFrameOfLen(t *testing.T, f Format, n int) Publication {
 	}
 	return p
 }
+
+func TestParseDataBinaryReadsInPlace(t *testing.T) {
+	p := Publication{App: "plant-7", Key: "001", Seq: 42, TS: 1763812345123, JSON: true, Data: []byte(`{"temp":21.5}`)}
+	b := AppendDataBinary(nil, &p)
+	var v BinaryData
+	allocs := testing.AllocsPerRun(100, func() {
+		var err error
+		if v, err = ParseDataBinary(b); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("ParseDataBinary allocates %v times", allocs)
+	}
+	if string(v.App) != p.App || string(v.Key) != p.Key || v.Seq != p.Seq || v.TS != p.TS || !v.JSON || string(v.Data) != string(p.Data) {
+		t.Fatalf("read %+v from %+v", v, p)
+	}
+}

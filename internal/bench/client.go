@@ -207,12 +207,12 @@ func readAll(buf []byte, r io.Reader) ([]byte, error) {
 
 // onBinary handles a binary data frame; it does not allocate.
 func (c *client) onBinary(b []byte, now int64) {
-	v, ok := parseBinary(b)
-	if !ok {
+	v, err := proto.ParseDataBinary(b)
+	if err != nil {
 		c.w.foreign.Add(1)
 		return
 	}
-	c.onValue(v.Key, v.Seq, v.TS, v.Payload, now)
+	c.onValue(v.Key, v.Seq, v.TS, v.Data, now)
 }
 
 // onJSON handles a JSON data message (the format that allocates: the

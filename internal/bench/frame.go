@@ -2,48 +2,8 @@ package bench
 
 import (
 	"bytes"
-	"encoding/binary"
 	"strconv"
-
-	"github.com/wspush/wspush/proto"
 )
-
-// dataView is a binary data frame read in place: Key and Payload alias the
-// frame. proto.DecodeDataBinary copies the app and key into strings, two
-// allocations per message that a receiver holding 100,000 connections
-// cannot afford on its hot path; parseBinary reads the same layout (its
-// tests check it against proto.DecodeDataBinary) without them.
-type dataView struct {
-	Key     []byte
-	Seq     uint64
-	TS      int64 // Unix ms
-	Payload []byte
-}
-
-// parseBinary reads a binary data frame; ok is false when it is not one.
-func parseBinary(b []byte) (v dataView, ok bool) {
-	if len(b) < 4 || b[0] != proto.BinaryVersion {
-		return v, false
-	}
-	b = b[2:]
-	n := int(binary.BigEndian.Uint16(b))
-	b = b[2:]
-	if len(b) < n+2 {
-		return v, false
-	}
-	b = b[n:] // app: one per run, not checked per message
-	n = int(binary.BigEndian.Uint16(b))
-	b = b[2:]
-	if len(b) < n+16 {
-		return v, false
-	}
-	v.Key = b[:n]
-	b = b[n:]
-	v.Seq = binary.BigEndian.Uint64(b)
-	v.TS = int64(binary.BigEndian.Uint64(b[8:]))
-	v.Payload = b[16:]
-	return v, true
-}
 
 // sendTimeField is the field wsbench puts in every payload it publishes:
 // {"t":<Unix nanoseconds at send>}.

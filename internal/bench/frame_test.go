@@ -1,56 +1,11 @@
 package bench
 
 import (
-	"bytes"
-	"math/rand/v2"
 	"testing"
 	"time"
 
 	"github.com/wspush/wspush/proto"
 )
-
-// checkAgainstProto fails when parseBinary and proto.DecodeDataBinary
-// disagree on b.
-func checkAgainstProto(t *testing.T, b []byte) {
-	t.Helper()
-	v, ok := parseBinary(b)
-	p, err := proto.DecodeDataBinary(b)
-	if ok != (err == nil) {
-		t.Fatalf("frame %x: parseBinary ok=%v, proto error %v", b, ok, err)
-	}
-	if !ok {
-		return
-	}
-	if string(v.Key) != p.Key || v.Seq != p.Seq || v.TS != p.TS || !bytes.Equal(v.Payload, p.Data) {
-		t.Fatalf("frame %x: parseBinary %+v, proto %+v", b, v, p)
-	}
-}
-
-func TestParseBinaryMatchesProto(t *testing.T) {
-	r := rand.New(rand.NewPCG(4, 4))
-	for i := range 500 {
-		p := proto.Publication{
-			App:  keyName("a", r.IntN(1000)),
-			Key:  keyName("s", r.IntN(100000)),
-			Seq:  r.Uint64(),
-			TS:   r.Int64(),
-			JSON: i%2 == 0,
-			Data: appendPayload(nil, r.Int64()),
-		}
-		b := proto.AppendDataBinary(nil, &p)
-		checkAgainstProto(t, b)
-		for cut := range len(b) { // every truncation
-			checkAgainstProto(t, b[:cut])
-		}
-	}
-	checkAgainstProto(t, []byte{2, 0, 0, 0, 0, 0})
-}
-
-func FuzzParseBinary(f *testing.F) {
-	f.Add(proto.AppendDataBinary(nil, &proto.Publication{App: "bench", Key: "s000001", Seq: 1, TS: 2, Data: []byte(`{"t":1}`), JSON: true}))
-	f.Add([]byte{1, 0, 0, 1})
-	f.Fuzz(func(t *testing.T, b []byte) { checkAgainstProto(t, b) })
-}
 
 func TestParseSendTime(t *testing.T) {
 	now := time.Now().UnixNano()

@@ -29,7 +29,7 @@ type streamKey struct{ app, key string }
 
 type memoryStream struct {
 	seq  uint64
-	ring []proto.Publication // ring[(seq-1) % size] holds seq
+	ring []proto.Publication // ring[(seq-1) % size] holds seq; grows to size
 	at   []int64             // unix nanos each entry was appended, for TTL
 }
 
@@ -63,14 +63,23 @@ func (s *MemoryStore) Append(_ context.Context, p *proto.Publication) error {
 	k := streamKey{p.App, p.Key}
 	st := sh.streams[k]
 	if st == nil {
-		st = &memoryStream{ring: make([]proto.Publication, s.size), at: make([]int64, s.size)}
+		// The ring grows with the key's publications: a key published once
+		// (say, by a publisher to keys nobody watches) costs one entry, not
+		// HistorySize of them.
+		st = &memoryStream{}
 		sh.streams[k] = st
 	}
 	st.seq++
 	p.Seq = st.seq
+	now := s.now().UnixNano()
+	if len(st.ring) < s.size {
+		st.ring = append(st.ring, *p)
+		st.at = append(st.at, now)
+		return nil
+	}
 	i := (st.seq - 1) % uint64(s.size)
 	st.ring[i] = *p
-	st.at[i] = s.now().UnixNano()
+	st.at[i] = now
 	return nil
 }
 

@@ -2,6 +2,7 @@ package middle
 
 import (
 	"context"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -205,4 +206,32 @@ func TestMemoryStoreTTL(t *testing.T) {
 	if got, complete := historySeqs(t, s, "a", "k", 5); !equalSeqs(got, []uint64{6}) || !complete {
 		t.Errorf("after new append: History(5) = %s, %v; want [6], complete", shortSeqs(got), complete)
 	}
+}
+
+// BenchmarkMemoryStoreKeyMemory reports the heap one key costs the memory
+// store after a single publication: what a publisher to many keys nobody
+// watches costs the embedded mode.
+func BenchmarkMemoryStoreKeyMemory(b *testing.B) {
+	const keys = 10000
+	for range b.N {
+		before := heapInUse()
+		s := NewMemoryStore(DefaultHistorySize, DefaultHistoryTTL)
+		for k := range keys {
+			p := proto.Publication{App: "a", Key: "k" + strconv.Itoa(k), Data: []byte(`{"v":1}`), JSON: true}
+			if err := s.Append(context.Background(), &p); err != nil {
+				b.Fatal(err)
+			}
+		}
+		after := heapInUse()
+		b.ReportMetric(float64(after-before)/keys, "B/key")
+		runtime.KeepAlive(s)
+	}
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wspush/wspush/dataservice/simulator"
+	"github.com/wspush/wspush/internal/testutil"
 	"github.com/wspush/wspush/proto"
 )
 
@@ -325,7 +326,7 @@ func TestPollerRecovers(t *testing.T) {
 	f := newFixture(t, Config{BackoffMin: time.Millisecond, BackoffMax: 4 * time.Millisecond},
 		simulator.Config{Fault: simulator.FaultGarbage}, map[string][]string{"plant-7": {"001"}})
 	ctx := context.Background()
-	checkFor(t, 5*time.Second, time.Millisecond, func() error {
+	testutil.Eventually(t, 5*time.Second, time.Millisecond, func() error {
 		_ = f.p.PollOnce(ctx)
 		if got := f.calls(t, "error"); got < 3 {
 			return fmt.Errorf("calls_total{error} = %v, want 3 failed calls", got)
@@ -333,7 +334,7 @@ func TestPollerRecovers(t *testing.T) {
 		return nil
 	})
 	f.sim.SetFault(simulator.FaultNone)
-	checkFor(t, 5*time.Second, time.Millisecond, func() error {
+	testutil.Eventually(t, 5*time.Second, time.Millisecond, func() error {
 		if err := f.p.PollOnce(ctx); err != nil {
 			return err
 		}
@@ -373,7 +374,7 @@ func TestPollerPublishFailureRetries(t *testing.T) {
 	f.pub.setErr(nil)
 	// Same step, so the same values: they were never published and must be
 	// published now.
-	checkFor(t, 5*time.Second, time.Millisecond, func() error {
+	testutil.Eventually(t, 5*time.Second, time.Millisecond, func() error {
 		if err := f.p.PollOnce(ctx); err != nil {
 			return err
 		}
@@ -413,7 +414,7 @@ func TestPollerRun(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- f.p.Run(ctx) }()
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+	testutil.Eventually(t, 5*time.Second, 10*time.Millisecond, func() error {
 		if n := f.pub.count(); n != 3 {
 			return fmt.Errorf("published %d values, want 3", n)
 		}
@@ -437,7 +438,7 @@ func TestPollerSlowDataCenter(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- f.p.Run(ctx) }()
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	testutil.Eventually(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if got := metricValue(t, f.reg, "wspush_poller_ticks_skipped_total", "reason", skipRunning); got < 1 {
 			return errors.New("no tick skipped yet")
 		}
@@ -470,7 +471,7 @@ func TestPollerBoundsConcurrency(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- f.p.Run(ctx) }()
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	testutil.Eventually(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if got := metricValue(t, f.reg, "wspush_poller_ticks_skipped_total", "reason", skipBusy); got < 1 {
 			return errors.New("no tick skipped yet")
 		}

@@ -16,6 +16,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/wspush/wspush/internal/testutil"
 )
 
 // redisLogBuffer collects log lines across goroutines.
@@ -122,7 +124,7 @@ func (f *indexFixture) unsub(r *recorder, app string, keys ...string) {
 
 func (f *indexFixture) waitReady(t *testing.T) {
 	t.Helper()
-	redisCheckFor(t, 5*time.Second, 5*time.Millisecond, f.ix.Ready)
+	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, f.ix.Ready)
 }
 
 // indexState is the index as Redis holds it (or as it should).
@@ -212,7 +214,7 @@ func wantIndexState(fs ...*indexFixture) indexState {
 // subscriptions call for.
 func waitIndexState(t *testing.T, c *redis.Client, prefix string, fs ...*indexFixture) {
 	t.Helper()
-	redisCheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	testutil.Eventually(t, 10*time.Second, 10*time.Millisecond, func() error {
 		got, want := readIndexState(t, c, prefix), wantIndexState(fs...)
 		if got.String() != want.String() {
 			return fmt.Errorf("index in Redis:\n  %s\nwant:\n  %s", got, want)
@@ -288,7 +290,7 @@ func TestRedisIndexBatching(t *testing.T) {
 	}
 	ix.Remove("app", "b", 2) // still 3 members
 	ix.Add("app", "d", 4)    // 4: the batch is full
-	redisCheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, func() error {
 		if !ix.synced() {
 			return errNotYet
 		}
@@ -392,7 +394,7 @@ func TestRedisIndexDeadNodeAndComeback(t *testing.T) {
 	a.unsub(gone, "app", "k3")
 	a.sub(t, "app", "k4")
 	// Node b sees only itself once a's entries are removed.
-	redisCheckFor(t, 20*ttl, 10*time.Millisecond, func() error {
+	testutil.Eventually(t, 20*ttl, 10*time.Millisecond, func() error {
 		got, want := readIndexState(t, c, prefix), wantIndexState(b)
 		if got.String() != want.String() {
 			return fmt.Errorf("index in Redis:\n  %s\nwant node b's alone:\n  %s", got, want)
@@ -437,7 +439,7 @@ func TestRedisIndexRewriteAfterRedisLoss(t *testing.T) {
 	proxy.setDown(true)
 	a.unsub(r, "app", "k2")
 	a.sub(t, "app", "k3")
-	redisCheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, func() error {
 		if a.ix.Ready() == nil {
 			return fmt.Errorf("Ready() = nil while Redis is cut off")
 		}
@@ -521,7 +523,7 @@ func TestRedisIndexRunNeedsSnapshotAndRunsOnce(t *testing.T) {
 	ix.SetSnapshot(func(func(string, string, []uint64)) {})
 	done := make(chan error, 1)
 	go func() { done <- ix.Run(ctx) }()
-	redisCheckFor(t, 5*time.Second, 5*time.Millisecond, ix.Ready)
+	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, ix.Ready)
 	if err := ix.Run(ctx); err == nil {
 		t.Error("second Run returned nil")
 	}
@@ -594,7 +596,7 @@ func BenchmarkRedisIndexAddRemove(b *testing.B) {
 				cancel()
 				<-done
 			}()
-			redisCheckFor(b, 5*time.Second, time.Millisecond, ix.Ready)
+			testutil.Eventually(b, 5*time.Second, time.Millisecond, ix.Ready)
 			keys := keyNames(100)
 			wait := func() {
 				for !ix.synced() {
@@ -641,7 +643,7 @@ func TestRedisIndexLivenessLost(t *testing.T) {
 	if err := c.Del(context.Background(), newRedisKeys(prefix).node("node-a")).Err(); err != nil {
 		t.Fatal(err)
 	}
-	redisCheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, func() error {
 		if redisMetric(t, b.reg, "wspush_index_dead_nodes_cleaned_total") != 1 {
 			return fmt.Errorf("node b has not cleaned up node a")
 		}

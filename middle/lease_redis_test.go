@@ -11,6 +11,7 @@ import (
 
 	"github.com/wspush/wspush/dataservice"
 	"github.com/wspush/wspush/dataservice/simulator"
+	"github.com/wspush/wspush/internal/testutil"
 	"github.com/wspush/wspush/proto"
 )
 
@@ -106,7 +107,7 @@ func TestRedisLeaseTakeover(t *testing.T) {
 		t.Fatal("node b took a held lease")
 	}
 	// Node a stops renewing; node b keeps asking, as its poller would.
-	redisCheckFor(t, ttl+500*time.Millisecond, 10*time.Millisecond, func() error {
+	testutil.Eventually(t, ttl+500*time.Millisecond, 10*time.Millisecond, func() error {
 		if !acquire(t, b, "app") {
 			return fmt.Errorf("node b still does not hold the lease")
 		}

@@ -15,6 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/wspush/wspush/internal/testutil"
 )
 
 // redisTestURL is the Redis the tests use: WSPUSH_REDIS_URL, else the
@@ -81,57 +83,12 @@ func redisKeysUnder(t testing.TB, c *redis.Client, prefix string) []string {
 	return keys
 }
 
-// redisCheckFor calls f every interval until it returns nil, and fails the
-// test with f's last error when timeout passes first.
-func redisCheckFor(t testing.TB, timeout, interval time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", timeout, err)
-		}
-		time.Sleep(interval)
-	}
-}
-
 // redisMetric returns the value of the counter or gauge name whose labels
 // include the given name/value pairs (0 when there is none).
 func redisMetric(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				found := false
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
-						found = true
-					}
-				}
-				if !found {
-					continue metrics
-				}
-			}
-			switch {
-			case m.GetCounter() != nil:
-				return m.GetCounter().GetValue()
-			case m.GetGauge() != nil:
-				return m.GetGauge().GetValue()
-			}
-		}
-	}
-	return 0
+	v, _ := testutil.Metric(t, reg, name, labels...)
+	return v
 }
 
 // redisProxy is a TCP proxy in front of the test Redis that a test can cut
@@ -230,5 +187,5 @@ func (p *redisProxy) setDown(down bool) {
 	}
 }
 
-// errNotYet is what redisCheckFor conditions return while they wait.
+// errNotYet is what testutil.Eventually conditions return while they wait.
 var errNotYet = errors.New("not yet")

@@ -15,6 +15,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wspush/wspush/internal/testutil"
 	"github.com/wspush/wspush/proto"
 )
 
@@ -280,7 +281,7 @@ func TestRedisStoreHistoryTTL(t *testing.T) {
 	if ttl := c.PTTL(ctx, keys.seq("app", "k")).Val(); ttl != -1 {
 		t.Errorf("seq key TTL = %s, want none", ttl)
 	}
-	redisCheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testutil.Eventually(t, 5*time.Second, 20*time.Millisecond, func() error {
 		if n := c.Exists(ctx, keys.hist("app", "k")).Val(); n != 0 {
 			return fmt.Errorf("history still exists")
 		}

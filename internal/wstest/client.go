@@ -13,6 +13,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/wspush/wspush/internal/testutil"
 	"github.com/wspush/wspush/proto"
 )
 
@@ -219,15 +220,5 @@ func Seqs(ms []Message) []uint64 {
 // fails with its last error.
 func Eventually(t testing.TB, d time.Duration, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %v", d, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, d, 10*time.Millisecond, cond)
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -427,24 +426,13 @@ func TestDeadConnectionIsReaped(t *testing.T) {
 }
 
 func TestShutdownClosesClientsWith1001(t *testing.T) {
-	a, err := app.New(app.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx, ln) }()
-	c := wstest.Dial(t, wstest.WSURL("http://"+ln.Addr().String()), nil)
+	base, _, stop := wstest.StartApp(t, app.Config{})
+	c := wstest.Dial(t, wstest.WSURL(base), nil)
 	c.Subscribe("a", "", nil, "k")
-	cancel()
+	stopped := make(chan struct{})
+	go func() { stop(); close(stopped) }() // a failed Run fails the test
 	c.ExpectClose(proto.CloseGoingAway)
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	<-stopped
 }
 
 func TestJWTAuth(t *testing.T) {

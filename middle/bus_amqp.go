@@ -347,12 +347,6 @@ func (b *AMQPBus) handle(d *amqp.Delivery, deliver func(*proto.Publication)) uin
 	return d.DeliveryTag
 }
 
-// Send is SendBatch of one publication.
-func (b *AMQPBus) Send(ctx context.Context, p *proto.Publication) error {
-	_, err := b.SendBatch(ctx, []proto.Publication{*p})
-	return err
-}
-
 // SendBatch publishes pubs to the fan-out exchange, in order on the one
 // publishing channel (so in order for every queue), then waits for the
 // broker's confirms of them all: one wait per batch, not per publication.

@@ -255,7 +255,7 @@ func TestAMQPBusQueueMaxLength(t *testing.T) {
 		}
 	}
 	send := func(seq uint64) {
-		if err := bus.Send(ctx, &proto.Publication{App: "app", Key: "k", Seq: seq, TS: 1, Data: []byte("x")}); err != nil {
+		if _, err := bus.SendBatch(ctx, []proto.Publication{{App: "app", Key: "k", Seq: seq, TS: 1, Data: []byte("x")}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -283,8 +283,8 @@ func TestAMQPBusDisconnected(t *testing.T) {
 	if err := bus.Watch(ctx, "app", "k"); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Watch while disconnected: %v, want ErrUnavailable", err)
 	}
-	if err := bus.Send(ctx, &proto.Publication{App: "app", Key: "k", Seq: 1}); !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("Send while disconnected: %v, want ErrUnavailable", err)
+	if _, err := bus.SendBatch(ctx, []proto.Publication{{App: "app", Key: "k", Seq: 1}}); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("SendBatch while disconnected: %v, want ErrUnavailable", err)
 	}
 	batch := []proto.Publication{{App: "app", Key: "k", Seq: 1}, {App: "app", Key: "k", Seq: 2}}
 	if n, err := bus.SendBatch(ctx, batch); n != 0 || !errors.Is(err, ErrUnavailable) {
@@ -513,7 +513,7 @@ func BenchmarkAMQPBusSend(b *testing.B) {
 		p := proto.Publication{App: "bench", Key: "k", TS: 1, Data: payload, JSON: true}
 		for range b.N {
 			p.Seq = seq.Add(1)
-			if err := bus.Send(ctx, &p); err != nil {
+			if _, err := bus.SendBatch(ctx, []proto.Publication{p}); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -525,7 +525,7 @@ func BenchmarkAMQPBusSend(b *testing.B) {
 			p := proto.Publication{App: "bench", Key: "k", TS: 1, Data: payload, JSON: true}
 			for pb.Next() {
 				p.Seq = seq.Add(1)
-				if err := bus.Send(ctx, &p); err != nil {
+				if _, err := bus.SendBatch(ctx, []proto.Publication{p}); err != nil {
 					b.Error(err)
 					return
 				}

@@ -189,7 +189,7 @@ func (s *session) writeLoop() {
 			}
 			err := s.write(iov, len(batch))
 			clear(batch)
-			clear(iov[:cap(iov)])
+			clear(iov)
 			if err != nil {
 				s.srv.log.Debug("write failed", "conn", s.id, "error", err)
 				s.abortWriter()

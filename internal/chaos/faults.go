@@ -1,0 +1,179 @@
+package chaos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+// Fault is one thing that goes wrong during a run.
+type Fault struct {
+	Name string
+	// Loses: the fault destroys data, so resets (reason epoch or gap)
+	// and the values they skip are expected around it.
+	Loses bool
+	// Inject applies the fault to c and returns once it is over.
+	Inject func(ctx context.Context, c *Cluster) error
+}
+
+// NoFault leaves the cluster alone (the burst run).
+var NoFault = Fault{Name: "none", Inject: func(context.Context, *Cluster) error { return nil }}
+
+// CloseAMQP closes, with rabbitmqctl, the broker connections of this run's
+// nodes (their names contain the node ids); other runs' connections on the
+// shared broker are left alone.
+var CloseAMQP = Fault{Name: "amqp connections closed", Inject: func(ctx context.Context, c *Cluster) error {
+	out, err := exec.CommandContext(ctx, "rabbitmqctl", "-q", "list_connections", "--no-table-headers", "name", "pid").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("rabbitmqctl list_connections: %w: %s", err, out)
+	}
+	var pids []string
+	for l := range strings.Lines(string(out)) {
+		name, pid, ok := cut(strings.TrimSpace(l))
+		if ok && c.owns(name) {
+			pids = append(pids, pid)
+		}
+	}
+	if len(pids) == 0 {
+		return fmt.Errorf("no broker connection named after nodes %s in:\n%s", c.nodeIDs(), out)
+	}
+	errc := make(chan error, len(pids))
+	for _, pid := range pids { // rabbitmqctl takes a second or two to start
+		go func() {
+			out, err := exec.CommandContext(ctx, "rabbitmqctl", "close_connection", pid, "chaos: fault").CombinedOutput()
+			if err != nil {
+				err = fmt.Errorf("rabbitmqctl close_connection %s: %w: %s", pid, err, out)
+			}
+			errc <- err
+		}()
+	}
+	var errs []error
+	for range pids {
+		errs = append(errs, <-errc)
+	}
+	return errors.Join(errs...)
+}}
+
+// cut splits "name<TAB>pid" at its last tab (names may hold spaces).
+func cut(l string) (name, pid string, ok bool) {
+	i := strings.LastIndexByte(l, '\t')
+	if i < 0 {
+		return "", "", false
+	}
+	return l[:i], l[i+1:], true
+}
+
+func (c *Cluster) owns(name string) bool {
+	for _, n := range c.Nodes {
+		if strings.Contains(name, n.ID) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Cluster) nodeIDs() string {
+	var ids []string
+	for _, n := range c.Nodes {
+		ids = append(ids, n.ID)
+	}
+	return strings.Join(ids, ",")
+}
+
+// KillRedisClients kills (CLIENT KILL ID) the Redis connections of this
+// run's nodes: those whose client name contains a node id, or that come
+// from the run's proxy.
+var KillRedisClients = Fault{Name: "redis clients killed", Inject: func(ctx context.Context, c *Cluster) error {
+	list, err := c.Redis.ClientList(ctx).Result()
+	if err != nil {
+		return fmt.Errorf("CLIENT LIST: %w", err)
+	}
+	var ids []string
+	for l := range strings.Lines(list) {
+		f := clientFields(l)
+		if c.owns(f["name"]) || c.Proxy.Upstream(f["addr"]) {
+			ids = append(ids, f["id"])
+		}
+	}
+	if len(ids) == 0 {
+		return fmt.Errorf("no Redis client of nodes %s", c.nodeIDs())
+	}
+	for _, id := range ids {
+		if err := c.Redis.Do(ctx, "CLIENT", "KILL", "ID", id).Err(); err != nil {
+			return fmt.Errorf("CLIENT KILL ID %s: %w", id, err)
+		}
+	}
+	return nil
+}}
+
+// clientFields parses one CLIENT LIST line (k=v separated by spaces).
+func clientFields(l string) map[string]string {
+	f := map[string]string{}
+	for kv := range strings.FieldsSeq(l) {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			f[k] = v
+		}
+	}
+	return f
+}
+
+// StallRedis stops Redis for d: this run's proxy stops forwarding, or,
+// global, CLIENT PAUSE d ALL stops the shared Redis for every client.
+func StallRedis(d time.Duration, global bool) Fault {
+	name := fmt.Sprintf("redis stalled %s", d)
+	if global {
+		name += " (CLIENT PAUSE)"
+	}
+	return Fault{Name: name, Inject: func(ctx context.Context, c *Cluster) error {
+		if global {
+			if err := c.Redis.Do(ctx, "CLIENT", "PAUSE", d.Milliseconds(), "ALL").Err(); err != nil {
+				return fmt.Errorf("CLIENT PAUSE: %w", err)
+			}
+		} else {
+			c.Proxy.Pause()
+			defer c.Proxy.Resume()
+		}
+		return hold(ctx, d)
+	}}
+}
+
+// hold lasts a fault for d (the fault's length, not a wait for a state).
+func hold(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}
+
+// DeleteStore unlinks every Redis key of the run while values flow: the
+// store loses the streams (new epochs).
+var DeleteStore = Fault{Name: "store keys deleted", Loses: true, Inject: func(ctx context.Context, c *Cluster) error {
+	n, err := c.DeleteKeys(ctx)
+	if err == nil && n == 0 {
+		err = errors.New("no key to delete")
+	}
+	return err
+}}
+
+// KillNode is kill -9 of the last node.
+var KillNode = Fault{Name: "kill -9 of a node", Inject: func(ctx context.Context, c *Cluster) error {
+	c.Nodes[len(c.Nodes)-1].Kill()
+	return nil
+}}
+
+// FreezeNode is kill -STOP of the last node for d, then kill -CONT.
+func FreezeNode(d time.Duration) Fault {
+	return Fault{Name: fmt.Sprintf("kill -STOP of a node for %s", d), Inject: func(ctx context.Context, c *Cluster) error {
+		n := c.Nodes[len(c.Nodes)-1]
+		if err := n.Freeze(); err != nil {
+			return fmt.Errorf("SIGSTOP %s: %w", n.ID, err)
+		}
+		defer n.Thaw()
+		return hold(ctx, d)
+	}}
+}

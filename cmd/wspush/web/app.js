@@ -1,4 +1,4 @@
-// wspush dashboard: plain ES module, no dependencies. Protocol: see DESIGN.md "Wire protocol".
+// wspush dashboard: plain ES module, no dependencies. Protocol: see docs/PROTOCOL.md.
 const $ = (id) => document.getElementById(id);
 const ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
 const ID_HELP = 'use 1–64 characters of A–Z a–z 0–9 _ -';
@@ -8,6 +8,10 @@ const CLOSE_MEANING = {
   1006: 'abnormal closure (no close frame: server unreachable, or handshake refused, e.g. bad token)',
   1008: 'policy violation (rate limit or abuse)', 1009: 'message too large', 1011: 'internal server error',
   4001: 'unauthorized (check the token)', 4008: 'too slow (outgoing queue overflowed)',
+};
+const RESET_MEANING = { // docs/PROTOCOL.md, Reset
+  epoch: 'the server lost this key\'s stream and started a new epoch',
+  gap: 'values were published that the server can no longer deliver',
 };
 
 const subs = new Map();    // "app/key" -> subscription state
@@ -96,14 +100,23 @@ function send(op, fields = {}, meta = {}) {
   return true;
 }
 
-// Subscribes a list of subscriptions of one app and format. Keys already seen
-// are resumed with since (last seq), so nothing published meanwhile is missed.
+// Each subscription keeps its position s.pos = {seq, epoch} (docs/PROTOCOL.md,
+// Tracking positions): set by the ack and by resets, advanced by data. epoch is
+// null when the server is older than positions (its acks have none); such a
+// key is resumed with a bare seq.
+const sinceOf = (s) => (s.pos.epoch ? { seq: s.pos.seq, epoch: s.pos.epoch } : s.pos.seq);
+// resumable: the key has a position to resume from. A fresh key (no data since
+// its ack) subscribes anew instead, so that it still gets the latest value.
+const resumable = (s) => s.pos && !s.fresh && (s.pos.epoch || s.pos.seq > 0);
+
+// Subscribes a list of subscriptions of one app and format. Keys with a
+// position are resumed with since, so nothing published meanwhile is missed.
 function sendSubscribe(list) {
   const { app, format } = list[0];
   const chunks = (arr) => Array.from({ length: Math.ceil(arr.length / KEYS_PER_CMD) }, (_, i) => arr.slice(i * KEYS_PER_CMD, (i + 1) * KEYS_PER_CMD));
-  for (const c of chunks(list.filter((s) => !s.lastSeq))) send('subscribe', { app, keys: c.map((s) => s.key), format });
-  for (const c of chunks(list.filter((s) => s.lastSeq))) {
-    send('subscribe', { app, keys: c.map((s) => s.key), format, since: Object.fromEntries(c.map((s) => [s.key, s.lastSeq])) });
+  for (const c of chunks(list.filter((s) => !resumable(s)))) send('subscribe', { app, keys: c.map((s) => s.key), format });
+  for (const c of chunks(list.filter(resumable))) {
+    send('subscribe', { app, keys: c.map((s) => s.key), format, since: Object.fromEntries(c.map((s) => [s.key, sinceOf(s)])) });
   }
 }
 function resumeAll() {
@@ -151,14 +164,12 @@ function onMessage(data) {
       if (p?.op !== 'subscribe') return;
       for (const k of p.keys) {
         const s = subs.get(`${p.app}/${k}`);
-        if (!s) continue;
-        s.state = !p.since ? 'live' : m.recovered === false ? 'resumed · NOT recovered' : 'resumed · recovered';
-        s.afterAck = true;
-        s.expectGap = m.recovered === false;
-        markDirty(s);
+        if (s) onAck(s, m, p.since?.[k]);
       }
       return;
     }
+    case 'reset':
+      return onReset(m);
     case 'pong': {
       const rtt = p ? `${(performance.now() - p.t0).toFixed(1)} ms` : '?';
       $('stats').dataset.rtt = `RTT ${rtt}`;
@@ -179,24 +190,67 @@ function onMessage(data) {
   }
 }
 
+const fmtPos = (pos) => (pos ? `seq ${pos.seq}${pos.epoch ? ` epoch ${pos.epoch}` : ''}` : 'none');
+
+// onAck applies a subscribe ack to one of its keys (since: what the request
+// asked to resume from, if anything).
+function onAck(s, m, since) {
+  const at = m.positions?.[s.key]; // absent from a server older than positions
+  if (since === undefined) {
+    // The latest value follows, with seq == position (or position + 1 if a
+    // live value got there first).
+    s.pos = at ? { seq: at.seq, epoch: at.epoch } : null;
+    s.state = 'live';
+  } else {
+    // The position stays where we resume from; the ack tells its epoch when
+    // the bare form was sent. A key that cannot resume gets a reset next.
+    if (at) s.pos = { seq: s.pos?.seq ?? 0, epoch: at.epoch };
+    s.state = m.recovered === false ? (at ? 'resumed' : 'resumed · NOT recovered') : 'resumed · recovered';
+  }
+  s.fresh = since === undefined;
+  // A server without positions sends no reset: after a resume it may jump.
+  s.legacyJump = at || since === undefined ? ''
+    : m.recovered === false ? 'history did not reach back (recovered:false)' : 'a server without positions cannot say why';
+  markDirty(s);
+}
+
+// onReset: the server says where the key's stream continues; what lies
+// between our position and it will never come (docs/PROTOCOL.md, Reset).
+function onReset(m) {
+  const id = `${m.app}/${m.key}`, s = subs.get(id);
+  if (!s) return;
+  const was = s.pos;
+  s.pos = { seq: m.seq, epoch: m.epoch };
+  s.fresh = false;
+  s.legacyJump = '';
+  s.resets++;
+  s.state = `reset · ${m.reason}`;
+  log('warn', `RESET ${id} (${m.reason}: ${RESET_MEANING[m.reason] ?? 'unknown reason'}): position ${fmtPos(was)} → ${fmtPos(s.pos)}; values in between are lost`);
+  markDirty(s);
+}
+
 function onData(d) {
   totalMsgs++;
   const id = `${d.app}/${d.key}`, s = subs.get(id);
   if (!s) return; // late value for a cancelled key
-  const first = s.afterAck;
-  s.afterAck = false;
-  if (s.lastSeq && d.seq <= s.lastSeq) {
-    if (!(first && d.seq < s.lastSeq)) {
-      log(s.expectGap ? 'info' : 'warn', `${id}: seq ${d.seq} already seen (last ${s.lastSeq}), ignored`);
-      return;
-    }
-    log('warn', `${id}: seq went back ${s.lastSeq} → ${d.seq} (server history reset?), following it`);
-  } else if (s.lastSeq && d.seq > s.lastSeq + 1) {
+  const pos = s.pos, fresh = s.fresh, jump = s.legacyJump;
+  s.fresh = false;
+  s.legacyJump = '';
+  // docs/PROTOCOL.md, Tracking positions: seq == position + 1, or, first after
+  // an ack without since, the latest value (== position). Without a position
+  // (an old server) anything goes, and so does its first value after a resume.
+  if (!pos || d.seq === pos.seq + 1 || (fresh && d.seq === pos.seq)) {
+    // in order
+  } else if (jump) {
+    log('info', `${id}: seq ${pos.seq} → ${d.seq} after the resume: ${jump}; following it`);
+  } else if (d.seq <= pos.seq) {
+    log('warn', `${id}: seq ${d.seq} already seen (position ${fmtPos(pos)}), ignored`);
+    return;
+  } else {
     s.gaps++;
-    const why = s.expectGap ? ' — history did not reach back (recovered:false)' : ' — should never happen';
-    log('error', `GAP ${id}: seq ${s.lastSeq} → ${d.seq}, ${d.seq - s.lastSeq - 1} missed${why}`);
+    log('error', `GAP ${id}: seq ${pos.seq} → ${d.seq}, ${d.seq - pos.seq - 1} missed without a reset — should never happen`);
   }
-  s.expectGap = false;
+  s.pos = { seq: d.seq, epoch: pos?.epoch ?? null };
   Object.assign(s, { lastSeq: d.seq, ts: d.ts, value: d.value, binary: !!d.binary });
   s.count++;
   track(s, d.value);
@@ -241,8 +295,9 @@ function makeCard(s) {
     c.value = el('div', { class: 'value' }, el('span', { class: 'muted' }, 'waiting for a value…')),
     el('div', { class: 'spark' }, svg, c.range = el('span', { class: 'muted small' })),
     el('p', { class: 'meta small' },
-      'seq ', c.seq = el('b', {}, '–'), ' · ', c.time = el('time', {}, '–'),
-      ' · age ', c.age = el('span', {}, '–'), ' · ', c.count = el('span', {}, '0 values'), c.gaps = el('span', { class: 'gap' })));
+      'seq ', c.seq = el('b', {}, '–'), c.epoch = el('span', {}), ' · ', c.time = el('time', {}, '–'),
+      ' · age ', c.age = el('span', {}, '–'), ' · ', c.count = el('span', {}, '0 values'),
+      c.resets = el('span', { class: 'reset' }), c.gaps = el('span', { class: 'gap' })));
   return c;
 }
 
@@ -263,8 +318,11 @@ function renderValue(s, box, v) {
 function render(s) {
   const c = s.card;
   c.state.textContent = s.state;
-  c.state.dataset.kind = s.failed || s.state.includes('NOT') ? 'bad' : s.state === 'waiting' || s.state === 'pending' ? 'wait' : 'ok';
+  c.state.dataset.kind = s.failed || s.state.includes('NOT') ? 'bad'
+    : s.state === 'waiting' || s.state === 'pending' ? 'wait' : s.state.startsWith('reset') ? 'warn' : 'ok';
   c.root.classList.toggle('stale', s.state === 'waiting');
+  c.epoch.textContent = s.pos?.epoch ? ` · epoch ${s.pos.epoch}` : '';
+  c.resets.textContent = s.resets ? ` · ${s.resets} reset${s.resets > 1 ? 's' : ''}` : '';
   if (!s.count) return;
   renderValue(s, c.value, s.value);
   c.seq.textContent = s.lastSeq;
@@ -309,7 +367,7 @@ function subscribe(app, keys, format) {
     let s = subs.get(`${app}/${key}`);
     if (s && !s.failed) { skipped++; continue; }
     if (!s) {
-      s = { app, key, format, lastSeq: 0, ts: 0, count: 0, gaps: 0, hist: {}, state: 'pending' };
+      s = { app, key, format, pos: null, fresh: false, lastSeq: 0, ts: 0, count: 0, gaps: 0, resets: 0, hist: {}, state: 'pending' };
       s.card = makeCard(s);
       $('cards').append(s.card.root);
       subs.set(`${app}/${key}`, s);
@@ -328,7 +386,7 @@ function unsubscribe(s) {
   dirty.delete(s);
   s.card.root.remove();
   if (!s.failed) send('unsubscribe', { app: s.app, keys: [s.key] });
-  log('info', `cancel ${s.app}/${s.key} after ${s.count} values (last seq ${s.lastSeq || '–'})`);
+  log('info', `cancel ${s.app}/${s.key} after ${s.count} values (position ${fmtPos(s.pos)})`);
   updateCount();
 }
 

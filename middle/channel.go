@@ -8,24 +8,46 @@ import (
 )
 
 // channel is the local state of one (app, key): its subscribers per format
-// and how far this node has delivered. All fields but size are guarded by
-// mu; deliveries of one key are serialized by it, which is what keeps each
-// subscriber's stream in seq order.
+// and the position this node has delivered up to.
+//
+// Two locks, always taken in this order: io serializes the store and bus
+// I/O of the key (watch, catching up with the store, the subscribe that
+// reads history), and mu guards the state. Nothing waits for I/O under mu,
+// so a bus delivery never waits for another key's store call, and a
+// delivery of this key never waits for its own: while an I/O is under way
+// (syncing), live publications are parked, and the I/O holder merges them
+// with what it read before it lets go of io.
 type channel struct {
 	app, key string
 
+	io      sync.Mutex
+	watched bool // the Bus delivers this key to this node; guarded by io
+
 	mu          sync.Mutex
 	dead        bool // removed from the hub; a subscriber must get a fresh one
-	watched     bool // the Bus delivers this key to this node
-	initialized bool // lastSeq and latest were read from the Store
-	lastSeq     uint64
-	latest      proto.Publication // seq == lastSeq, when lastSeq > 0
+	initialized bool // pos was read from the Store
+	syncing     bool // an io holder is reading the store: park live publications
+	pos         proto.Position
+	// latest is the publication at pos when hasLatest (the store may no
+	// longer retain one, after a gap or in a new epoch).
+	latest    proto.Publication
+	hasLatest bool
 	// latestFrames caches latest encoded per format, for subscribes.
 	latestFrames [proto.NumFormats]*proto.Frame
 	subs         [proto.NumFormats]subSet
+	// parked holds live publications that arrived while syncing, in
+	// arrival order (seq order within an epoch); bounded by maxParked.
+	parked []proto.Publication
+	// lostParked is set when parked overflowed: the io holder must read
+	// the store again.
+	lostParked bool
 
 	size atomic.Int32 // subscribers over all formats, read without mu
 }
+
+// maxParked bounds the publications parked on one channel during one
+// store read; beyond it they are dropped and read back from the store.
+const maxParked = 4096
 
 // removeLocked drops s from every format; it reports whether s was there.
 func (ch *channel) removeLocked(s Subscriber) bool {
@@ -40,11 +62,20 @@ func (ch *channel) removeLocked(s Subscriber) bool {
 
 // latestFrameLocked is the latest publication encoded in format f, or nil.
 func (ch *channel) latestFrameLocked(f proto.Format) *proto.Frame {
-	if ch.lastSeq == 0 {
+	if !ch.hasLatest {
 		return nil
 	}
 	if ch.latestFrames[f] == nil {
 		ch.latestFrames[f] = proto.EncodeDataFrame(&ch.latest, f)
 	}
 	return ch.latestFrames[f]
+}
+
+// park keeps p for the io holder; false when the parking is full.
+func (ch *channel) parkLocked(p *proto.Publication) {
+	if len(ch.parked) >= maxParked {
+		ch.lostParked = true
+		return
+	}
+	ch.parked = append(ch.parked, *p)
 }

@@ -14,30 +14,36 @@ type hub struct {
 
 type hubShard struct {
 	mu       sync.RWMutex
-	channels map[streamKey]*channel
+	channels map[StreamKey]*channel
 }
 
 func newHub() *hub {
 	h := &hub{seed: maphash.MakeSeed()}
 	for i := range h.shards {
-		h.shards[i].channels = make(map[streamKey]*channel)
+		h.shards[i].channels = make(map[StreamKey]*channel)
 	}
 	return h
 }
 
-func (h *hub) shard(app, key string) *hubShard {
+// hash spreads (app, key) over the hub's shards and the node's delivery
+// workers.
+func (h *hub) hash(app, key string) uint64 {
 	var mh maphash.Hash
 	mh.SetSeed(h.seed)
 	mh.WriteString(app)
 	mh.WriteByte('.')
 	mh.WriteString(key)
-	return &h.shards[mh.Sum64()%uint64(len(h.shards))]
+	return mh.Sum64()
+}
+
+func (h *hub) shard(app, key string) *hubShard {
+	return &h.shards[h.hash(app, key)%uint64(len(h.shards))]
 }
 
 func (h *hub) get(app, key string) *channel {
 	sh := h.shard(app, key)
 	sh.mu.RLock()
-	ch := sh.channels[streamKey{app, key}]
+	ch := sh.channels[StreamKey{app, key}]
 	sh.mu.RUnlock()
 	return ch
 }
@@ -49,7 +55,7 @@ func (h *hub) getOrCreate(app, key string) *channel {
 	sh := h.shard(app, key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	k := streamKey{app, key}
+	k := StreamKey{app, key}
 	ch := sh.channels[k]
 	if ch == nil {
 		ch = &channel{app: app, key: key}
@@ -63,8 +69,8 @@ func (h *hub) getOrCreate(app, key string) *channel {
 func (h *hub) remove(ch *channel) {
 	sh := h.shard(ch.app, ch.key)
 	sh.mu.Lock()
-	if sh.channels[streamKey{ch.app, ch.key}] == ch {
-		delete(sh.channels, streamKey{ch.app, ch.key})
+	if sh.channels[StreamKey{ch.app, ch.key}] == ch {
+		delete(sh.channels, StreamKey{ch.app, ch.key})
 	}
 	sh.mu.Unlock()
 }
@@ -76,7 +82,7 @@ func (h *hub) apps() []string {
 		sh := &h.shards[i]
 		sh.mu.RLock()
 		for k := range sh.channels {
-			set[k.app] = struct{}{}
+			set[k.App] = struct{}{}
 		}
 		sh.mu.RUnlock()
 	}
@@ -90,8 +96,8 @@ func (h *hub) keys(app string) []string {
 		sh := &h.shards[i]
 		sh.mu.RLock()
 		for k := range sh.channels {
-			if k.app == app {
-				set[k.key] = struct{}{}
+			if k.App == app {
+				set[k.Key] = struct{}{}
 			}
 		}
 		sh.mu.RUnlock()

@@ -1,37 +1,53 @@
 package middle
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wspush/wspush/proto"
+)
 
 type metrics struct {
-	published   *prometheus.CounterVec // by source
-	publishErrs prometheus.Counter
-	deliveries  prometheus.Counter
-	duplicates  prometheus.Counter
-	gapsFilled  prometheus.Counter
-	gapsLost    prometheus.Counter
-	subscribes  prometheus.Counter
-	httpReqs    *prometheus.CounterVec // by status code
+	published      *prometheus.CounterVec // by source
+	publishErrs    prometheus.Counter
+	deliveries     prometheus.Counter
+	duplicates     prometheus.Counter
+	gapsFilled     prometheus.Counter
+	resets         *prometheus.CounterVec // by reason
+	catchUps       prometheus.Counter
+	positionChecks prometheus.Counter
+	positionLags   prometheus.Counter
+	subscribes     prometheus.Counter
+	httpReqs       *prometheus.CounterVec // by status code
 }
 
-func newMetrics(reg prometheus.Registerer, h *hub) *metrics {
+func newMetrics(reg prometheus.Registerer, h *hub, queues []chan proto.Publication) *metrics {
 	m := &metrics{
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "wspush_publications_total", Help: "Publications sequenced and handed to fan-out by this node, by source (http, amqp, poller).",
+			Name: "wspush_publications_total", Help: "Publications sequenced by this node, by source (http, amqp, poller).",
 		}, []string{"source"}),
 		publishErrs: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "wspush_publish_errors_total", Help: "Publications not published because the store or bus failed (the caller may retry them).",
+			Name: "wspush_publish_errors_total", Help: "Publications not published because the store failed or fenced them (the caller may retry them).",
 		}),
 		deliveries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wspush_deliveries_total", Help: "Publication frames enqueued to local subscribers (including replays).",
 		}),
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "wspush_duplicates_dropped_total", Help: "Publications dropped because their seq was already delivered.",
+			Name: "wspush_duplicates_dropped_total", Help: "Publications dropped because their seq was already delivered (a bus copy of what a catch-up read first).",
 		}),
 		gapsFilled: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "wspush_gap_fills_total", Help: "Publications delivered from history to fill a seq gap (reordering between sequencer and bus).",
+			Name: "wspush_gap_fills_total", Help: "Publications delivered from the store's history to catch a key up (lost fan-out, position check, late bus).",
 		}),
-		gapsLost: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "wspush_gaps_unrecoverable_total", Help: "Seq gaps that history could not fill (history too short or store unreachable).",
+		resets: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wspush_resets_total", Help: "Resets of a key's stream: reason epoch (the store lost the stream) or gap (publications lost beyond history).",
+		}, []string{"reason"}),
+		catchUps: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wspush_catchup_reads_total", Help: "Store reads made to bring a key's local position up to the store (gaps, position checks, resumes).",
+		}),
+		positionChecks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wspush_position_checks_total", Help: "Key positions compared with the store by the periodic position check.",
+		}),
+		positionLags: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wspush_position_lags_total", Help: "Keys the position check (or a bus reconnect) found behind the store and caught up.",
 		}),
 		subscribes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wspush_subscribe_requests_total", Help: "Subscribe requests handled.",
@@ -40,14 +56,27 @@ func newMetrics(reg prometheus.Registerer, h *hub) *metrics {
 			Name: "wspush_http_publish_requests_total", Help: "POST /api/publish requests, by HTTP status code.",
 		}, []string{"code"}),
 	}
+	for _, r := range []string{proto.ResetEpoch, proto.ResetGap} {
+		m.resets.WithLabelValues(r)
+	}
 	if reg != nil {
-		reg.MustRegister(m.published, m.publishErrs, m.deliveries, m.duplicates, m.gapsFilled, m.gapsLost, m.subscribes, m.httpReqs,
+		reg.MustRegister(m.published, m.publishErrs, m.deliveries, m.duplicates, m.gapsFilled, m.resets,
+			m.catchUps, m.positionChecks, m.positionLags, m.subscribes, m.httpReqs,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "wspush_channels", Help: "Keys with at least one local subscriber.",
 			}, func() float64 { c, _ := h.counts(); return float64(c) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "wspush_subscriptions", Help: "Local subscriptions (connection × key).",
 			}, func() float64 { _, s := h.counts(); return float64(s) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "wspush_delivery_queue", Help: "Publications received from the bus and waiting for a delivery worker.",
+			}, func() float64 {
+				total := 0
+				for _, q := range queues {
+					total += len(q)
+				}
+				return float64(total)
+			}),
 		)
 	}
 	return m

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,10 +24,26 @@ type Config struct {
 	// HistoryTTL drops retained publications older than this from the
 	// memory store (default 5m; the latest value is always kept).
 	HistoryTTL time.Duration
+	// IdempotencyWindow is how long the memory store remembers the
+	// idempotency ids of publications (default 10m). Ignored when Store is
+	// set.
+	IdempotencyWindow time.Duration
 	// MaxPayload is the largest publication payload in bytes (default 64 KiB).
 	MaxPayload int
-	// StoreTimeout bounds the store calls made while delivering (gap fills).
+	// StoreTimeout bounds one store read made to catch a key up (a gap, a
+	// position check).
 	StoreTimeout time.Duration
+	// PositionCheck is how often every served key's position is compared
+	// with the store's, so that a publication whose fan-out was lost still
+	// reaches the subscribers of a quiet key (default 5s).
+	PositionCheck time.Duration
+	// DeliveryWorkers is the number of goroutines that deliver what the Bus
+	// receives, each owning a share of the keys (default 16): a key that
+	// waits for the store delays only its share.
+	DeliveryWorkers int
+	// DeliveryQueue bounds the publications waiting for one worker
+	// (default 1024); a full queue holds the Bus back.
+	DeliveryQueue int
 
 	Store Store // nil: a MemoryStore
 	Bus   Bus   // nil: deliver in-process
@@ -38,24 +55,37 @@ type Config struct {
 
 // Defaults of Config.
 const (
-	DefaultHistorySize  = 32
-	DefaultHistoryTTL   = 5 * time.Minute
-	DefaultMaxPayload   = 64 << 10
-	DefaultStoreTimeout = 5 * time.Second
+	DefaultHistorySize       = 32
+	DefaultHistoryTTL        = 5 * time.Minute
+	DefaultIdempotencyWindow = 10 * time.Minute
+	DefaultMaxPayload        = 64 << 10
+	DefaultStoreTimeout      = 5 * time.Second
+	DefaultPositionCheck     = 5 * time.Second
+	DefaultDeliveryWorkers   = 16
+	DefaultDeliveryQueue     = 1024
 )
 
 func (c Config) withDefaults() Config {
+	def := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
 	if c.HistorySize == 0 {
 		c.HistorySize = DefaultHistorySize
 	}
-	if c.HistoryTTL == 0 {
-		c.HistoryTTL = DefaultHistoryTTL
-	}
+	def(&c.HistoryTTL, DefaultHistoryTTL)
+	def(&c.IdempotencyWindow, DefaultIdempotencyWindow)
 	if c.MaxPayload == 0 {
 		c.MaxPayload = DefaultMaxPayload
 	}
-	if c.StoreTimeout == 0 {
-		c.StoreTimeout = DefaultStoreTimeout
+	def(&c.StoreTimeout, DefaultStoreTimeout)
+	def(&c.PositionCheck, DefaultPositionCheck)
+	if c.DeliveryWorkers == 0 {
+		c.DeliveryWorkers = DefaultDeliveryWorkers
+	}
+	if c.DeliveryQueue == 0 {
+		c.DeliveryQueue = DefaultDeliveryQueue
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -70,15 +100,26 @@ func (c Config) Validate() error {
 		return fmt.Errorf("history size %d: must be positive", c.HistorySize)
 	case c.HistoryTTL < 0:
 		return fmt.Errorf("history TTL %s: must be positive", c.HistoryTTL)
+	case c.IdempotencyWindow < 0:
+		return fmt.Errorf("idempotency window %s: must be positive", c.IdempotencyWindow)
 	case c.MaxPayload < 0:
 		return fmt.Errorf("max payload %d: must be positive", c.MaxPayload)
+	case c.StoreTimeout < 0:
+		return fmt.Errorf("store timeout %s: must be positive", c.StoreTimeout)
+	case c.PositionCheck < 0:
+		return fmt.Errorf("position check %s: must be positive", c.PositionCheck)
+	case c.DeliveryWorkers < 0 || c.DeliveryWorkers > 4096:
+		return fmt.Errorf("delivery workers %d: must be 1 to 4096", c.DeliveryWorkers)
+	case c.DeliveryQueue < 0:
+		return fmt.Errorf("delivery queue %d: must be positive", c.DeliveryQueue)
 	}
 	return nil
 }
 
 // Node is the middle tier of one process: it sequences publications through
-// the Store, moves them through the Bus, and fans them out to the local
-// subscribers of each key.
+// the Store, receives what the Bus carries, and fans publications out to
+// the local subscribers of each key, each subscriber receiving every seq
+// once, in order, or a reset (docs/PROTOCOL.md, "Delivery guarantees").
 type Node struct {
 	cfg     Config
 	log     *slog.Logger
@@ -87,30 +128,61 @@ type Node struct {
 	index   Index
 	hub     *hub
 	metrics *metrics
+	queues  []chan proto.Publication // one per delivery worker
+
+	// ctx ends when Run returns; catch-ups started by deliveries run in it.
+	ctx      context.Context
+	cancel   context.CancelFunc
+	catchUps sync.WaitGroup
+	// catchUpSlots bounds the store reads of concurrent catch-ups.
+	catchUpSlots chan struct{}
 }
 
-// NewNode validates cfg and returns a node; call Run to start its bus.
+// maxConcurrentCatchUps bounds the store reads that catch keys up at once
+// (after a bus outage every served key needs one).
+const maxConcurrentCatchUps = 64
+
+// NewNode validates cfg and returns a node; call Run to start it.
 func NewNode(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("middle config: %w", err)
 	}
 	cfg = cfg.withDefaults()
-	n := &Node{cfg: cfg, log: cfg.Logger, store: cfg.Store, bus: cfg.Bus, index: cfg.Index, hub: newHub()}
-	if n.store == nil {
-		n.store = NewMemoryStore(cfg.HistorySize, cfg.HistoryTTL)
+	n := &Node{
+		cfg: cfg, log: cfg.Logger, store: cfg.Store, bus: cfg.Bus, index: cfg.Index,
+		hub: newHub(),
+		catchUpSlots: make(chan struct{}, maxConcurrentCatchUps),
 	}
-	n.metrics = newMetrics(cfg.Registerer, n.hub)
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	if n.store == nil {
+		n.store = NewMemoryStore(cfg.HistorySize, cfg.HistoryTTL, cfg.IdempotencyWindow)
+	}
+	n.queues = make([]chan proto.Publication, cfg.DeliveryWorkers)
+	for i := range n.queues {
+		n.queues[i] = make(chan proto.Publication, cfg.DeliveryQueue)
+	}
+	n.metrics = newMetrics(cfg.Registerer, n.hub, n.queues)
 	return n, nil
 }
 
-// Run delivers what the bus receives until ctx ends. In embedded mode there
-// is nothing to run and it just waits for ctx.
+// Run delivers what the bus receives and checks every served key's
+// position periodically, until ctx ends.
 func (n *Node) Run(ctx context.Context) error {
+	defer func() {
+		n.cancel()
+		n.catchUps.Wait()
+	}()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for _, q := range n.queues {
+		wg.Go(func() { n.deliveryWorker(ctx, q) })
+	}
+	wg.Go(func() { n.positionCheckLoop(ctx) })
 	if n.bus == nil {
 		<-ctx.Done()
 		return nil
 	}
-	return n.bus.Run(ctx, n.deliver)
+	return n.bus.Run(ctx, func(p *proto.Publication) { n.enqueueDelivery(ctx, p) }, n.resync)
 }
 
 // PublishError is a publication rejected before sequencing; Index is its
@@ -122,10 +194,6 @@ type PublishError struct {
 
 func (e *PublishError) Error() string { return fmt.Sprintf("item %d: %v", e.Index, e.Err) }
 func (e *PublishError) Unwrap() error { return e.Err }
-
-// ErrUnavailable wraps failures of the store or bus: the publication was not
-// accepted and may be retried.
-var ErrUnavailable = errors.New("unavailable")
 
 // Validate checks one publication before it is sequenced.
 func (n *Node) Validate(p *proto.Publication) error {
@@ -141,36 +209,51 @@ func (n *Node) Validate(p *proto.Publication) error {
 	if p.JSON && !json.Valid(p.Data) {
 		return errors.New("payload is not valid JSON")
 	}
+	if p.ID != "" {
+		if err := proto.ValidateIdempotencyID(p.ID); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
-// publishChunk bounds the publications of one store round trip and one
-// wait for bus confirms in the cluster mode.
+// publishChunk bounds the publications of one store round trip.
 const publishChunk = 256
 
 // Publish validates every publication of the batch (nothing is published if
-// one is invalid: *PublishError), then sequences and delivers them in order.
-// source labels the metrics (http, amqp, poller). It returns the assigned
-// seqs; on a store or bus failure, the seqs of the leading publications
-// that went through and an error wrapping ErrUnavailable.
-//
-// With a bus, the store sequences up to publishChunk publications before
-// the bus sends them, so a failure may leave publications past the
-// returned seqs sequenced and in the history (nodes deliver them when they
-// fill a gap), though not reported: a caller that retries them publishes
-// them again, under new seqs (at least once, never lost).
+// one is invalid: *PublishError), then sequences them in order; a shared
+// store fans them out to every node as it sequences them. source labels the
+// metrics (http, amqp, poller). It returns the assigned seqs (for a repeated
+// idempotency id, the original seq); on a store failure, the seqs of the
+// leading publications that went through and an error wrapping
+// ErrUnavailable.
 func (n *Node) Publish(ctx context.Context, source string, pubs []proto.Publication) ([]uint64, error) {
+	return n.PublishFenced(ctx, source, 0, pubs)
+}
+
+// PublishFenced is Publish for a sequencer that holds fencing token fence
+// (the AMQP ingest, per partition): a key that a holder of a newer token
+// has appended to refuses the publication with an error wrapping ErrFenced.
+func (n *Node) PublishFenced(ctx context.Context, source string, fence uint64, pubs []proto.Publication) ([]uint64, error) {
 	if err := n.validateBatch(pubs); err != nil {
 		return nil, err
 	}
-	var (
-		seqs []uint64
-		err  error
-	)
-	if n.bus == nil {
-		seqs, err = n.publishEmbedded(ctx, pubs)
-	} else {
-		seqs, err = n.publishCluster(ctx, pubs)
+	seqs := make([]uint64, 0, len(pubs))
+	var err error
+	for start := 0; start < len(pubs) && err == nil; start += publishChunk {
+		chunk := pubs[start:min(start+publishChunk, len(pubs))]
+		var done int
+		done, err = n.sequence(ctx, chunk, fence)
+		for i := range done {
+			seqs = append(seqs, chunk[i].Seq)
+		}
+		if err != nil {
+			p := &chunk[done]
+			if !errors.Is(err, ErrFenced) {
+				err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+			}
+			err = fmt.Errorf("publish %s.%s: %w", p.App, p.Key, err)
+		}
 	}
 	n.metrics.published.WithLabelValues(source).Add(float64(len(seqs)))
 	if err != nil {
@@ -193,324 +276,46 @@ func (n *Node) validateBatch(pubs []proto.Publication) error {
 	return nil
 }
 
-// publishEmbedded publishes pubs one by one, each sequenced and delivered
-// under its channel's lock (see publishLocal).
-func (n *Node) publishEmbedded(ctx context.Context, pubs []proto.Publication) ([]uint64, error) {
-	seqs := make([]uint64, 0, len(pubs))
-	for i := range pubs {
-		p := &pubs[i]
-		if err := n.publishLocal(ctx, p); err != nil {
-			return seqs, fmt.Errorf("publish %s.%s: %w: %w", p.App, p.Key, ErrUnavailable, err)
-		}
-		seqs = append(seqs, p.Seq)
+// sequence appends chunk to the store. Without a bus, this node delivers
+// what it sequenced itself; with one, the store's fan-out brings it back
+// like any other node's.
+func (n *Node) sequence(ctx context.Context, chunk []proto.Publication, fence uint64) (int, error) {
+	if n.bus != nil {
+		return n.store.AppendBatch(ctx, chunk, fence)
 	}
-	return seqs, nil
-}
-
-// publishCluster publishes pubs through the store and the bus,
-// publishChunk at a time.
-func (n *Node) publishCluster(ctx context.Context, pubs []proto.Publication) ([]uint64, error) {
-	seqs := make([]uint64, 0, len(pubs))
-	for start := 0; start < len(pubs); start += publishChunk {
-		chunk := pubs[start:min(start+publishChunk, len(pubs))]
-		done, err := n.sequenceAndSend(ctx, chunk)
-		for i := range done {
-			seqs = append(seqs, chunk[i].Seq)
-		}
-		if err != nil {
-			p := &chunk[done]
-			return seqs, fmt.Errorf("publish %s.%s: %w: %w", p.App, p.Key, ErrUnavailable, err)
+	for i := range chunk {
+		if err := n.publishLocal(ctx, &chunk[i], fence); err != nil {
+			return i, err
 		}
 	}
-	return seqs, nil
-}
-
-// sequenceAndSend sequences chunk in one store call, then sends what was
-// sequenced in one bus call. It returns how many leading publications went
-// through both.
-func (n *Node) sequenceAndSend(ctx context.Context, chunk []proto.Publication) (int, error) {
-	sequenced, storeErr := n.store.AppendBatch(ctx, chunk)
-	if storeErr != nil {
-		storeErr = fmt.Errorf("sequence: %w", storeErr)
-	}
-	// What was sequenced goes out even after a store failure: it is in
-	// the history, and a caller retrying it would sequence it twice.
-	sent, err := n.bus.SendBatch(ctx, chunk[:sequenced])
-	if err != nil {
-		// The publications not sent are in the history: nodes that see
-		// the next seq of their key fill the gap from there.
-		return sent, fmt.Errorf("send: %w", err)
-	}
-	return sent, storeErr
+	return len(chunk), nil
 }
 
 // publishLocal sequences and delivers p without a bus. While the key has a
-// live channel, both happen under its lock, so concurrent publishers of one
-// key cannot overtake each other between sequencing and delivery: otherwise
-// the gap would be filled from the history, and a history shorter than the
-// number of publishers in flight loses values to live subscribers.
-func (n *Node) publishLocal(ctx context.Context, p *proto.Publication) error {
+// live channel in step with the store, both happen under its lock, so that
+// concurrent publishers of one key cannot overtake each other between
+// sequencing and delivery (which would cost a catch-up from the store).
+func (n *Node) publishLocal(ctx context.Context, p *proto.Publication, fence uint64) error {
+	one := []proto.Publication{*p}
 	if ch := n.hub.get(p.App, p.Key); ch != nil {
 		ch.mu.Lock()
-		if !ch.dead && ch.initialized {
-			err := n.store.Append(ctx, p)
+		if !ch.dead && ch.initialized && !ch.syncing && len(ch.parked) == 0 {
+			_, err := n.store.AppendBatch(ctx, one, fence)
 			if err == nil {
+				*p = one[0]
 				n.deliverLocked(ch, p)
 			}
 			ch.mu.Unlock()
-			if err != nil {
-				return fmt.Errorf("sequence: %w", err)
-			}
-			return nil
+			return err
 		}
 		ch.mu.Unlock()
 	}
-	// No live channel: nobody to deliver to, unless a first subscriber
-	// arrives meanwhile; deliver sorts that out (duplicate or gap fill).
-	if err := n.store.Append(ctx, p); err != nil {
-		return fmt.Errorf("sequence: %w", err)
-	}
-	n.deliver(p)
-	return nil
-}
-
-// deliver fans a sequenced publication out to this node's subscribers.
-func (n *Node) deliver(p *proto.Publication) {
-	ch := n.hub.get(p.App, p.Key)
-	if ch == nil {
-		return
-	}
-	ch.mu.Lock()
-	defer ch.mu.Unlock()
-	if ch.dead || !ch.initialized {
-		return
-	}
-	n.deliverLocked(ch, p)
-}
-
-// deliverLocked delivers p to ch if its seq is the next one, after filling
-// a gap before it from the store; an earlier seq is a duplicate.
-func (n *Node) deliverLocked(ch *channel, p *proto.Publication) {
-	if p.Seq <= ch.lastSeq {
-		n.metrics.duplicates.Inc()
-		return
-	}
-	if p.Seq > ch.lastSeq+1 {
-		n.fillGapLocked(ch, p.Seq-1)
-	}
-	n.emitLocked(ch, p)
-}
-
-// fillGapLocked delivers, from the store, the publications after
-// ch.lastSeq up to upTo.
-func (n *Node) fillGapLocked(ch *channel, upTo uint64) {
-	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.StoreTimeout)
-	defer cancel()
-	from := ch.lastSeq
-	pubs, complete, err := n.store.History(ctx, ch.app, ch.key, from)
-	if err != nil || !complete {
-		n.metrics.gapsLost.Inc()
-		n.log.Warn("seq gap not fully recoverable from history", "app", ch.app, "key", ch.key,
-			"from", from+1, "to", upTo, "error", err)
-	}
-	for i := range pubs {
-		p := &pubs[i]
-		if p.Seq > upTo {
-			break
-		}
-		if p.Seq > ch.lastSeq {
-			n.emitLocked(ch, p)
-			n.metrics.gapsFilled.Inc()
-		}
-	}
-}
-
-// emitLocked encodes p once per format in use and enqueues the frame to
-// every subscriber of ch.
-func (n *Node) emitLocked(ch *channel, p *proto.Publication) {
-	ch.lastSeq = p.Seq
-	ch.latest = *p
-	ch.latestFrames = [proto.NumFormats]*proto.Frame{}
-	delivered := 0
-	for f := range ch.subs {
-		list := ch.subs[f].list
-		if len(list) == 0 {
-			continue
-		}
-		frame := proto.EncodeDataFrame(p, proto.Format(f))
-		ch.latestFrames[f] = frame
-		for _, s := range list {
-			s.Enqueue(frame) // an overflowing subscriber closes itself
-		}
-		delivered += len(list)
-	}
-	n.metrics.deliveries.Add(float64(delivered))
-}
-
-// SubscribeRequest is one subscribe command, validated by the caller.
-type SubscribeRequest struct {
-	ID     uint64
-	App    string
-	Keys   []string
-	Format proto.Format
-	Since  map[string]uint64
-}
-
-// Subscribe adds s to every key of req and enqueues to s, in this order: the
-// ack (with the recovery outcome when req has Since), then per key either
-// the missed publications (seq > since) or the latest value. All channels of
-// the request stay locked meanwhile, so no live publication slips in between
-// and none is sent twice. Subscribing again to a key replaces the earlier
-// subscription (and its format). On error nothing was enqueued or added.
-func (n *Node) Subscribe(ctx context.Context, s Subscriber, req SubscribeRequest) error {
-	n.metrics.subscribes.Inc()
-	keys := uniqueSorted(req.Keys)
-	chans := make([]*channel, 0, len(keys))
-	for _, k := range keys {
-		chans = append(chans, n.lockChannel(req.App, k))
-	}
-	defer func() {
-		for _, ch := range chans {
-			ch.mu.Unlock()
-		}
-	}()
-	fail := func(err error) error {
-		for _, ch := range chans {
-			n.dropIfEmptyLocked(ctx, ch)
-		}
+	if _, err := n.store.AppendBatch(ctx, one, fence); err != nil {
 		return err
 	}
-	for _, ch := range chans {
-		if err := n.prepareLocked(ctx, ch); err != nil {
-			return fail(fmt.Errorf("subscribe %s.%s: %w: %w", ch.app, ch.key, ErrUnavailable, err))
-		}
-	}
-
-	replays := make([][]proto.Publication, len(chans))
-	sendLatest := make([]bool, len(chans))
-	recovery := proto.RecoveryNone
-	for i, ch := range chans {
-		since, ok := req.Since[ch.key]
-		if !ok {
-			sendLatest[i] = true
-			continue
-		}
-		if recovery == proto.RecoveryNone {
-			recovery = proto.Recovered
-		}
-		switch {
-		case since == ch.lastSeq: // missed nothing
-		case since > ch.lastSeq: // a seq this key never had (the store was reset)
-			recovery, sendLatest[i] = proto.NotRecovered, true
-		default:
-			pubs, complete, err := n.store.History(ctx, ch.app, ch.key, since)
-			if err != nil {
-				return fail(fmt.Errorf("history of %s.%s: %w: %w", ch.app, ch.key, ErrUnavailable, err))
-			}
-			if !complete {
-				recovery, sendLatest[i] = proto.NotRecovered, true
-				continue
-			}
-			// Publications past lastSeq are still on their way through the
-			// bus and reach s by the live path.
-			for len(pubs) > 0 && pubs[len(pubs)-1].Seq > ch.lastSeq {
-				pubs = pubs[:len(pubs)-1]
-			}
-			replays[i] = pubs
-		}
-	}
-
-	s.Enqueue(proto.NewFrame(proto.OpcodeText, proto.AppendAck(nil, req.ID, recovery)))
-	delivered := 0
-	for i, ch := range chans {
-		if sendLatest[i] {
-			if f := ch.latestFrameLocked(req.Format); f != nil {
-				s.Enqueue(f)
-				delivered++
-			}
-		}
-		for j := range replays[i] {
-			s.Enqueue(proto.EncodeDataFrame(&replays[i][j], req.Format))
-			delivered++
-		}
-		wasThere := ch.removeLocked(s)
-		ch.subs[req.Format].add(s)
-		ch.size.Add(1)
-		if !wasThere && n.index != nil {
-			n.index.Add(ch.app, ch.key, s.ConnID())
-		}
-	}
-	n.metrics.deliveries.Add(float64(delivered))
+	*p = one[0]
+	n.deliver(p)
 	return nil
-}
-
-// lockChannel returns the live channel of (app, key), locked.
-func (n *Node) lockChannel(app, key string) *channel {
-	for {
-		ch := n.hub.getOrCreate(app, key)
-		ch.mu.Lock()
-		if !ch.dead {
-			return ch
-		}
-		ch.mu.Unlock()
-	}
-}
-
-// prepareLocked makes the bus deliver ch's key to this node, then reads
-// where the key stands. The order matters: a publication sequenced after
-// the read arrives through the bus; one sequenced before is in the store.
-func (n *Node) prepareLocked(ctx context.Context, ch *channel) error {
-	if !ch.watched && n.bus != nil {
-		if err := n.bus.Watch(ctx, ch.app, ch.key); err != nil {
-			return fmt.Errorf("watch: %w", err)
-		}
-	}
-	ch.watched = true
-	if ch.initialized {
-		return nil
-	}
-	p, ok, err := n.store.Latest(ctx, ch.app, ch.key)
-	if err != nil {
-		return fmt.Errorf("latest: %w", err)
-	}
-	if ok {
-		ch.lastSeq, ch.latest = p.Seq, p
-	}
-	ch.initialized = true
-	return nil
-}
-
-// dropIfEmptyLocked removes a channel that has no subscriber left.
-func (n *Node) dropIfEmptyLocked(ctx context.Context, ch *channel) {
-	if ch.size.Load() > 0 || ch.dead {
-		return
-	}
-	if ch.watched && n.bus != nil {
-		if err := n.bus.Unwatch(ctx, ch.app, ch.key); err != nil {
-			n.log.Warn("unwatch failed; the node keeps receiving the key until the bus reconnects",
-				"app", ch.app, "key", ch.key, "error", err)
-		}
-	}
-	ch.dead = true
-	n.hub.remove(ch)
-}
-
-// Unsubscribe removes s from keys of app; keys it does not hold are ignored.
-func (n *Node) Unsubscribe(ctx context.Context, s Subscriber, app string, keys []string) {
-	for _, k := range keys {
-		ch := n.hub.get(app, k)
-		if ch == nil {
-			continue
-		}
-		ch.mu.Lock()
-		if !ch.dead && ch.removeLocked(s) {
-			if n.index != nil {
-				n.index.Remove(app, k, s.ConnID())
-			}
-			n.dropIfEmptyLocked(ctx, ch)
-		}
-		ch.mu.Unlock()
-	}
 }
 
 // Apps lists the apps with at least one subscribed key, cluster-wide when
@@ -557,6 +362,11 @@ func (p SourcePublisher) Publish(ctx context.Context, pubs []proto.Publication) 
 	return p.node.Publish(ctx, p.source, pubs)
 }
 
+// PublishFenced is Node.PublishFenced with the source filled in.
+func (p SourcePublisher) PublishFenced(ctx context.Context, fence uint64, pubs []proto.Publication) ([]uint64, error) {
+	return p.node.PublishFenced(ctx, p.source, fence, pubs)
+}
+
 // LocalSubscriptions calls fn for every key with local subscribers, with
 // their connection IDs: the node's whole share of the cluster index, for an
 // Index to rewrite after it lost its store.
@@ -575,31 +385,5 @@ func (n *Node) LocalSubscriptions(fn func(app, key string, connIDs []uint64)) {
 		if len(ids) > 0 {
 			fn(ch.app, ch.key, ids)
 		}
-	}
-}
-
-// Resync brings every local channel up to the store's newest seq, sending
-// subscribers what they missed. A Bus calls it after an outage during which
-// publications may have passed this node by; without it, a quiet key would
-// only catch up with its next publication.
-func (n *Node) Resync(ctx context.Context) {
-	for _, ch := range n.hub.all() {
-		if ctx.Err() != nil {
-			return
-		}
-		ch.mu.Lock()
-		if !ch.dead && ch.initialized {
-			if p, ok, err := n.store.Latest(ctx, ch.app, ch.key); err != nil {
-				n.log.Warn("resync: latest failed", "app", ch.app, "key", ch.key, "error", err)
-			} else if ok && p.Seq > ch.lastSeq {
-				n.fillGapLocked(ch, p.Seq)
-				if p.Seq > ch.lastSeq {
-					// The history has expired (the latest value outlives it):
-					// at least bring the subscribers the current value.
-					n.emitLocked(ch, &p)
-				}
-			}
-		}
-		ch.mu.Unlock()
 	}
 }

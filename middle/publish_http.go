@@ -31,6 +31,9 @@ type publishItem struct {
 	Data json.RawMessage `json:"data,omitempty"`
 	B64  []byte          `json:"b64,omitempty"`
 	TS   int64           `json:"ts,omitempty"`
+	// ID is the item's idempotency id (docs/PROTOCOL.md, "Idempotent
+	// publishing").
+	ID string `json:"id,omitempty"`
 }
 
 type publishBody struct {
@@ -117,7 +120,7 @@ func decodePublishBody(body []byte, maxItems int) ([]proto.Publication, error) {
 	}
 	pubs := make([]proto.Publication, len(items))
 	for i, it := range items {
-		p := proto.Publication{App: it.App, Key: it.Key, TS: it.TS}
+		p := proto.Publication{App: it.App, Key: it.Key, TS: it.TS, ID: it.ID}
 		switch {
 		case it.Data != nil && it.B64 != nil:
 			return nil, &PublishError{Index: i, Err: errors.New(`give "data" or "b64", not both`)}

@@ -9,39 +9,57 @@ import (
 	"github.com/wspush/wspush/proto"
 )
 
-// MemoryStore is the Store of the embedded mode: a sequence counter and a
-// ring of the last HistorySize publications per key, trimmed of entries
-// older than HistoryTTL.
+// MemoryStore is the Store of the embedded mode: per key, an epoch made
+// when the key is first touched (so an embedded restart starts every key in
+// a new epoch), a sequence counter, a ring of the last HistorySize
+// publications trimmed of entries older than HistoryTTL, and the
+// idempotency ids seen within the window.
 type MemoryStore struct {
-	size   int
-	ttl    time.Duration
-	now    func() time.Time
-	seed   maphash.Seed
-	shards [64]memoryShard
+	size       int
+	ttl        time.Duration
+	idemWindow time.Duration
+	now        func() time.Time
+	seed       maphash.Seed
+	shards     [64]memoryShard
 }
 
 type memoryShard struct {
 	mu      sync.Mutex
-	streams map[streamKey]*memoryStream
+	streams map[StreamKey]*memoryStream
 }
-
-type streamKey struct{ app, key string }
 
 type memoryStream struct {
-	seq  uint64
-	ring []proto.Publication // ring[(seq-1) % size] holds seq; grows to size
-	at   []int64             // unix nanos each entry was appended, for TTL
+	epoch string
+	seq   uint64
+	ring  []proto.Publication // ring[(seq-1) % size] holds seq; grows to size
+	at    []int64             // unix nanos each entry was appended, for TTL
+	ids   map[string]uint64   // idempotency id → seq, within the window
+	order []idemEntry         // ids in the order seen, for expiry
 }
 
+type idemEntry struct {
+	id string
+	at int64 // unix nanos
+}
+
+// MaxIdempotencyIDsPerKey bounds the idempotency ids a memory store keeps
+// per key, whatever the window: a key published faster than this many
+// times per window forgets its oldest ids first.
+const MaxIdempotencyIDsPerKey = 100_000
+
 // NewMemoryStore returns a store keeping historySize publications per key
-// (at least 1: the latest value) for at most ttl (0: no age limit).
-func NewMemoryStore(historySize int, ttl time.Duration) *MemoryStore {
+// (at least 1: the latest value) for at most ttl (0: no age limit), and
+// idempotency ids for idemWindow (0: DefaultIdempotencyWindow).
+func NewMemoryStore(historySize int, ttl, idemWindow time.Duration) *MemoryStore {
 	if historySize < 1 {
 		historySize = 1
 	}
-	s := &MemoryStore{size: historySize, ttl: ttl, now: time.Now, seed: maphash.MakeSeed()}
+	if idemWindow <= 0 {
+		idemWindow = DefaultIdempotencyWindow
+	}
+	s := &MemoryStore{size: historySize, ttl: ttl, idemWindow: idemWindow, now: time.Now, seed: maphash.MakeSeed()}
 	for i := range s.shards {
-		s.shards[i].streams = make(map[streamKey]*memoryStream)
+		s.shards[i].streams = make(map[StreamKey]*memoryStream)
 	}
 	return s
 }
@@ -55,49 +73,85 @@ func (s *MemoryStore) shard(app, key string) *memoryShard {
 	return &s.shards[h.Sum64()%uint64(len(s.shards))]
 }
 
-// Append implements Store.
-func (s *MemoryStore) Append(_ context.Context, p *proto.Publication) error {
-	sh := s.shard(p.App, p.Key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	k := streamKey{p.App, p.Key}
+// stream returns the stream of (app, key), created in a new epoch when the
+// key has none. The caller holds sh.mu.
+func (sh *memoryShard) stream(app, key string) *memoryStream {
+	k := StreamKey{app, key}
 	st := sh.streams[k]
 	if st == nil {
 		// The ring grows with the key's publications: a key published once
 		// (say, by a publisher to keys nobody watches) costs one entry, not
 		// HistorySize of them.
-		st = &memoryStream{}
+		st = &memoryStream{epoch: proto.NewEpoch()}
 		sh.streams[k] = st
 	}
-	st.seq++
-	p.Seq = st.seq
-	now := s.now().UnixNano()
-	if len(st.ring) < s.size {
-		st.ring = append(st.ring, *p)
-		st.at = append(st.at, now)
-		return nil
-	}
-	i := (st.seq - 1) % uint64(s.size)
-	st.ring[i] = *p
-	st.at[i] = now
-	return nil
+	return st
 }
 
-// AppendBatch implements Store; like Append, it never fails.
-func (s *MemoryStore) AppendBatch(ctx context.Context, pubs []proto.Publication) (int, error) {
+// AppendBatch implements Store; it never fails, and ignores fence (one
+// process sequences everything).
+func (s *MemoryStore) AppendBatch(_ context.Context, pubs []proto.Publication, _ uint64) (int, error) {
 	for i := range pubs {
-		if err := s.Append(ctx, &pubs[i]); err != nil {
-			return i, err
-		}
+		s.append(&pubs[i])
 	}
 	return len(pubs), nil
 }
 
-// oldest is the lowest seq still retained (top+1 when nothing is).
+func (s *MemoryStore) append(p *proto.Publication) {
+	sh := s.shard(p.App, p.Key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	st := sh.stream(p.App, p.Key)
+	now := s.now().UnixNano()
+	p.Epoch = st.epoch
+	if p.ID != "" {
+		s.expireIDs(st, now)
+		if seq, ok := st.ids[p.ID]; ok {
+			p.Seq = seq
+			return
+		}
+	}
+	st.seq++
+	p.Seq = st.seq
+	if p.ID != "" {
+		if st.ids == nil {
+			st.ids = make(map[string]uint64)
+		}
+		st.ids[p.ID] = p.Seq
+		st.order = append(st.order, idemEntry{p.ID, now})
+		if len(st.order) > MaxIdempotencyIDsPerKey {
+			delete(st.ids, st.order[0].id)
+			st.order = st.order[1:]
+		}
+	}
+	if len(st.ring) < s.size {
+		st.ring = append(st.ring, *p)
+		st.at = append(st.at, now)
+		return
+	}
+	i := (st.seq - 1) % uint64(s.size)
+	st.ring[i] = *p
+	st.at[i] = now
+}
+
+// expireIDs forgets the idempotency ids older than the window.
+func (s *MemoryStore) expireIDs(st *memoryStream, now int64) {
+	cutoff := now - s.idemWindow.Nanoseconds()
+	n := 0
+	for n < len(st.order) && st.order[n].at < cutoff {
+		delete(st.ids, st.order[n].id)
+		n++
+	}
+	if n > 0 {
+		st.order = append(st.order[:0:0], st.order[n:]...)
+	}
+}
+
+// oldest is the lowest seq still retained (seq+1 when nothing is).
 func (s *MemoryStore) oldest(st *memoryStream) uint64 {
 	lo := uint64(1)
-	if st.seq > uint64(s.size) {
-		lo = st.seq - uint64(s.size) + 1
+	if st.seq > uint64(len(st.ring)) {
+		lo = st.seq - uint64(len(st.ring)) + 1
 	}
 	if s.ttl > 0 {
 		cutoff := s.now().Add(-s.ttl).UnixNano()
@@ -109,38 +163,46 @@ func (s *MemoryStore) oldest(st *memoryStream) uint64 {
 }
 
 // History implements Store.
-func (s *MemoryStore) History(_ context.Context, app, key string, since uint64) ([]proto.Publication, bool, error) {
+func (s *MemoryStore) History(_ context.Context, app, key string, since uint64) (History, error) {
 	sh := s.shard(app, key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	st := sh.streams[streamKey{app, key}]
-	if st == nil {
-		return nil, since == 0, nil
-	}
+	st := sh.stream(app, key)
+	h := History{Top: proto.Position{Seq: st.seq, Epoch: st.epoch}}
 	if since >= st.seq {
-		return nil, since == st.seq, nil
+		return h, nil
 	}
-	lo := s.oldest(st)
-	complete := since+1 >= lo
-	if since+1 > lo {
-		lo = since + 1
-	}
-	pubs := make([]proto.Publication, 0, st.seq-lo+1)
+	lo := max(s.oldest(st), since+1)
+	h.Pubs = make([]proto.Publication, 0, st.seq-lo+1)
 	for seq := lo; seq <= st.seq; seq++ {
-		pubs = append(pubs, st.ring[(seq-1)%uint64(s.size)])
+		h.Pubs = append(h.Pubs, st.ring[(seq-1)%uint64(s.size)])
 	}
-	return pubs, complete, nil
+	return h, nil
 }
 
 // Latest implements Store. The latest value outlives HistoryTTL: a
 // dashboard that subscribes to a quiet key still sees its last value.
-func (s *MemoryStore) Latest(_ context.Context, app, key string) (proto.Publication, bool, error) {
+func (s *MemoryStore) Latest(_ context.Context, app, key string) (History, error) {
 	sh := s.shard(app, key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	st := sh.streams[streamKey{app, key}]
-	if st == nil {
-		return proto.Publication{}, false, nil
+	st := sh.stream(app, key)
+	h := History{Top: proto.Position{Seq: st.seq, Epoch: st.epoch}}
+	if st.seq > 0 {
+		h.Pubs = []proto.Publication{st.ring[(st.seq-1)%uint64(s.size)]}
 	}
-	return st.ring[(st.seq-1)%uint64(s.size)], true, nil
+	return h, nil
+}
+
+// Tops implements Store.
+func (s *MemoryStore) Tops(_ context.Context, keys []StreamKey) ([]proto.Position, error) {
+	out := make([]proto.Position, len(keys))
+	for i, k := range keys {
+		sh := s.shard(k.App, k.Key)
+		sh.mu.Lock()
+		st := sh.stream(k.App, k.Key)
+		out[i] = proto.Position{Seq: st.seq, Epoch: st.epoch}
+		sh.mu.Unlock()
+	}
+	return out, nil
 }

@@ -82,7 +82,8 @@ func TestAppendDataZeroAllocs(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { buf = AppendDataBinary(buf[:0], &p) }); n != 0 {
 		t.Errorf("AppendDataBinary into a reused buffer: %v allocs", n)
 	}
-	if n := testing.AllocsPerRun(100, func() { buf = AppendAck(buf[:0], 1, Recovered) }); n != 0 {
+	kps := []KeyPosition{{"001", Position{41, "k3J9"}}, {"002", Position{0, "Zq81"}}}
+	if n := testing.AllocsPerRun(100, func() { buf = AppendAck(buf[:0], 1, Recovered, kps) }); n != 0 {
 		t.Errorf("AppendAck: %v allocs", n)
 	}
 	if n := testing.AllocsPerRun(100, func() { buf = AppendPong(buf[:0], 1) }); n != 0 {

@@ -19,6 +19,15 @@ const (
 	OpError = "error"
 	OpPong  = "pong"
 	OpData  = "data"
+	OpReset = "reset"
+)
+
+// Reasons of a reset (docs/PROTOCOL.md, "Reset").
+const (
+	// ResetEpoch: the store lost the key's stream; a new epoch began.
+	ResetEpoch = "epoch"
+	// ResetGap: publications were lost beyond what history retains.
+	ResetGap = "gap"
 )
 
 // Format is how a subscription's publications are delivered.
@@ -56,12 +65,14 @@ func ParseFormat(s string) (Format, error) {
 
 // Command is one client command. Fields that an op does not use are zero.
 type Command struct {
-	Op     string            `json:"op"`
-	ID     uint64            `json:"id,omitempty"`
-	App    string            `json:"app,omitempty"`
-	Keys   []string          `json:"keys,omitempty"`
-	Format string            `json:"format,omitempty"`
-	Since  map[string]uint64 `json:"since,omitempty"`
+	Op     string   `json:"op"`
+	ID     uint64   `json:"id,omitempty"`
+	App    string   `json:"app,omitempty"`
+	Keys   []string `json:"keys,omitempty"`
+	Format string   `json:"format,omitempty"`
+	// Since maps keys to the position to resume after (docs/PROTOCOL.md,
+	// "Resuming").
+	Since map[string]Position `json:"since,omitempty"`
 }
 
 // CommandError is a command that could not be decoded or is invalid. ID is
@@ -138,9 +149,14 @@ func (c *Command) Validate() error {
 	if _, err := ParseFormat(c.Format); err != nil {
 		return err
 	}
-	for k := range c.Since {
+	for k, p := range c.Since {
 		if !contains(c.Keys, k) {
 			return fmt.Errorf("since %q: not among the keys being subscribed", k)
+		}
+		if p.Epoch != "" {
+			if err := ValidateEpoch(p.Epoch); err != nil {
+				return fmt.Errorf("since %q: %w", k, err)
+			}
 		}
 	}
 	return nil

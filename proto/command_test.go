@@ -55,7 +55,24 @@ func TestDecodeCommand(t *testing.T) {
 		{
 			name: "subscribe since",
 			in:   `{"op":"subscribe","id":2,"app":"plant-7","keys":["001"],"since":{"001":41}}`,
-			want: Command{Op: OpSubscribe, ID: 2, App: "plant-7", Keys: []string{"001"}, Since: map[string]uint64{"001": 41}},
+			want: Command{Op: OpSubscribe, ID: 2, App: "plant-7", Keys: []string{"001"}, Since: map[string]Position{"001": {Seq: 41}}},
+		},
+		{
+			name: "subscribe since position",
+			in:   `{"op":"subscribe","id":2,"app":"plant-7","keys":["001"],"since":{"001":{"seq":41,"epoch":"k3J9"}}}`,
+			want: Command{Op: OpSubscribe, ID: 2, App: "plant-7", Keys: []string{"001"}, Since: map[string]Position{"001": {Seq: 41, Epoch: "k3J9"}}},
+		},
+		{
+			name:    "since bad epoch",
+			in:      `{"op":"subscribe","id":9,"app":"a","keys":["k"],"since":{"k":{"seq":1,"epoch":"a b"}}}`,
+			wantErr: "epoch",
+			wantID:  9,
+		},
+		{
+			name:    "since not a position",
+			in:      `{"op":"subscribe","id":8,"app":"a","keys":["k"],"since":{"k":"x"}}`,
+			wantErr: "position",
+			wantID:  8,
 		},
 		{
 			name: "subscribe binary",
@@ -191,8 +208,8 @@ func TestEncodeCommandRoundTrip(t *testing.T) {
 		{Op: OpPing, ID: 4},
 		{Op: OpPing},
 		{Op: OpSubscribe, ID: 1, App: "plant-7", Keys: []string{"001", "002"}, Format: "json"},
-		{Op: OpSubscribe, ID: 2, App: "plant-7", Keys: []string{"001"}, Format: "binary", Since: map[string]uint64{"001": 41}},
-		{Op: OpSubscribe, ID: 1<<64 - 1, App: "a", Keys: []string{"k"}, Since: map[string]uint64{"k": 1<<64 - 1}},
+		{Op: OpSubscribe, ID: 2, App: "plant-7", Keys: []string{"001"}, Format: "binary", Since: map[string]Position{"001": {Seq: 41, Epoch: "k3J9"}}},
+		{Op: OpSubscribe, ID: 1<<64 - 1, App: "a", Keys: []string{"k"}, Since: map[string]Position{"k": {Seq: 1<<64 - 1}}},
 		{Op: OpUnsubscribe, ID: 3, App: "plant-7", Keys: []string{"002"}},
 	}
 	for _, c := range cmds {
@@ -218,11 +235,11 @@ func TestEncodeCommandRoundTrip(t *testing.T) {
 func TestValidateDirect(t *testing.T) {
 	// A command built in code (not decoded) with an empty, non-nil Since is
 	// still an unsubscribe with since.
-	c := Command{Op: OpUnsubscribe, App: "a", Keys: []string{"k"}, Since: map[string]uint64{}}
+	c := Command{Op: OpUnsubscribe, App: "a", Keys: []string{"k"}, Since: map[string]Position{}}
 	if err := c.Validate(); err == nil {
 		t.Fatal("unsubscribe with empty non-nil since: Validate = nil")
 	}
-	c = Command{Op: OpSubscribe, App: "a", Keys: []string{"k"}, Since: map[string]uint64{}}
+	c = Command{Op: OpSubscribe, App: "a", Keys: []string{"k"}, Since: map[string]Position{}}
 	if err := c.Validate(); err != nil {
 		t.Fatalf("subscribe with empty since: %v", err)
 	}

@@ -8,18 +8,26 @@ import (
 	"strconv"
 )
 
-// Publication is one value of (App, Key). Seq is assigned by the sequencer
-// (0 before that); TS is Unix milliseconds. When JSON is true, Data is one
-// valid JSON value and is sent as "data"; otherwise it is sent base64-encoded
-// as "b64" (or with flags bit0 clear in a binary frame).
+// Publication is one value of (App, Key). Seq and Epoch are assigned by the
+// sequencer (zero before that); TS is Unix milliseconds. When JSON is true,
+// Data is one valid JSON value and is sent as "data"; otherwise it is sent
+// base64-encoded as "b64" (or with flags bit0 clear in a binary frame).
+// ID, when set, is the publisher's idempotency id: it is sequenced at most
+// once within the idempotency window. Neither Epoch nor ID is part of a
+// data frame.
 type Publication struct {
-	App  string
-	Key  string
-	Seq  uint64
-	TS   int64
-	Data []byte
-	JSON bool
+	App   string
+	Key   string
+	Seq   uint64
+	Epoch string
+	TS    int64
+	Data  []byte
+	JSON  bool
+	ID    string
 }
+
+// Position is where p stands in its key's stream.
+func (p *Publication) Position() Position { return Position{Seq: p.Seq, Epoch: p.Epoch} }
 
 // BinaryVersion is the version byte of binary data frames.
 const BinaryVersion = 1

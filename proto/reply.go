@@ -44,8 +44,15 @@ const (
 	NotRecovered
 )
 
-// AppendAck appends {"op":"ack","id":N} with "recovered" when r says so.
-func AppendAck(dst []byte, id uint64, r Recovery) []byte {
+// KeyPosition is one entry of an ack's "positions".
+type KeyPosition struct {
+	Key string
+	Position
+}
+
+// AppendAck appends {"op":"ack","id":N}, with "recovered" when r says so
+// and "positions" when there are any (docs/PROTOCOL.md, "Ack").
+func AppendAck(dst []byte, id uint64, r Recovery, positions []KeyPosition) []byte {
 	dst = append(dst, `{"op":"ack","id":`...)
 	dst = strconv.AppendUint(dst, id, 10)
 	switch r {
@@ -54,6 +61,36 @@ func AppendAck(dst []byte, id uint64, r Recovery) []byte {
 	case NotRecovered:
 		dst = append(dst, `,"recovered":false`...)
 	}
+	if len(positions) > 0 {
+		dst = append(dst, `,"positions":{`...)
+		for i, kp := range positions {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = append(dst, '"')
+			dst = append(dst, kp.Key...) // a name: nothing to escape
+			dst = append(dst, `":`...)
+			dst = appendPosition(dst, kp.Position)
+		}
+		dst = append(dst, '}')
+	}
+	return append(dst, '}')
+}
+
+// AppendReset appends {"op":"reset","app":..,"key":..,"seq":N,"epoch":"E",
+// "reason":".."}: the client's position of the key becomes (seq, epoch),
+// and its next data frame has seq+1 (docs/PROTOCOL.md, "Reset").
+func AppendReset(dst []byte, app, key string, pos Position, reason string) []byte {
+	dst = append(dst, `{"op":"reset","app":"`...)
+	dst = append(dst, app...)
+	dst = append(dst, `","key":"`...)
+	dst = append(dst, key...)
+	dst = append(dst, `","seq":`...)
+	dst = strconv.AppendUint(dst, pos.Seq, 10)
+	dst = append(dst, `,"epoch":"`...)
+	dst = append(dst, pos.Epoch...)
+	dst = append(dst, `","reason":`...)
+	dst = appendJSONString(dst, reason)
 	return append(dst, '}')
 }
 
@@ -86,17 +123,20 @@ func appendJSONString(dst []byte, s string) []byte {
 // ServerMessage is any message the server sends as JSON, decoded. Clients
 // (wsbench, tests, tools) use it; the server only encodes.
 type ServerMessage struct {
-	Op        string          `json:"op"`
-	ID        uint64          `json:"id,omitempty"`
-	Recovered *bool           `json:"recovered,omitempty"`
-	Code      string          `json:"code,omitempty"`
-	Message   string          `json:"message,omitempty"`
-	App       string          `json:"app,omitempty"`
-	Key       string          `json:"key,omitempty"`
-	Seq       uint64          `json:"seq,omitempty"`
-	TS        int64           `json:"ts,omitempty"`
-	Data      json.RawMessage `json:"data,omitempty"`
-	B64       []byte          `json:"b64,omitempty"`
+	Op        string              `json:"op"`
+	ID        uint64              `json:"id,omitempty"`
+	Recovered *bool               `json:"recovered,omitempty"`
+	Positions map[string]Position `json:"positions,omitempty"`
+	Epoch     string              `json:"epoch,omitempty"`
+	Reason    string              `json:"reason,omitempty"`
+	Code      string              `json:"code,omitempty"`
+	Message   string              `json:"message,omitempty"`
+	App       string              `json:"app,omitempty"`
+	Key       string              `json:"key,omitempty"`
+	Seq       uint64              `json:"seq,omitempty"`
+	TS        int64               `json:"ts,omitempty"`
+	Data      json.RawMessage     `json:"data,omitempty"`
+	B64       []byte              `json:"b64,omitempty"`
 }
 
 // DecodeServerMessage parses one JSON server message.
@@ -106,7 +146,7 @@ func DecodeServerMessage(b []byte) (ServerMessage, error) {
 		return ServerMessage{}, fmt.Errorf("server message: %w", err)
 	}
 	switch m.Op {
-	case OpAck, OpError, OpPong, OpData:
+	case OpAck, OpError, OpPong, OpData, OpReset:
 	default:
 		return ServerMessage{}, fmt.Errorf("server message: unknown op %q", m.Op)
 	}
@@ -115,7 +155,7 @@ func DecodeServerMessage(b []byte) (ServerMessage, error) {
 
 // Publication returns a data message as a Publication.
 func (m *ServerMessage) Publication() Publication {
-	p := Publication{App: m.App, Key: m.Key, Seq: m.Seq, TS: m.TS}
+	p := Publication{App: m.App, Key: m.Key, Seq: m.Seq, Epoch: m.Epoch, TS: m.TS}
 	if m.Data != nil {
 		p.Data, p.JSON = m.Data, true
 	} else {

@@ -22,7 +22,7 @@ func TestAppendAck(t *testing.T) {
 	}
 	for _, tt := range tests {
 		prefix := []byte("prefix")
-		got := AppendAck(prefix, tt.id, tt.r)
+		got := AppendAck(prefix, tt.id, tt.r, nil)
 		if !bytes.HasPrefix(got, []byte("prefix")) {
 			t.Fatalf("AppendAck did not append: %q", got)
 		}
@@ -154,3 +154,80 @@ func mustDecodeServer(t *testing.T, b []byte) ServerMessage {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func TestAppendAckPositions(t *testing.T) {
+	got := AppendAck(nil, 1, Recovered, []KeyPosition{{"001", Position{41, "k3J9"}}, {"002", Position{0, "Zq81"}}})
+	want := `{"op":"ack","id":1,"recovered":true,"positions":{"001":{"seq":41,"epoch":"k3J9"},"002":{"seq":0,"epoch":"Zq81"}}}`
+	if string(got) != want {
+		t.Fatalf("got %s\nwant %s", got, want)
+	}
+	m := mustDecodeServer(t, got)
+	if len(m.Positions) != 2 || m.Positions["001"] != (Position{41, "k3J9"}) || m.Positions["002"] != (Position{0, "Zq81"}) {
+		t.Errorf("decoded positions %+v", m.Positions)
+	}
+}
+
+func TestAppendReset(t *testing.T) {
+	got := AppendReset(nil, "plant-7", "001", Position{0, "Wm2c"}, ResetEpoch)
+	want := `{"op":"reset","app":"plant-7","key":"001","seq":0,"epoch":"Wm2c","reason":"epoch"}`
+	if string(got) != want {
+		t.Fatalf("got %s\nwant %s", got, want)
+	}
+	m := mustDecodeServer(t, got)
+	if m.Op != OpReset || m.App != "plant-7" || m.Key != "001" || m.Seq != 0 || m.Epoch != "Wm2c" || m.Reason != ResetEpoch {
+		t.Errorf("decoded %+v", m)
+	}
+}
+
+func TestPositionUnmarshal(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    Position
+		wantErr bool
+	}{
+		{`41`, Position{Seq: 41}, false},
+		{` 0 `, Position{}, false},
+		{`{"seq":41,"epoch":"k3J9"}`, Position{41, "k3J9"}, false},
+		{`{"seq":41}`, Position{Seq: 41}, false},
+		{`18446744073709551615`, Position{Seq: 1<<64 - 1}, false},
+		{`-1`, Position{}, true},
+		{`"41"`, Position{}, true},
+		{`1.5`, Position{}, true},
+		{`{"seq":"x"}`, Position{}, true},
+		{`null`, Position{}, true},
+	}
+	for _, tt := range tests {
+		var p Position
+		err := json.Unmarshal([]byte(tt.in), &p)
+		if (err != nil) != tt.wantErr || (err == nil && p != tt.want) {
+			t.Errorf("%s: got %+v, %v; want %+v, error %v", tt.in, p, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestNewEpoch(t *testing.T) {
+	seen := make(map[string]bool)
+	for range 1000 {
+		e := NewEpoch()
+		if err := ValidateEpoch(e); err != nil || len(e) != epochLen {
+			t.Fatalf("NewEpoch() = %q: %v", e, err)
+		}
+		if seen[e] {
+			t.Fatalf("NewEpoch repeated %q", e)
+		}
+		seen[e] = true
+	}
+}
+
+func TestValidateIdempotencyID(t *testing.T) {
+	for _, ok := range []string{"1", "msg-42", strings.Repeat("x", MaxIdempotencyIDLen), "a/b:c{d}"} {
+		if err := ValidateIdempotencyID(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "a b", strings.Repeat("x", MaxIdempotencyIDLen+1), "é", "a\n"} {
+		if err := ValidateIdempotencyID(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/wspush/wspush/internal/retry"
 	"github.com/wspush/wspush/proto"
 )
 
@@ -33,7 +34,7 @@ type amqpTransport struct {
 // at connect time) and checks that exchange exists. It keeps up to
 // channels channels open between sends.
 func dialAMQP(ctx context.Context, rawURL, exchange string, channels int) (*amqpTransport, error) {
-	where := redactURL(rawURL)
+	where := retry.RedactURL(rawURL)
 	d := &net.Dialer{Control: loopbackOnly, Timeout: amqpDialTimeout}
 	props := amqp.NewConnectionProperties()
 	props.SetClientConnectionName("wsbench")

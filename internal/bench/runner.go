@@ -11,6 +11,8 @@ import (
 	"net/url"
 	"runtime"
 	"time"
+
+	"github.com/wspush/wspush/internal/retry"
 )
 
 // Options are the settings every scenario shares. Zero fields take the
@@ -344,20 +346,9 @@ func (r *Runner) settle(ctx context.Context, baseline []float64) {
 				done = false
 			}
 		}
-		if done || !sleepCtx(ctx, 100*time.Millisecond) {
+		if done || !retry.Sleep(ctx, 100*time.Millisecond) {
 			return
 		}
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 

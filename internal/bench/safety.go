@@ -116,12 +116,3 @@ func CheckAMQPURL(ctx context.Context, raw string) error {
 	}
 	return CheckLoopback(ctx, u.Redacted())
 }
-
-// redactURL is raw without its password, for messages.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
-}

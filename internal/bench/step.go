@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/wspush/wspush/internal/retry"
 )
 
 // runStep runs one step: workers connect, the servers are sampled, values
@@ -91,7 +93,7 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepReport, error)
 	switch {
 	case spec.source == SourceNone:
 		pv.setPhase("hold", spec.hold)
-		if !sleepCtx(f.ctx, spec.hold) {
+		if !retry.Sleep(f.ctx, spec.hold) {
 			return s, fmt.Errorf("hold: %w", context.Cause(f.ctx))
 		}
 		if err := f.broadcast(wireMsg{Type: msgFinish}); err != nil {
@@ -131,7 +133,7 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepReport, error)
 			return s, fmt.Errorf("start: %w", err)
 		}
 		pv.setPhase("measure", time.Until(end)+r.o.Drain)
-		if !sleepCtx(f.ctx, time.Until(end.Add(r.o.Drain))) {
+		if !retry.Sleep(f.ctx, time.Until(end.Add(r.o.Drain))) {
 			return s, fmt.Errorf("measure: %w", context.Cause(f.ctx))
 		}
 		if err := f.broadcast(wireMsg{Type: msgFinish}); err != nil {

@@ -150,7 +150,7 @@ func NewNode(cfg Config) (*Node, error) {
 	cfg = cfg.withDefaults()
 	n := &Node{
 		cfg: cfg, log: cfg.Logger, store: cfg.Store, bus: cfg.Bus, index: cfg.Index,
-		hub: newHub(),
+		hub:          newHub(),
 		catchUpSlots: make(chan struct{}, maxConcurrentCatchUps),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())

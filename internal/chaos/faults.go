@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -23,25 +24,54 @@ type Fault struct {
 var NoFault = Fault{Name: "none", Inject: func(context.Context, *Cluster) error { return nil }}
 
 // CloseAMQP closes, with rabbitmqctl, the broker connections of this run's
-// nodes (their names contain the node ids); other runs' connections on the
-// shared broker are left alone.
+// nodes (their client-provided names contain the node ids); other runs'
+// connections on the shared broker are left alone.
 var CloseAMQP = Fault{Name: "amqp connections closed", Inject: func(ctx context.Context, c *Cluster) error {
-	out, err := exec.CommandContext(ctx, "rabbitmqctl", "-q", "list_connections", "--no-table-headers", "name", "pid").CombinedOutput()
+	conns, err := BrokerConnections(ctx)
 	if err != nil {
-		return fmt.Errorf("rabbitmqctl list_connections: %w: %s", err, out)
+		return err
 	}
 	var pids []string
-	for l := range strings.Lines(string(out)) {
-		name, pid, ok := cut(strings.TrimSpace(l))
-		if ok && c.owns(name) {
-			pids = append(pids, pid)
+	for _, bc := range conns {
+		if c.owns(bc.Name) {
+			pids = append(pids, bc.PID)
 		}
 	}
 	if len(pids) == 0 {
-		return fmt.Errorf("no broker connection named after nodes %s in:\n%s", c.nodeIDs(), out)
+		return fmt.Errorf("no broker connection named after nodes %s among %v", c.nodeIDs(), conns)
 	}
+	return CloseBrokerConnections(ctx, pids)
+}}
+
+// BrokerConnection is one connection rabbitmqctl lists.
+type BrokerConnection struct{ Name, PID string }
+
+// connName finds the client-provided name in rabbitmqctl's rendering of
+// client_properties.
+var connName = regexp.MustCompile(`\{"connection_name","([^"]*)"\}`)
+
+// BrokerConnections lists the broker's connections with their
+// client-provided names (rabbitmqctl's name column is the peer address).
+func BrokerConnections(ctx context.Context) ([]BrokerConnection, error) {
+	out, err := exec.CommandContext(ctx, "rabbitmqctl", "-q", "--no-table-headers", "list_connections", "pid", "client_properties").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("rabbitmqctl list_connections: %w: %s", err, out)
+	}
+	var conns []BrokerConnection
+	for l := range strings.Lines(string(out)) {
+		pid, props, ok := strings.Cut(strings.TrimSpace(l), "\t")
+		if m := connName.FindStringSubmatch(props); ok && m != nil {
+			conns = append(conns, BrokerConnection{Name: m[1], PID: pid})
+		}
+	}
+	return conns, nil
+}
+
+// CloseBrokerConnections closes connections by pid, in parallel
+// (rabbitmqctl takes about a second to start).
+func CloseBrokerConnections(ctx context.Context, pids []string) error {
 	errc := make(chan error, len(pids))
-	for _, pid := range pids { // rabbitmqctl takes a second or two to start
+	for _, pid := range pids {
 		go func() {
 			out, err := exec.CommandContext(ctx, "rabbitmqctl", "close_connection", pid, "chaos: fault").CombinedOutput()
 			if err != nil {
@@ -55,15 +85,6 @@ var CloseAMQP = Fault{Name: "amqp connections closed", Inject: func(ctx context.
 		errs = append(errs, <-errc)
 	}
 	return errors.Join(errs...)
-}}
-
-// cut splits "name<TAB>pid" at its last tab (names may hold spaces).
-func cut(l string) (name, pid string, ok bool) {
-	i := strings.LastIndexByte(l, '\t')
-	if i < 0 {
-		return "", "", false
-	}
-	return l[:i], l[i+1:], true
 }
 
 func (c *Cluster) owns(name string) bool {

@@ -415,7 +415,7 @@ func (s *session) unsubscribe(cmd *proto.Command) {
 	for _, k := range cmd.Keys {
 		delete(s.subs, subKey{cmd.App, k})
 	}
-	s.Enqueue(proto.NewFrame(proto.OpcodeText, proto.AppendAck(nil, cmd.ID, proto.RecoveryNone)))
+	s.Enqueue(proto.NewFrame(proto.OpcodeText, proto.AppendAck(nil, cmd.ID, proto.RecoveryNone, nil)))
 }
 
 func (s *session) replyError(id uint64, code, message string) {

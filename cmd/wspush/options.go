@@ -33,8 +33,12 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 0, "graceful shutdown limit (default 10s)")
 	fs.StringVar(&c.DebugAddr, "debug-addr", "", "serve /debug/pprof on this address (keep it private); empty: off")
 
-	fs.StringVar(&c.RedisURL, "redis-url", "", "cluster: Redis for the sequencer, history, index and poll leases (redis://host:6379/0)")
-	fs.StringVar(&c.AMQPURL, "amqp-url", "", "cluster: RabbitMQ for ingestion and fan-out between nodes (amqp://guest:guest@host:5672/); needs --redis-url")
+	fs.StringVar(&c.RedisURL, "redis-url", "", "cluster: Redis for the sequencer, history, fan-out between nodes, index and leases (redis://host:6379/0; comma-separated seed URLs for a Redis Cluster)")
+	fs.StringVar(&c.Redis.Prefix, "redis-prefix", "", `cluster: prefix of every Redis key, so that deployments can share one Redis (default "wspush")`)
+	fs.DurationVar(&c.Redis.HistoryMinAge, "history-min-age", 0, "cluster: history entries younger than this are never trimmed by --history-size (default 30s)")
+	fs.StringVar(&c.AMQPURL, "amqp-url", "", "cluster: RabbitMQ to consume integrators' publications from (amqp://guest:guest@host:5672/); needs --redis-url")
+	fs.StringVar(&c.AMQP.Prefix, "amqp-prefix", "", `cluster: prefix of the RabbitMQ exchanges and queues (default "wspush": wspush.ingest, ...)`)
+	fs.IntVar(&c.AMQP.Partitions, "ingest-partitions", 0, "cluster: partition queues of the AMQP ingest, the same on every node; 1 needs no consistent-hash plugin (default 8)")
 	fs.StringVar(&c.NodeID, "node-id", "", "cluster: this node's unique name (default: host name and a random suffix)")
 	fs.StringVar(&c.DatacenterURL, "datacenter-url", "", "data center base URL to poll (POST <url>/getRealTimeData); empty: no poller")
 	fs.StringVar(&c.Poller.Schedule, "poll-schedule", "", `cron spec of the poller (default "@every 1s")`)
@@ -44,6 +48,8 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.IntVar(&c.Middle.HistorySize, "history-size", 0, "publications kept per key for resume (default 32)")
 	fs.DurationVar(&c.Middle.HistoryTTL, "history-ttl", 0, "age after which history is trimmed (default 5m embedded; with --redis-url, unset means never)")
 	fs.IntVar(&c.Middle.MaxPayload, "max-payload", 0, "largest publication payload in bytes (default 65536)")
+	fs.DurationVar(&c.Middle.IdempotencyWindow, "idempotency-window", 0, "how long a publication's idempotency id (AMQP message-id, HTTP item id) is remembered (default 10m)")
+	fs.DurationVar(&c.Middle.PositionCheck, "position-check", 0, "how often every served key's position is compared with the store's (default 5s)")
 
 	u := &c.Users
 	var origins, jwtSecret string

@@ -21,12 +21,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/wspush/wspush/dataservice"
 	"github.com/wspush/wspush/dataservice/simulator"
 	"github.com/wspush/wspush/middle"
+	"github.com/wspush/wspush/middle/amqp"
+	"github.com/wspush/wspush/middle/redis"
 	"github.com/wspush/wspush/proto"
 	"github.com/wspush/wspush/userservice"
 )
@@ -49,12 +51,18 @@ type Config struct {
 	// NodeID names this node in a cluster (default: host name and a random
 	// suffix). It must be unique among the nodes sharing one Redis.
 	NodeID string
-	// RedisURL puts the sequencer, history, subscription index and poll
-	// leases in Redis, so that seqs are the same on every node.
+	// RedisURL puts the sequencer, history, fan-out between nodes,
+	// subscription index and leases in Redis, so that seqs are the same on
+	// every node; several comma-separated seed URLs mean a Redis Cluster.
 	RedisURL string
-	// AMQPURL consumes integrators' publications from RabbitMQ and fans
-	// publications out to every node through it. It needs RedisURL.
+	// Redis configures the Redis store beyond RedisURL (prefix, history
+	// retention, idempotency window).
+	Redis redis.StoreConfig
+	// AMQPURL consumes integrators' publications from RabbitMQ's
+	// partitioned ingest. It needs RedisURL (partition claims).
 	AMQPURL string
+	// AMQP names the topology (prefix, partitions).
+	AMQP amqp.Topology
 
 	Middle middle.Config
 	Users  userservice.Config
@@ -75,11 +83,11 @@ type App struct {
 	mux    *http.ServeMux
 
 	// Cluster mode; all nil when embedded.
-	redis  *redis.Client
-	lease  *middle.RedisLease
-	index  *middle.RedisIndex
-	amqp   *middle.AMQPConn
-	ingest *middle.AMQPIngest
+	redis  goredis.UniversalClient
+	lease  *redis.Lease
+	index  *redis.Index
+	amqp   *amqp.Conn
+	ingest *amqp.Ingest
 }
 
 // New validates cfg and builds the tiers; nothing runs until Run.
@@ -104,8 +112,7 @@ func New(cfg Config) (*App, error) {
 	a.cfg.NodeID = cfg.NodeID
 
 	cfg.Middle.Logger, cfg.Middle.Registerer = a.log.With("tier", "middle"), a.reg
-	var node *middle.Node // the bus's reconnect hook needs it before it exists
-	if err := a.cluster(&cfg, func(ctx context.Context) { node.Resync(ctx) }); err != nil {
+	if err := a.cluster(&cfg); err != nil {
 		a.close()
 		return nil, err
 	}
@@ -119,8 +126,13 @@ func New(cfg Config) (*App, error) {
 		a.index.SetSnapshot(node.LocalSubscriptions)
 	}
 	if a.amqp != nil {
-		if a.ingest, err = middle.NewAMQPIngest(middle.AMQPIngestConfig{
-			Conn: a.amqp, Publisher: node.Source("amqp"), MaxPayload: cfg.Middle.MaxPayload,
+		claims, err := redis.NewClaims(redis.ClaimsConfig{Client: a.redis, NodeID: cfg.NodeID, Prefix: cfg.Redis.Prefix})
+		if err != nil {
+			a.close()
+			return nil, err
+		}
+		if a.ingest, err = amqp.NewIngest(amqp.IngestConfig{
+			Conn: a.amqp, Publisher: node.Source("amqp"), Claims: claims, MaxPayload: cfg.Middle.MaxPayload,
 			Logger: a.log.With("tier", "ingest"), Registerer: a.reg,
 		}); err != nil {
 			a.close()
@@ -144,7 +156,7 @@ func New(cfg Config) (*App, error) {
 		}
 		pc.Logger, pc.Registerer = a.log.With("tier", "dataservice"), a.reg
 		if a.redis != nil {
-			lease, err := middle.NewRedisLease(middle.RedisLeaseConfig{Client: a.redis, NodeID: cfg.NodeID})
+			lease, err := redis.NewLease(redis.LeaseConfig{Client: a.redis, NodeID: cfg.NodeID, Prefix: cfg.Redis.Prefix})
 			if err != nil {
 				a.close()
 				return nil, err
@@ -280,23 +292,37 @@ func debugMux() *http.ServeMux {
 
 // cluster builds the Redis and AMQP engines into cfg.Middle when their URLs
 // are set.
-func (a *App) cluster(cfg *Config, resync func(context.Context)) error {
+func (a *App) cluster(cfg *Config) error {
 	if cfg.RedisURL == "" {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var err error
-	if a.redis, err = middle.NewRedisClient(ctx, cfg.RedisURL); err != nil {
+	if a.redis, err = redis.NewClient(ctx, cfg.RedisURL, "wspush-"+cfg.NodeID); err != nil {
 		return err
 	}
-	if cfg.Middle.Store, err = middle.NewRedisStore(middle.RedisStoreConfig{
-		Client: a.redis, HistorySize: cfg.Middle.HistorySize, HistoryTTL: cfg.Middle.HistoryTTL,
+	sc := cfg.Redis
+	sc.Client = a.redis
+	if sc.HistorySize == 0 {
+		sc.HistorySize = cfg.Middle.HistorySize
+	}
+	if sc.HistoryTTL == 0 && cfg.Middle.HistoryTTL > 0 {
+		sc.HistoryTTL = cfg.Middle.HistoryTTL
+	}
+	if sc.IdempotencyWindow == 0 {
+		sc.IdempotencyWindow = cfg.Middle.IdempotencyWindow
+	}
+	if cfg.Middle.Store, err = redis.NewStore(sc); err != nil {
+		return err
+	}
+	if cfg.Middle.Bus, err = redis.NewBus(redis.BusConfig{
+		Client: a.redis, Prefix: sc.Prefix, Logger: a.log.With("tier", "bus"), Registerer: a.reg,
 	}); err != nil {
 		return err
 	}
-	if a.index, err = middle.NewRedisIndex(middle.RedisIndexConfig{
-		Client: a.redis, NodeID: cfg.NodeID, Logger: a.log.With("tier", "index"), Registerer: a.reg,
+	if a.index, err = redis.NewIndex(redis.IndexConfig{
+		Client: a.redis, NodeID: cfg.NodeID, Prefix: sc.Prefix, Logger: a.log.With("tier", "index"), Registerer: a.reg,
 	}); err != nil {
 		return err
 	}
@@ -304,19 +330,11 @@ func (a *App) cluster(cfg *Config, resync func(context.Context)) error {
 	if cfg.AMQPURL == "" {
 		return nil
 	}
-	if a.amqp, err = middle.NewAMQPConn(middle.AMQPConfig{
-		URL: cfg.AMQPURL, Name: "wspush " + cfg.NodeID, Logger: a.log.With("tier", "amqp"), Registerer: a.reg,
-	}); err != nil {
-		return err
-	}
-	bus, err := middle.NewAMQPBus(middle.AMQPBusConfig{
-		Conn: a.amqp, NodeID: cfg.NodeID, OnReconnect: resync, Logger: a.log.With("tier", "bus"), Registerer: a.reg,
+	a.amqp, err = amqp.NewConn(amqp.Config{
+		URL: cfg.AMQPURL, Name: "wspush " + cfg.NodeID, Topology: cfg.AMQP,
+		Logger: a.log.With("tier", "amqp"), Registerer: a.reg,
 	})
-	if err != nil {
-		return err
-	}
-	cfg.Middle.Bus = bus
-	return nil
+	return err
 }
 
 // Ready reports whether the node can serve: Redis and RabbitMQ reachable

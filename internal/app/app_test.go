@@ -150,7 +150,7 @@ func TestSinceReturnsExactlyTheMissedSeqs(t *testing.T) {
 		mustPublish(t, base, "a", "k", fmt.Sprint(i))
 	}
 	c := wstest.Dial(t, wstest.WSURL(base), nil)
-	ack := c.Subscribe("a", "json", map[string]uint64{"k": 4}, "k")
+	ack := c.Subscribe("a", "json", map[string]proto.Position{"k": {Seq: 4}}, "k")
 	if ack.Recovered == nil || !*ack.Recovered {
 		t.Fatalf("ack: %+v", ack)
 	}
@@ -170,7 +170,7 @@ func TestSinceBeyondHistoryIsNotRecovered(t *testing.T) {
 		mustPublish(t, base, "a", "k", fmt.Sprint(i))
 	}
 	c := wstest.Dial(t, wstest.WSURL(base), nil)
-	ack := c.Subscribe("a", "json", map[string]uint64{"k": 2}, "k")
+	ack := c.Subscribe("a", "json", map[string]proto.Position{"k": {Seq: 2}}, "k")
 	if ack.Recovered == nil || *ack.Recovered {
 		t.Fatalf("ack: %+v", ack)
 	}

@@ -107,7 +107,7 @@ func TestClusterTwoNodes(t *testing.T) {
 	})
 	mustPublish(t, baseB, appID, "k1", `{"missed":1}`)
 	c2 := wstest.Dial(t, wstest.WSURL(baseB), nil)
-	ack := c2.Subscribe(appID, "json", map[string]uint64{"k1": last}, "k1")
+	ack := c2.Subscribe(appID, "json", map[string]proto.Position{"k1": {Seq: last}}, "k1")
 	if ack.Recovered == nil || !*ack.Recovered {
 		t.Fatalf("resume ack: %+v", ack)
 	}

@@ -89,7 +89,7 @@ func (c *Client) SendRaw(messageType int, b []byte) {
 }
 
 // Subscribe sends a subscribe and expects its ack; it returns the ack.
-func (c *Client) Subscribe(app string, format string, since map[string]uint64, keys ...string) Message {
+func (c *Client) Subscribe(app string, format string, since map[string]proto.Position, keys ...string) Message {
 	c.t.Helper()
 	id := c.Send(proto.Command{Op: proto.OpSubscribe, App: app, Keys: keys, Format: format, Since: since})
 	m := c.Next()

@@ -1,5 +1,5 @@
 // Package dataservice owns the upstream data center: a Client for its
-// getRealTimeData API (DESIGN.md, "Data-center API") and a Poller that asks
+// getRealTimeData API (docs/PROTOCOL.md, "Data-center API") and a Poller that asks
 // it, on a robfig/cron schedule, for exactly the keys somebody is subscribed
 // to, and publishes the values that changed.
 //

@@ -139,7 +139,7 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// parseSchedule accepts what DESIGN.md and Config.Schedule promise: an
+// parseSchedule accepts what docs/PROTOCOL.md and Config.Schedule promise: an
 // optional seconds field and descriptors.
 func parseSchedule(spec string) (cron.Schedule, error) {
 	p := cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)

@@ -46,7 +46,7 @@ func TestDecodeCommand(t *testing.T) {
 		wantErr string  // substring of the error
 		wantID  uint64  // CommandError.ID on error
 	}{
-		// Valid commands, including the examples of DESIGN.md.
+		// Valid commands, including the examples of docs/PROTOCOL.md.
 		{
 			name: "subscribe json",
 			in:   `{"op":"subscribe","id":1,"app":"plant-7","keys":["001","002"],"format":"json"}`,
@@ -186,7 +186,7 @@ func TestDecodeCommandEmptyIsErrEmptyCommand(t *testing.T) {
 }
 
 // The error reply for a bad command must be a valid JSON error message that
-// carries the command's id (DESIGN.md example).
+// carries the command's id (docs/PROTOCOL.md example).
 func TestDecodeCommandErrorReply(t *testing.T) {
 	_, err := DecodeCommand([]byte(`{"op":"subscribe","id":3,"app":"a","keys":["a b"]}`))
 	var ce *CommandError

@@ -1,6 +1,6 @@
 // Package proto owns the wspush wire format: the commands a client sends,
 // the replies and data messages the server sends (JSON text or the binary
-// frame layout of DESIGN.md), the validation of app and key names, and the
+// frame layout of docs/PROTOCOL.md), the validation of app and key names, and the
 // encoding of a server WebSocket frame so that a publication is framed once
 // and the same bytes are written to every subscriber.
 //

@@ -9,7 +9,7 @@ import (
 )
 
 // Position names one publication of a key's stream: its seq within an
-// epoch (docs/PROTOCOL.md, "Positions and epochs"). A key never published
+// epoch (docs/PROTOCOL.md, "Positions"). A key never published
 // is at seq 0 of its epoch.
 type Position struct {
 	Seq   uint64 `json:"seq"`

@@ -83,7 +83,7 @@ func TestAppendError(t *testing.T) {
 		}
 	}
 	if got := string(AppendError(nil, 3, CodeBadRequest, `key "a b": invalid character ' '`)); got != `{"op":"error","id":3,"code":"bad_request","message":"key \"a b\": invalid character ' '"}` {
-		t.Errorf("AppendError (DESIGN.md example) = %s", got)
+		t.Errorf("AppendError (docs/PROTOCOL.md example) = %s", got)
 	}
 }
 

@@ -1,5 +1,5 @@
 // Command datacenter serves a simulated data center: the getRealTimeData
-// API of DESIGN.md with random-walk sensors, for demos, tests and
+// API of docs/PROTOCOL.md ("Data-center API") with random-walk sensors, for demos, tests and
 // benchmarks of wspush's poller. Any app ID is accepted and any valid key
 // returns a value such as {"temp":21.53,"humidity":40.1}.
 //

@@ -1,5 +1,5 @@
 // Package simulator owns the simulated data center: an http.Handler that
-// implements the upstream getRealTimeData API of DESIGN.md ("Data-center
+// implements the upstream getRealTimeData API of docs/PROTOCOL.md ("Data-center
 // API") with sensors that wander like random walks, for demos, tests and
 // benchmarks. cmd/datacenter serves it on its own; wspush --demo and the
 // dataservice tests run it in-process.

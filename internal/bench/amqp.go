@@ -13,7 +13,7 @@ import (
 )
 
 // IngestExchange is where integrators publish to a wspush cluster (topic,
-// durable; DESIGN.md, "AMQP topology"). wspush declares it; wsbench only
+// durable; docs/PROTOCOL.md, "Ingest"). wspush declares it; wsbench only
 // checks that it exists.
 const IngestExchange = "wspush.ingest"
 

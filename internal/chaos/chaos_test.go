@@ -14,6 +14,7 @@ import (
 var (
 	long   = flag.Bool("chaos.long", false, "the long form: 25 s runs on 3 nodes, a 12 s freeze")
 	global = flag.Bool("chaos.global", false, "stall Redis with CLIENT PAUSE ALL (stops every client of the shared Redis) instead of the run's proxy")
+	race   = flag.Bool("chaos.race", false, "build the nodes with -race (slower; a race fails the node's run)")
 )
 
 // reports collects the rows of the table printed after the long form.
@@ -24,6 +25,9 @@ var reports struct {
 
 func TestMain(m *testing.M) {
 	flag.Parse()
+	if *race {
+		BuildFlags = []string{"-race"}
+	}
 	code := m.Run()
 	RemoveBinary()
 	if *long && len(reports.rows) > 0 {

@@ -17,6 +17,10 @@ import (
 	"time"
 )
 
+// BuildFlags are extra go build flags of the nodes' binary (e.g. -race);
+// set them before the first Binary call.
+var BuildFlags []string
+
 // binary is the wspush command, built once per test process.
 var binary struct {
 	once      sync.Once
@@ -32,7 +36,8 @@ func Binary() (string, error) {
 			return
 		}
 		binary.path = filepath.Join(binary.dir, "wspush")
-		out, err := exec.Command("go", "build", "-o", binary.path, "github.com/wspush/wspush/cmd/wspush").CombinedOutput()
+		args := append(append([]string{"build", "-o", binary.path}, BuildFlags...), "github.com/wspush/wspush/cmd/wspush")
+		out, err := exec.Command("go", args...).CombinedOutput()
 		if err != nil {
 			binary.err = fmt.Errorf("go build ./cmd/wspush: %w\n%s", err, out)
 		}
@@ -121,9 +126,12 @@ func (n *Node) Alive() bool {
 	}
 }
 
-// Unexpected returns why the node exited when nobody killed or stopped it
-// (nil while it runs or when the suite killed it).
+// Unexpected returns why the node exited when nobody killed or stopped it,
+// or the data race it reported (built with -race).
 func (n *Node) Unexpected() error {
+	if l := n.Grep(1, "WARNING: DATA RACE"); len(l) > 0 {
+		return fmt.Errorf("node %s reported a data race (see %s)", n.ID, n.LogPath)
+	}
 	if n.Alive() || n.killed.Load() {
 		return nil
 	}

@@ -101,9 +101,22 @@ func (p *Proxy) accept() {
 		p.conns[down], p.conns[up] = true, true
 		p.upstream[up.LocalAddr().String()] = true
 		p.mu.Unlock()
-		p.wg.Go(func() { p.pipe(up, down) })
-		p.wg.Go(func() { p.pipe(down, up) })
+		p.wg.Go(func() { p.serve(up, down) })
 	}
+}
+
+// serve forwards both ways until either side closes, then forgets the pair
+// (a port Redis saw may be reused by another run's client later).
+func (p *Proxy) serve(up, down net.Conn) {
+	var wg sync.WaitGroup
+	wg.Go(func() { p.pipe(up, down) })
+	p.pipe(down, up)
+	wg.Wait()
+	p.mu.Lock()
+	delete(p.conns, up)
+	delete(p.conns, down)
+	delete(p.upstream, up.LocalAddr().String())
+	p.mu.Unlock()
 }
 
 // pipe copies src to dst until either fails, then closes both.
@@ -111,10 +124,6 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 	defer func() {
 		dst.Close()
 		src.Close()
-		p.mu.Lock()
-		delete(p.conns, dst)
-		delete(p.conns, src)
-		p.mu.Unlock()
 	}()
 	buf := make([]byte, 32<<10)
 	for {

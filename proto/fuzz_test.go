@@ -88,7 +88,7 @@ func FuzzDecodeServerMessage(f *testing.F) {
 			return
 		}
 		switch m.Op {
-		case OpAck, OpError, OpPong, OpData:
+		case OpAck, OpError, OpPong, OpData, OpReset:
 		default:
 			t.Fatalf("decoded unknown op %q", m.Op)
 		}

@@ -265,6 +265,7 @@ func (c *common) register(fs *flag.FlagSet) func() error {
 	fs.StringVar(&o.APIKey, "api-key", "", "API key of POST /api/publish, when the servers have one")
 	fs.BoolVar(&o.Cluster, "cluster", false, "the servers share Redis and RabbitMQ: publish each value to one of them (default: to every server with a subscriber of the key; implied by --source amqp)")
 	fs.StringVar(&o.AMQPURL, "amqp-url", bench.DefaultAMQPURL, "the RabbitMQ the servers share, for --source amqp (loopback only)")
+	fs.StringVar(&o.AMQPExchange, "amqp-exchange", bench.IngestExchange, "the servers' ingest exchange, for --source amqp (<prefix>.ingest when they run with --amqp-prefix)")
 	fs.Float64Var(&o.RampRate, "ramp", bench.DefaultRampRate, "connections opened per second, all workers together")
 	fs.DurationVar(&o.HandshakeTimeout, "handshake-timeout", bench.DefaultHandshakeTimeout, "limit of one connection's dial, upgrade and subscribe")
 	fs.DurationVar(&o.Drain, "drain", bench.DefaultDrain, "after publishing, how long to wait for values in flight")

@@ -46,6 +46,7 @@ type Options struct {
 	APIKey           string  // of POST /api/publish
 	Cluster          bool    // the servers share Redis and RabbitMQ: publish each value once (SourceAMQP implies it)
 	AMQPURL          string  // the broker the servers share, for SourceAMQP (default DefaultAMQPURL; loopback only)
+	AMQPExchange     string  // the servers' ingest exchange (default IngestExchange; <prefix>.ingest for wspush --amqp-prefix)
 	RampRate         float64 // connections per second, all workers together (default 1000)
 	HandshakeTimeout time.Duration
 	MaxDialing       int           // handshakes in flight per worker (default 500)
@@ -106,6 +107,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.AMQPURL == "" {
 		o.AMQPURL = DefaultAMQPURL
+	}
+	if o.AMQPExchange == "" {
+		o.AMQPExchange = IngestExchange
 	}
 	if o.RampRate <= 0 {
 		o.RampRate = DefaultRampRate

@@ -238,7 +238,7 @@ func (r *Runner) openTransport(ctx context.Context, source Source) (transport, e
 	case SourceHTTP:
 		return &httpTransport{client: r.client, bases: r.bases(), apiKey: r.o.APIKey}, nil
 	case SourceAMQP:
-		t, err := dialAMQP(ctx, r.o.AMQPURL, IngestExchange, r.o.PublishConns)
+		t, err := dialAMQP(ctx, r.o.AMQPURL, r.o.AMQPExchange, r.o.PublishConns)
 		if err != nil {
 			return nil, err // not a typed nil in the interface
 		}

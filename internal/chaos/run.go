@@ -85,8 +85,10 @@ func Run(t testing.TB, sc Scenario) Report {
 		t.Fatal(err)
 	}
 	faultStart := time.Now()
-	if err := sc.Fault.Inject(ctx, c); err != nil {
-		t.Fatalf("fault %q: %v", sc.Fault.Name, err)
+	if sc.Fault.Inject != nil {
+		if err := sc.Fault.Inject(ctx, c); err != nil {
+			t.Fatalf("fault %q: %v", sc.Fault.Name, err)
+		}
 	}
 	faultEnd := time.Now()
 	for k, from := range pub.Next() {
@@ -113,7 +115,7 @@ func Run(t testing.TB, sc Scenario) Report {
 	wg.Wait()
 
 	policy := Policy{AllowResets: sc.Fault.Loses, From: faultStart, Until: faultEnd.Add(5 * time.Second)}
-	if sc.Fault.Inject != nil && sc.Fault.Name != NoFault.Name {
+	if sc.Fault.Inject != nil {
 		policy.FaultEnd = faultEnd
 	}
 	rep := Report{Scenario: sc.Name, Fault: sc.Fault.Name, Subs: len(subs), Result: Result{Recovery: -1}}

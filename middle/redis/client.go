@@ -1,4 +1,8 @@
-package middle
+// Package redis holds the Redis adapters of the middle tier: the Store that
+// sequences publications and fans them out with sharded pub/sub, the Bus that
+// receives them, the subscription Index, the poll leases and the ingest
+// partition claims. docs/PROTOCOL.md, "Redis schema", names every key.
+package redis
 
 import (
 	"context"
@@ -7,69 +11,72 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/wspush/wspush/internal/retry"
 )
 
-// DefaultRedisPrefix starts every Redis key wspush uses (DESIGN.md, "Redis
-// schema"). Another prefix lets several clusters, or tests, share one Redis.
-const DefaultRedisPrefix = "wspush"
+// DefaultPrefix starts every Redis key wspush uses (docs/PROTOCOL.md, "Redis
+// schema"). Another prefix lets several deployments, or tests, share one
+// Redis.
+const DefaultPrefix = "wspush"
 
-// NewRedisClient returns a client of the Redis at rawURL
-// (redis://[user:password@]host:port/db or rediss:// for TLS; see
-// redis.ParseURL for the query options) after checking, within ctx, that it
-// answers PING. The error never contains the password.
-func NewRedisClient(ctx context.Context, rawURL string) (*redis.Client, error) {
-	opt, err := redis.ParseURL(rawURL)
-	if err != nil {
-		return nil, fmt.Errorf("redis URL %s: %w", redactURL(rawURL), err)
+// NewClient returns a client of the Redis at rawURL after checking, within
+// ctx, that it answers PING. rawURL is redis://[user:password@]host:port/db
+// (rediss:// for TLS; see goredis.ParseURL for the query options), or
+// several such URLs separated by commas: the seeds of a Redis Cluster. name
+// becomes the CLIENT SETNAME of every connection, so that an operator (and
+// the fault suite) can tell the node's connections apart. The error never
+// contains a password.
+func NewClient(ctx context.Context, rawURL, name string) (goredis.UniversalClient, error) {
+	seeds := strings.Split(rawURL, ",")
+	var c goredis.UniversalClient
+	if len(seeds) == 1 {
+		opt, err := goredis.ParseURL(rawURL)
+		if err != nil {
+			return nil, fmt.Errorf("redis URL %s: %w", retry.RedactURL(rawURL), err)
+		}
+		opt.ClientName = name
+		// Maintenance notifications are a Redis Cloud feature; asking a
+		// plain Redis for them only adds a failing command to every new
+		// connection.
+		opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+		c = goredis.NewClient(opt)
+	} else {
+		var copt *goredis.ClusterOptions
+		for _, s := range seeds {
+			s = strings.TrimSpace(s)
+			opt, err := goredis.ParseURL(s)
+			if err != nil {
+				return nil, fmt.Errorf("redis cluster seed %s: %w", retry.RedactURL(s), err)
+			}
+			if copt == nil {
+				copt = &goredis.ClusterOptions{
+					Username: opt.Username, Password: opt.Password, TLSConfig: opt.TLSConfig,
+					ClientName:               name,
+					MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+				}
+			}
+			copt.Addrs = append(copt.Addrs, opt.Addr)
+		}
+		c = goredis.NewClusterClient(copt)
 	}
-	// Maintenance notifications are a Redis Cloud feature; asking a plain
-	// Redis for them only adds a failing command to every new connection.
-	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	c := redis.NewClient(opt)
 	if err := c.Ping(ctx).Err(); err != nil {
 		_ = c.Close()
-		return nil, fmt.Errorf("redis %s: ping: %w", redactURL(rawURL), err)
+		return nil, fmt.Errorf("redis %s: ping: %w", retry.RedactURL(rawURL), err)
 	}
 	return c, nil
 }
 
-// validateRedisPrefix checks a key prefix: something non-empty that cannot
-// run into the key names that follow it.
-func validateRedisPrefix(p string) error {
-	if p == "" {
-		return nil // the default
-	}
-	if strings.ContainsAny(p, " \t\r\n") {
-		return fmt.Errorf("redis prefix %q: must not contain white space", p)
+// ValidatePrefix checks a key prefix: empty (the default), or a name without
+// white space or braces (braces would break the hash tags).
+func ValidatePrefix(p string) error {
+	if strings.ContainsAny(p, " \t\r\n{}") {
+		return fmt.Errorf("redis prefix %q: must not contain white space or braces", p)
 	}
 	return nil
 }
-
-// redisKeys names the keys of DESIGN.md's Redis schema under a prefix, plus
-// the bookkeeping RedisIndex adds (apps, nodes, nodesubs). App and key names
-// cannot contain ':' (proto.ValidateName), so every name is unambiguous.
-type redisKeys struct {
-	p string // prefix including the trailing ':'
-}
-
-func newRedisKeys(prefix string) redisKeys {
-	if prefix == "" {
-		prefix = DefaultRedisPrefix
-	}
-	return redisKeys{p: prefix + ":"}
-}
-
-func (k redisKeys) seq(app, key string) string  { return k.p + "seq:" + app + ":" + key }
-func (k redisKeys) hist(app, key string) string { return k.p + "hist:" + app + ":" + key }
-func (k redisKeys) sub(app, key string) string  { return k.p + "sub:" + app + ":" + key }
-func (k redisKeys) keys(app string) string      { return k.p + "keys:" + app }
-func (k redisKeys) apps() string                { return k.p + "apps" }
-func (k redisKeys) nodes() string               { return k.p + "nodes" }
-func (k redisKeys) node(id string) string       { return k.p + "node:" + id }
-func (k redisKeys) nodeSubs(id string) string   { return k.p + "nodesubs:" + id }
-func (k redisKeys) poll(app string) string      { return k.p + "poll:" + app }
 
 // instanceToken identifies one run of a process, to tell it apart from
 // another process that (wrongly) uses the same node ID.
@@ -78,5 +85,5 @@ func instanceToken() string { return crand.Text() }
 // isNoScript reports whether err says Redis does not have a script cached
 // (it restarted, or SCRIPT FLUSH ran).
 func isNoScript(err error) bool {
-	return err != nil && (errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT"))
+	return err != nil && (errors.Is(err, goredis.ErrNoScript) || goredis.HasErrorPrefix(err, "NOSCRIPT"))
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: installs what is missing (Go modules, Redis,
-# RabbitMQ), starts the services if they are not running, then vets and
-# runs every test with the race detector.
+# RabbitMQ), starts the services if they are not running and a throwaway
+# Redis Cluster for the cluster variants, then vets and runs every test with
+# the race detector.
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh ./proto/   # some packages (extra args go to go test)
@@ -12,6 +13,11 @@ cd "$(dirname "$0")/.."
 ensure_go
 ensure_redis
 ensure_rabbitmq
+. scripts/redis-cluster.sh
+if [ -z "${WSPUSH_REDIS_CLUSTER_URL:-}" ]; then # the Redis Cluster variants of the tests
+  start_redis_cluster
+  trap stop_redis_cluster EXIT
+fi
 
 echo "== go mod download"
 go mod download

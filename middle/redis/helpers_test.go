@@ -1,4 +1,4 @@
-package middle
+package redis
 
 import (
 	"context"
@@ -8,96 +8,182 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/wspush/wspush/internal/testutil"
 )
 
-// redisTestURL is the Redis the tests use: WSPUSH_REDIS_URL, else the
-// local default that scripts/test.sh starts.
-func redisTestURL() string {
-	if u := os.Getenv("WSPUSH_REDIS_URL"); u != "" {
-		return u
+// redisURLForTest is the Redis the tests use: WSPUSH_REDIS_URL, else the
+// local default that scripts/services.sh starts. When it does not answer,
+// the test fails if the environment variable CI is set, and is skipped
+// otherwise.
+func redisURLForTest(t testing.TB) string {
+	t.Helper()
+	u := os.Getenv("WSPUSH_REDIS_URL")
+	if u == "" {
+		u = "redis://127.0.0.1:6379/0"
 	}
-	return "redis://127.0.0.1:6379/0"
+	requireRedis(t, u)
+	return u
 }
 
-// redisForTest returns a client of the test Redis, closed when the test
-// ends. When Redis does not answer, the test fails if
-// WSPUSH_REQUIRE_SERVICES=1 (CI) and is skipped otherwise.
-func redisForTest(t testing.TB) *redis.Client {
+// redisClusterURLForTest is the Redis Cluster of WSPUSH_REDIS_CLUSTER_URL
+// (comma-separated seed URLs). Without it the test is skipped: a cluster is
+// the only service the tests may do without, even in CI.
+func redisClusterURLForTest(t testing.TB) string {
+	t.Helper()
+	u := os.Getenv("WSPUSH_REDIS_CLUSTER_URL")
+	if u == "" {
+		t.Skip("WSPUSH_REDIS_CLUSTER_URL not set: no Redis Cluster to test against")
+	}
+	requireRedis(t, u)
+	return u
+}
+
+// requireRedis fails (CI) or skips the test when the Redis of rawURL does
+// not answer PING.
+func requireRedis(t testing.TB, rawURL string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	c, err := NewRedisClient(ctx, redisTestURL())
+	c, err := NewClient(ctx, rawURL, "wspush-test-probe")
 	if err != nil {
-		if os.Getenv("WSPUSH_REQUIRE_SERVICES") == "1" {
-			t.Fatalf("Redis is required (WSPUSH_REQUIRE_SERVICES=1): %v", err)
+		if os.Getenv("CI") != "" {
+			t.Fatalf("Redis is required (CI is set): %v", err)
 		}
-		t.Skipf("Redis not reachable (set WSPUSH_REQUIRE_SERVICES=1 to fail instead): %v", err)
+		t.Skipf("Redis not reachable (set CI to fail instead): %v", err)
+	}
+	_ = c.Close()
+}
+
+var unsafeNameChars = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
+
+// testClientName is a CLIENT SETNAME of this test: a test can find (and
+// CLIENT KILL) its own connections by it.
+func testClientName(t testing.TB) string {
+	return "wspush-test-" + unsafeNameChars.ReplaceAllString(t.Name(), "_")
+}
+
+// newTestClient returns a client of the test Redis (redisURLForTest),
+// named testClientName(t), closed when the test ends.
+func newTestClient(t testing.TB) goredis.UniversalClient {
+	t.Helper()
+	return newTestClientOf(t, redisURLForTest(t))
+}
+
+// newTestClusterClient is newTestClient on the Redis Cluster of
+// WSPUSH_REDIS_CLUSTER_URL; the test is skipped without it.
+func newTestClusterClient(t testing.TB) goredis.UniversalClient {
+	t.Helper()
+	return newTestClientOf(t, redisClusterURLForTest(t))
+}
+
+func newTestClientOf(t testing.TB, rawURL string) goredis.UniversalClient {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := NewClient(ctx, rawURL, testClientName(t))
+	if err != nil {
+		t.Fatalf("NewClient: %v", err)
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
 
-var unsafePrefixChars = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
-
-// redisTestPrefix returns a key prefix of this test alone, and deletes
-// every key under it when the test ends, so tests can share one Redis and
-// run concurrently.
-func redisTestPrefix(t testing.TB, c *redis.Client) string {
+// testPrefix returns a key prefix of this test alone ("t-" and random
+// letters), and deletes every key under it (<prefix>:*) when the test
+// ends, so that tests can share one Redis and run concurrently.
+func testPrefix(t testing.TB, c goredis.UniversalClient) string {
 	t.Helper()
-	p := "wspushtest:" + unsafePrefixChars.ReplaceAllString(t.Name(), "_") + ":" + crand.Text()[:10]
+	p := "t-" + strings.ToLower(crand.Text()[:12])
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		keys := redisKeysUnder(t, c, p)
-		if len(keys) > 0 {
-			if err := c.Del(ctx, keys...).Err(); err != nil {
-				t.Errorf("clean up prefix %s: %v", p, err)
-			}
+		if err := deleteUnder(ctx, c, p); err != nil {
+			t.Errorf("clean up prefix %s: %v", p, err)
 		}
 	})
 	return p
 }
 
-// redisKeysUnder lists the keys under prefix.
-func redisKeysUnder(t testing.TB, c *redis.Client, prefix string) []string {
+// keysUnder lists the keys under prefix (<prefix>:*), on every primary of
+// a Redis Cluster.
+func keysUnder(ctx context.Context, c goredis.UniversalClient, prefix string) ([]string, error) {
+	var (
+		mu   sync.Mutex
+		keys []string
+	)
+	scan := func(ctx context.Context, n goredis.UniversalClient) error {
+		iter := n.Scan(ctx, 0, prefix+":*", 1000).Iterator()
+		for iter.Next(ctx) {
+			mu.Lock()
+			keys = append(keys, iter.Val())
+			mu.Unlock()
+		}
+		return iter.Err()
+	}
+	var err error
+	if cc, ok := c.(*goredis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, n *goredis.Client) error { return scan(ctx, n) })
+	} else {
+		err = scan(ctx, c)
+	}
+	return keys, err
+}
+
+// deleteUnder deletes the keys under prefix, one DEL per key so that keys
+// of different Redis Cluster slots may be mixed.
+func deleteUnder(ctx context.Context, c goredis.UniversalClient, prefix string) error {
+	keys, err := keysUnder(ctx, c, prefix)
+	if err != nil || len(keys) == 0 {
+		return err
+	}
+	_, err = c.Pipelined(ctx, func(pipe goredis.Pipeliner) error {
+		for _, k := range keys {
+			pipe.Del(ctx, k)
+		}
+		return nil
+	})
+	return err
+}
+
+// mustKeysUnder is keysUnder that fails the test on error.
+func mustKeysUnder(t testing.TB, c goredis.UniversalClient, prefix string) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var keys []string
-	iter := c.Scan(ctx, 0, prefix+":*", 1000).Iterator()
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
-	}
-	if err := iter.Err(); err != nil {
+	keys, err := keysUnder(ctx, c, prefix)
+	if err != nil {
 		t.Fatalf("scan %s:*: %v", prefix, err)
 	}
 	return keys
 }
 
-// redisMetric returns the value of the counter or gauge name whose labels
+// metricValue returns the value of the counter or gauge name whose labels
 // include the given name/value pairs (0 when there is none).
-func redisMetric(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
+func metricValue(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
 	t.Helper()
 	v, _ := testutil.Metric(t, reg, name, labels...)
 	return v
 }
 
-// redisProxy is a TCP proxy in front of the test Redis that a test can cut
-// (every connection dropped, new ones refused) and restore: a Redis outage
-// as the client sees it, without disturbing the tests that share Redis.
+// redisProxy is a TCP proxy in front of the test Redis (a single Redis, not
+// a cluster) that a test can cut (every connection dropped, new ones
+// refused) and restore: a Redis outage as the client sees it, without
+// disturbing the tests that share Redis.
 type redisProxy struct {
 	t      testing.TB
 	ln     net.Listener
 	target string
+	db     int
 
 	mu    sync.Mutex
 	down  bool
@@ -107,15 +193,16 @@ type redisProxy struct {
 
 func newRedisProxy(t testing.TB) *redisProxy {
 	t.Helper()
-	opt, err := redis.ParseURL(redisTestURL())
+	u := redisURLForTest(t)
+	opt, err := goredis.ParseURL(u)
 	if err != nil {
-		t.Fatalf("parse %s: %v", redisTestURL(), err)
+		t.Fatalf("parse %s: %v", u, err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
-	p := &redisProxy{t: t, ln: ln, target: opt.Addr, conns: make(map[net.Conn]struct{})}
+	p := &redisProxy{t: t, ln: ln, target: opt.Addr, db: opt.DB, conns: make(map[net.Conn]struct{})}
 	p.wg.Go(p.accept)
 	t.Cleanup(func() {
 		_ = ln.Close()
@@ -125,12 +212,19 @@ func newRedisProxy(t testing.TB) *redisProxy {
 	return p
 }
 
+// url is the proxy's redis:// URL (for NewClient), without credentials.
+func (p *redisProxy) url() string {
+	return "redis://" + p.ln.Addr().String() + "/" + strconv.Itoa(p.db)
+}
+
 // client returns a client of the test Redis through the proxy, with short
-// timeouts so that an outage is noticed quickly.
-func (p *redisProxy) client(db int) *redis.Client {
-	c := redis.NewClient(&redis.Options{
+// timeouts and no retries, so that an outage is noticed quickly; it is
+// closed when the test ends.
+func (p *redisProxy) client() goredis.UniversalClient {
+	c := goredis.NewClient(&goredis.Options{
 		Addr:                     p.ln.Addr().String(),
-		DB:                       db,
+		DB:                       p.db,
+		ClientName:               testClientName(p.t),
 		DialTimeout:              time.Second,
 		ReadTimeout:              time.Second,
 		WriteTimeout:             time.Second,

@@ -8,6 +8,7 @@
 #   scripts/cluster.sh 6 9000     # 6 nodes on :9000..:9005
 #   WSPUSH_LOG_LEVEL=debug scripts/cluster.sh 2
 #   POLLER=off scripts/cluster.sh 2 # no data center, no poller (benchmarks)
+#   REDIS_CLUSTER=1 scripts/cluster.sh 2 # on a throwaway 3-primary Redis Cluster
 #
 # Every node also reads the WSPUSH_* environment (see wspush --help).
 set -euo pipefail
@@ -26,6 +27,12 @@ case "$poller" in on | off) ;; *) echo "POLLER=$poller: want on or off" >&2; exi
 ensure_go
 ensure_redis
 ensure_rabbitmq
+redis_cluster=${REDIS_CLUSTER:-0}
+if [ "$redis_cluster" = 1 ]; then
+  . scripts/redis-cluster.sh
+  start_redis_cluster
+  redis_url=$WSPUSH_REDIS_CLUSTER_URL
+fi
 
 bin=$(mktemp -d /tmp/wspush-cluster.XXXXXX)
 pids=()
@@ -35,6 +42,7 @@ stop() {
   kill "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
   rm -f "$bin/wspush" "$bin/datacenter" # the logs stay for a look
+  if [ "$redis_cluster" = 1 ]; then stop_redis_cluster; fi
 }
 trap stop INT TERM EXIT
 

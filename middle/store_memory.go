@@ -2,6 +2,7 @@ package middle
 
 import (
 	"context"
+	"fmt"
 	"hash/maphash"
 	"sync"
 	"time"
@@ -31,6 +32,7 @@ type memoryShard struct {
 type memoryStream struct {
 	epoch string
 	seq   uint64
+	fence uint64              // the highest fencing token appended with
 	ring  []proto.Publication // ring[(seq-1) % size] holds seq; grows to size
 	at    []int64             // unix nanos each entry was appended, for TTL
 	ids   map[string]uint64   // idempotency id → seq, within the window
@@ -88,27 +90,36 @@ func (sh *memoryShard) stream(app, key string) *memoryStream {
 	return st
 }
 
-// AppendBatch implements Store; it never fails, and ignores fence (one
-// process sequences everything).
-func (s *MemoryStore) AppendBatch(_ context.Context, pubs []proto.Publication, _ uint64) (int, error) {
+// AppendBatch implements Store. It fails only when a fence is refused
+// (an embedded node has no partitions to lose, but the contract is the
+// same as a shared store's).
+func (s *MemoryStore) AppendBatch(_ context.Context, pubs []proto.Publication, fence uint64) (int, error) {
 	for i := range pubs {
-		s.append(&pubs[i])
+		if err := s.append(&pubs[i], fence); err != nil {
+			return i, err
+		}
 	}
 	return len(pubs), nil
 }
 
-func (s *MemoryStore) append(p *proto.Publication) {
+func (s *MemoryStore) append(p *proto.Publication, fence uint64) error {
 	sh := s.shard(p.App, p.Key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	st := sh.stream(p.App, p.Key)
+	if fence > 0 {
+		if st.fence > fence {
+			return fmt.Errorf("%s.%s: fence %d is below %d: %w", p.App, p.Key, fence, st.fence, ErrFenced)
+		}
+		st.fence = fence
+	}
 	now := s.now().UnixNano()
 	p.Epoch = st.epoch
 	if p.ID != "" {
 		s.expireIDs(st, now)
 		if seq, ok := st.ids[p.ID]; ok {
 			p.Seq = seq
-			return
+			return nil
 		}
 	}
 	st.seq++
@@ -127,11 +138,12 @@ func (s *MemoryStore) append(p *proto.Publication) {
 	if len(st.ring) < s.size {
 		st.ring = append(st.ring, *p)
 		st.at = append(st.at, now)
-		return
+		return nil
 	}
 	i := (st.seq - 1) % uint64(s.size)
 	st.ring[i] = *p
 	st.at[i] = now
+	return nil
 }
 
 // expireIDs forgets the idempotency ids older than the window.

@@ -1,4 +1,4 @@
-package middle
+package redis
 
 import (
 	"context"
@@ -13,8 +13,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/wspush/wspush/internal/retry"
+	"github.com/wspush/wspush/middle"
 	"github.com/wspush/wspush/proto"
 )
 
@@ -22,7 +24,7 @@ import (
 // connection IDs: Node.LocalSubscriptions.
 type SnapshotFunc func(fn func(app, key string, connIDs []uint64))
 
-// Defaults of RedisIndexConfig.
+// Defaults of IndexConfig.
 const (
 	DefaultIndexFlushInterval   = 50 * time.Millisecond
 	DefaultIndexBatchSize       = 1024
@@ -33,18 +35,20 @@ const (
 	DefaultIndexBackoffMax      = 5 * time.Second
 )
 
-// RedisIndexConfig configures a RedisIndex. The zero value of every field
-// but Client and NodeID means its default.
-type RedisIndexConfig struct {
-	// Client is the Redis every node shares. Required. The index runs Lua
-	// scripts over the keys of many apps, so Redis Cluster is not supported.
-	Client *redis.Client
+// IndexConfig configures an Index. The zero value of every field but
+// Client and NodeID means its default.
+type IndexConfig struct {
+	// Client is the Redis every node shares: a single Redis or a Redis
+	// Cluster. Required. Every index key carries the hash tag {index}, so
+	// on Redis Cluster the whole index lives on the shard of that one slot
+	// (docs/PROTOCOL.md, "Redis schema").
+	Client goredis.UniversalClient
 	// NodeID names this node in members (<node-id>/<conn-id>) and in its
 	// liveness key: 1–64 characters of [A-Za-z0-9_-], unique among the live
 	// nodes. A node restarted with the same ID replaces what its previous
 	// run left behind. Required.
 	NodeID string
-	// Prefix starts every key (default DefaultRedisPrefix, "wspush").
+	// Prefix starts every key (default DefaultPrefix, "wspush").
 	Prefix string
 	// FlushInterval is how often queued Add/Remove calls are written
 	// (default 50ms).
@@ -76,7 +80,7 @@ type RedisIndexConfig struct {
 	Registerer prometheus.Registerer
 }
 
-func (c RedisIndexConfig) withDefaults() RedisIndexConfig {
+func (c IndexConfig) withDefaults() IndexConfig {
 	if c.FlushInterval == 0 {
 		c.FlushInterval = DefaultIndexFlushInterval
 	}
@@ -106,14 +110,14 @@ func (c RedisIndexConfig) withDefaults() RedisIndexConfig {
 
 // Validate reports the first invalid field, judging each zero field by its
 // default.
-func (c RedisIndexConfig) Validate() error {
+func (c IndexConfig) Validate() error {
 	if c.Client == nil {
 		return errors.New("redis index: Client is required")
 	}
 	if err := proto.ValidateName(c.NodeID); err != nil {
 		return fmt.Errorf("redis index: node ID %q: %w", c.NodeID, err)
 	}
-	if err := validateRedisPrefix(c.Prefix); err != nil {
+	if err := ValidatePrefix(c.Prefix); err != nil {
 		return fmt.Errorf("redis index: %w", err)
 	}
 	switch {
@@ -142,22 +146,28 @@ func (c RedisIndexConfig) Validate() error {
 	return nil
 }
 
-// RedisIndex is the Index of the cluster mode: DESIGN.md's
-// <prefix>:sub:<app>:<key> (SET of <node-id>/<conn-id>),
-// <prefix>:keys:<app> (SET of the keys with a subscriber) and
-// <prefix>:node:<node-id> (liveness, with a TTL), plus this bookkeeping:
+// Index is the cluster-wide subscription index of docs/PROTOCOL.md, "Redis
+// schema" (middle.Index). Its keys all start with <p>:{index}: (one hash
+// slot):
 //
-//   - <prefix>:apps, SET of the apps whose keys SET is not empty (what
-//     Apps returns, without scanning the keyspace);
-//   - <prefix>:nodes, SET of the node IDs that registered and whose
-//     entries have not been removed yet;
-//   - <prefix>:nodesubs:<node-id>, SET of "<app>:<key>:<conn-id>", the
-//     node's share of the index, so that its entries can be removed exactly
-//     (when it dies, or when it rewrites them) without scanning sub sets.
+//   - sub:<app>:<key>, SET of the connections <node-id>/<conn-id>
+//     subscribed to the key;
+//   - keys:<app>, SET of the keys of app with a subscriber (what the poller
+//     polls);
+//   - node:<node-id>, the node's liveness key, with a TTL;
+//   - apps, SET of the apps whose keys SET is not empty (what Apps
+//     returns, without scanning the keyspace);
+//   - nodes, SET of the node IDs that registered and whose entries have
+//     not been removed yet;
+//   - nodesubs:<node-id>, SET of "<app>:<key>:<conn-id>", the node's share
+//     of the index, so that its entries can be removed exactly (when it
+//     dies, or when it rewrites them) without scanning sub sets.
 //
 // Every write goes through a Lua script that keeps those sets consistent:
 // a key leaves keys:<app> only in the script that emptied its sub set, so
-// a concurrent subscribe on another node cannot be lost.
+// a concurrent subscribe on another node cannot be lost. The scripts name
+// every key they touch in KEYS, all in the slot of {index}, so they run on
+// Redis Cluster too.
 //
 // Add and Remove only record the change in memory (the latest change of a
 // member wins); Run writes them every FlushInterval. When a write fails, or
@@ -166,11 +176,11 @@ func (c RedisIndexConfig) Validate() error {
 // rewrites its whole share from the SnapshotFunc once Redis answers: the
 // local subscriptions are the truth, so nothing needs to be queued while
 // Redis is away and memory stays bounded.
-type RedisIndex struct {
-	cfg    RedisIndexConfig
+type Index struct {
+	cfg    IndexConfig
 	log    *slog.Logger
-	client *redis.Client
-	keys   redisKeys
+	client goredis.UniversalClient
+	keys   keys
 	token  string // this run's value of the liveness key
 	m      *indexMetrics
 
@@ -199,18 +209,18 @@ type indexMember struct {
 
 var errIndexNotStarted = errors.New("index not written to Redis yet")
 
-// NewRedisIndex validates cfg and returns an index. Give it the node's
+// NewIndex validates cfg and returns an index. Give it the node's
 // subscriptions with SetSnapshot, then start Run.
-func NewRedisIndex(cfg RedisIndexConfig) (*RedisIndex, error) {
+func NewIndex(cfg IndexConfig) (*Index, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	x := &RedisIndex{
+	x := &Index{
 		cfg:     cfg,
 		log:     cfg.Logger.With("node", cfg.NodeID),
 		client:  cfg.Client,
-		keys:    newRedisKeys(cfg.Prefix),
+		keys:    newKeys(cfg.Prefix),
 		token:   instanceToken(),
 		wake:    make(chan struct{}, 1),
 		pending: make(map[indexMember]bool),
@@ -228,15 +238,15 @@ func NewRedisIndex(cfg RedisIndexConfig) (*RedisIndex, error) {
 // rewrites its share: Node.LocalSubscriptions. The index is built before
 // the node (the node's Config takes it), so this is a setter; Run refuses
 // to start without it.
-func (x *RedisIndex) SetSnapshot(fn SnapshotFunc) { x.snapshot.Store(&fn) }
+func (x *Index) SetSnapshot(fn SnapshotFunc) { x.snapshot.Store(&fn) }
 
-// Add implements Index: it records the change and never blocks on Redis.
-func (x *RedisIndex) Add(app, key string, connID uint64) { x.record(app, key, connID, true) }
+// Add implements middle.Index: it records the change and never blocks on Redis.
+func (x *Index) Add(app, key string, connID uint64) { x.record(app, key, connID, true) }
 
-// Remove implements Index like Add.
-func (x *RedisIndex) Remove(app, key string, connID uint64) { x.record(app, key, connID, false) }
+// Remove implements middle.Index like Add.
+func (x *Index) Remove(app, key string, connID uint64) { x.record(app, key, connID, false) }
 
-func (x *RedisIndex) record(app, key string, connID uint64, add bool) {
+func (x *Index) record(app, key string, connID uint64, add bool) {
 	x.mu.Lock()
 	if !x.recording {
 		x.mu.Unlock()
@@ -251,16 +261,16 @@ func (x *RedisIndex) record(app, key string, connID uint64, add bool) {
 	}
 }
 
-func (x *RedisIndex) poke() {
+func (x *Index) poke() {
 	select {
 	case x.wake <- struct{}{}:
 	default:
 	}
 }
 
-// Apps implements Index: the apps with at least one subscribed key,
+// Apps implements middle.Index: the apps with at least one subscribed key,
 // cluster-wide, sorted.
-func (x *RedisIndex) Apps(ctx context.Context) ([]string, error) {
+func (x *Index) Apps(ctx context.Context) ([]string, error) {
 	apps, err := x.client.SMembers(ctx, x.keys.apps()).Result()
 	if err != nil {
 		return nil, fmt.Errorf("redis index: list apps: %w", err)
@@ -269,25 +279,25 @@ func (x *RedisIndex) Apps(ctx context.Context) ([]string, error) {
 	return apps, nil
 }
 
-// Keys implements Index: the subscribed keys of app, cluster-wide, in no
+// Keys implements middle.Index: the subscribed keys of app, cluster-wide, in no
 // particular order, in a slice of the caller's own.
-func (x *RedisIndex) Keys(ctx context.Context, app string) ([]string, error) {
-	keys, err := x.client.SMembers(ctx, x.keys.keys(app)).Result()
+func (x *Index) Keys(ctx context.Context, app string) ([]string, error) {
+	ks, err := x.client.SMembers(ctx, x.keys.appKeys(app)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("redis index: list keys of %s: %w", app, err)
 	}
-	return keys, nil
+	return ks, nil
 }
 
 // Ready reports whether the index's last Redis round trip succeeded, for
 // /readyz; it is an error until the first write of Run.
-func (x *RedisIndex) Ready() error {
+func (x *Index) Ready() error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	return x.lastErr
 }
 
-func (x *RedisIndex) setReady(err error) {
+func (x *Index) setReady(err error) {
 	x.mu.Lock()
 	x.lastErr = err
 	x.mu.Unlock()
@@ -298,7 +308,7 @@ func (x *RedisIndex) setReady(err error) {
 // key and removes the entries of dead nodes. When ctx ends it removes this
 // node's entries and liveness key (within ShutdownTimeout) and returns nil.
 // It may be called once, after SetSnapshot.
-func (x *RedisIndex) Run(ctx context.Context) error {
+func (x *Index) Run(ctx context.Context) error {
 	if x.snapshot.Load() == nil {
 		return errors.New("redis index: Run before SetSnapshot")
 	}
@@ -316,10 +326,10 @@ func (x *RedisIndex) Run(ctx context.Context) error {
 
 // flushLoop writes queued changes, or the whole share when a rewrite is
 // due, and retries with backoff while Redis fails.
-func (x *RedisIndex) flushLoop(ctx context.Context) {
+func (x *Index) flushLoop(ctx context.Context) {
 	tick := time.NewTicker(x.cfg.FlushInterval)
 	defer tick.Stop()
-	bo := backoff{min: x.cfg.BackoffMin, max: x.cfg.BackoffMax}
+	bo := retry.Backoff{Min: x.cfg.BackoffMin, Max: x.cfg.BackoffMax}
 	var (
 		rewriteDue   = true // the first write replaces what a previous run left
 		failing      bool
@@ -361,7 +371,7 @@ func (x *RedisIndex) flushLoop(ctx context.Context) {
 			rewriteDue = false
 			if failing {
 				failing = false
-				bo.reset()
+				bo.Reset()
 				x.log.Info("index: Redis is back; this node's share of the index is rewritten",
 					"subscriptions", n, "down_for", time.Since(failingSince).Round(time.Millisecond))
 			}
@@ -382,9 +392,9 @@ func (x *RedisIndex) flushLoop(ctx context.Context) {
 
 		if failing {
 			if wait == nil {
-				wait = time.NewTimer(bo.next())
+				wait = time.NewTimer(bo.Next())
 			} else {
-				wait.Reset(bo.next())
+				wait.Reset(bo.Next())
 			}
 			select {
 			case <-ctx.Done():
@@ -403,94 +413,99 @@ func (x *RedisIndex) flushLoop(ctx context.Context) {
 }
 
 // stopRecording drops the queued changes: a rewrite is due.
-func (x *RedisIndex) stopRecording() {
+func (x *Index) stopRecording() {
 	x.mu.Lock()
 	x.recording = false
 	clear(x.pending)
 	x.mu.Unlock()
 }
 
-// indexHelpers are the Lua functions every write script shares. p is the
-// key prefix (with its ':'), node the node ID, conn a connection ID.
+// indexHelpers are the Lua functions every write script shares. They
+// touch only the keys the caller passes, which come from KEYS: sub is the
+// key's sub SET, appkeys its app's keys SET, apps and nodesubs the apps SET
+// and the node's nodesubs SET; conn is a connection ID, as a string.
 const indexHelpers = `
-local function subscribe(p, node, app, key, conn)
-  redis.call('SADD', p .. 'sub:' .. app .. ':' .. key, node .. '/' .. conn)
-  redis.call('SADD', p .. 'nodesubs:' .. node, app .. ':' .. key .. ':' .. conn)
-  redis.call('SADD', p .. 'keys:' .. app, key)
-  redis.call('SADD', p .. 'apps', app)
+local function subscribe(sub, appkeys, apps, nodesubs, node, app, key, conn)
+  redis.call('SADD', sub, node .. '/' .. conn)
+  redis.call('SADD', nodesubs, app .. ':' .. key .. ':' .. conn)
+  redis.call('SADD', appkeys, key)
+  redis.call('SADD', apps, app)
 end
-local function unsubscribe(p, node, app, key, conn)
-  local sub = p .. 'sub:' .. app .. ':' .. key
+local function unsubscribe(sub, appkeys, apps, nodesubs, node, app, key, conn)
   redis.call('SREM', sub, node .. '/' .. conn)
-  redis.call('SREM', p .. 'nodesubs:' .. node, app .. ':' .. key .. ':' .. conn)
+  redis.call('SREM', nodesubs, app .. ':' .. key .. ':' .. conn)
   if redis.call('EXISTS', sub) == 0 then
-    local keys = p .. 'keys:' .. app
-    redis.call('SREM', keys, key)
-    if redis.call('EXISTS', keys) == 0 then
-      redis.call('SREM', p .. 'apps', app)
+    redis.call('SREM', appkeys, key)
+    if redis.call('EXISTS', appkeys) == 0 then
+      redis.call('SREM', apps, app)
     end
   end
 end
 `
 
 // indexApplyScript applies changes of one node.
-// ARGV[1] prefix, ARGV[2] node, then per change: "+" or "-", app, key, conn.
-var indexApplyScript = redis.NewScript(indexHelpers + `
-local p, node = ARGV[1], ARGV[2]
-for i = 3, #ARGV, 4 do
-  if ARGV[i] == '+' then
-    subscribe(p, node, ARGV[i+1], ARGV[i+2], ARGV[i+3])
+// KEYS[1] apps, KEYS[2] the node's nodesubs, then per change its sub and
+// its app's keys SET; ARGV[1] node, then per change: "+" or "-", app, key,
+// conn.
+var indexApplyScript = goredis.NewScript(indexHelpers + `
+local node = ARGV[1]
+local n = (#ARGV - 1) / 4
+for i = 0, n - 1 do
+  local k, a = 3 + 2 * i, 2 + 4 * i
+  if ARGV[a] == '+' then
+    subscribe(KEYS[k], KEYS[k+1], KEYS[1], KEYS[2], node, ARGV[a+1], ARGV[a+2], ARGV[a+3])
   else
-    unsubscribe(p, node, ARGV[i+1], ARGV[i+2], ARGV[i+3])
+    unsubscribe(KEYS[k], KEYS[k+1], KEYS[1], KEYS[2], node, ARGV[a+1], ARGV[a+2], ARGV[a+3])
   end
 end
 return 0
 `)
 
-// indexReapScript removes up to ARGV[3] entries of a node whose liveness
-// key is gone. Each call is atomic and first checks the liveness key, so a
-// node that comes back stops the cleanup before its rewrite, and two nodes
-// cleaning up at once share the work (SPOP).
-// KEYS[1] liveness key, KEYS[2] nodesubs, KEYS[3] nodes; ARGV[1] prefix,
-// ARGV[2] node, ARGV[3] count.
+// indexReapScript removes entries of a node whose liveness key is gone:
+// the entries the caller read from its nodesubs SET. Each call is atomic
+// and first checks the liveness key, so a node that comes back stops the
+// cleanup before its rewrite; two nodes cleaning up at once may remove the
+// same entries, which is harmless. When the nodesubs SET is empty, the
+// call unregisters the node.
+// KEYS[1] liveness key, KEYS[2] nodesubs, KEYS[3] nodes, KEYS[4] apps,
+// then per entry its sub and its app's keys SET; ARGV[1] node, then per
+// entry: app, key, conn.
 // Returns {state, removed}; state 1: more to go, 0: done and the node
 // unregistered by this call, -1: the node is alive, -2: done by another.
-var indexReapScript = redis.NewScript(indexHelpers + `
+var indexReapScript = goredis.NewScript(indexHelpers + `
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {-1, 0}
 end
-local p, node = ARGV[1], ARGV[2]
-local entries = redis.call('SPOP', KEYS[2], ARGV[3])
-for _, e in ipairs(entries) do
-  local app, key, conn = string.match(e, '^([^:]+):([^:]+):([^:]+)$')
-  if app then
-    unsubscribe(p, node, app, key, conn)
-  end
+local node = ARGV[1]
+local n = (#ARGV - 1) / 3
+for i = 0, n - 1 do
+  local k, a = 5 + 2 * i, 2 + 3 * i
+  unsubscribe(KEYS[k], KEYS[k+1], KEYS[4], KEYS[2], node, ARGV[a], ARGV[a+1], ARGV[a+2])
 end
-if #entries > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
-  return {1, #entries}
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {1, n}
 end
 if redis.call('SREM', KEYS[3], node) == 1 then
-  return {0, #entries}
+  return {0, n}
 end
-return {-2, #entries}
+return {-2, n}
 `)
 
 // indexRegisterScript sets the liveness key and registers the node.
 // KEYS[1] liveness key, KEYS[2] nodes; ARGV[1] token, ARGV[2] TTL in ms,
 // ARGV[3] node. Returns the key's previous value (nil: it had expired).
-var indexRegisterScript = redis.NewScript(`
+var indexRegisterScript = goredis.NewScript(`
 local old = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
 return old
 `)
 
-var indexScripts = []*redis.Script{indexApplyScript, indexReapScript, indexRegisterScript}
+var indexScripts = []*goredis.Script{indexApplyScript, indexReapScript, indexRegisterScript}
 
 // flush writes the queued changes in one pipeline; wrote is false when
 // there were none.
-func (x *RedisIndex) flush(ctx context.Context) (wrote bool, err error) {
+func (x *Index) flush(ctx context.Context) (wrote bool, err error) {
 	x.mu.Lock()
 	if len(x.pending) == 0 {
 		x.mu.Unlock()
@@ -512,7 +527,7 @@ func (x *RedisIndex) flush(ctx context.Context) (wrote bool, err error) {
 	return true, nil
 }
 
-func (x *RedisIndex) markFlushed(upTo uint64) {
+func (x *Index) markFlushed(upTo uint64) {
 	x.mu.Lock()
 	x.flushed = max(x.flushed, upTo)
 	x.mu.Unlock()
@@ -524,25 +539,29 @@ type indexOp struct {
 }
 
 // apply writes ops, BatchSize per script call, in one pipeline.
-func (x *RedisIndex) apply(ctx context.Context, ops []indexOp) error {
+func (x *Index) apply(ctx context.Context, ops []indexOp) error {
 	if len(ops) == 0 {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, x.cfg.Timeout)
 	defer cancel()
-	return x.pipelineScripts(ctx, func(pipe redis.Pipeliner) {
+	node := x.cfg.NodeID
+	return x.pipelineScripts(ctx, func(pipe goredis.Pipeliner) {
 		for start := 0; start < len(ops); start += x.cfg.BatchSize {
 			chunk := ops[start:min(start+x.cfg.BatchSize, len(ops))]
-			args := make([]any, 0, 2+4*len(chunk))
-			args = append(args, x.keys.p, x.cfg.NodeID)
+			ks := make([]string, 0, 2+2*len(chunk))
+			ks = append(ks, x.keys.apps(), x.keys.nodeSubs(node))
+			args := make([]any, 0, 1+4*len(chunk))
+			args = append(args, node)
 			for _, op := range chunk {
 				sign := "-"
 				if op.add {
 					sign = "+"
 				}
+				ks = append(ks, x.keys.sub(op.app, op.key), x.keys.appKeys(op.app))
 				args = append(args, sign, op.app, op.key, strconv.FormatUint(op.conn, 10))
 			}
-			indexApplyScript.EvalSha(ctx, pipe, nil, args...)
+			indexApplyScript.EvalSha(ctx, pipe, ks, args...)
 		}
 	})
 }
@@ -551,9 +570,9 @@ func (x *RedisIndex) apply(ctx context.Context, ops []indexOp) error {
 // cannot fall back to EVAL inside a pipeline, so a NOSCRIPT (Redis
 // restarted) loads them and runs the pipeline again: every index script is
 // idempotent.
-func (x *RedisIndex) pipelineScripts(ctx context.Context, queue func(redis.Pipeliner)) error {
+func (x *Index) pipelineScripts(ctx context.Context, queue func(goredis.Pipeliner)) error {
 	for attempt := 0; ; attempt++ {
-		_, err := x.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		_, err := x.client.Pipelined(ctx, func(pipe goredis.Pipeliner) error {
 			queue(pipe)
 			return nil
 		})
@@ -566,7 +585,7 @@ func (x *RedisIndex) pipelineScripts(ctx context.Context, queue func(redis.Pipel
 	}
 }
 
-func (x *RedisIndex) loadScripts(ctx context.Context) error {
+func (x *Index) loadScripts(ctx context.Context) error {
 	for _, s := range indexScripts {
 		if err := s.Load(ctx, x.client).Err(); err != nil {
 			return fmt.Errorf("load index scripts: %w", err)
@@ -577,14 +596,14 @@ func (x *RedisIndex) loadScripts(ctx context.Context) error {
 
 // register sets the liveness key and registers the node. It returns the
 // key's previous value, "" when the key had expired (or never existed).
-func (x *RedisIndex) register(ctx context.Context) (old string, err error) {
+func (x *Index) register(ctx context.Context) (old string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, x.cfg.Timeout)
 	defer cancel()
 	old, err = indexRegisterScript.Run(ctx, x.client,
 		[]string{x.keys.node(x.cfg.NodeID), x.keys.nodes()},
 		x.token, x.cfg.NodeTTL.Milliseconds(), x.cfg.NodeID).Text()
 	switch {
-	case errors.Is(err, redis.Nil):
+	case errors.Is(err, goredis.Nil):
 		return "", nil
 	case err != nil:
 		return "", fmt.Errorf("refresh liveness key: %w", err)
@@ -598,7 +617,7 @@ func (x *RedisIndex) register(ctx context.Context) (old string, err error) {
 // keys:<app> throughout. Changes recorded meanwhile are written by the
 // next flush; those that the snapshot already saw are written twice,
 // which is harmless.
-func (x *RedisIndex) rewrite(ctx context.Context) (int, error) {
+func (x *Index) rewrite(ctx context.Context) (int, error) {
 	x.mu.Lock()
 	clear(x.pending)
 	x.recording = true
@@ -687,7 +706,9 @@ func parseNodeSub(e string) (indexMember, bool) {
 		return indexMember{}, false
 	}
 	id, err := strconv.ParseUint(conn, 10, 64)
-	if err != nil || app == "" || key == "" {
+	// Only the canonical form: the scripts rebuild the entry from its
+	// parts, and must remove exactly the entry that was read.
+	if err != nil || app == "" || key == "" || strconv.FormatUint(id, 10) != conn {
 		return indexMember{}, false
 	}
 	return indexMember{app, key, id}, true
@@ -696,7 +717,7 @@ func parseNodeSub(e string) (indexMember, bool) {
 // keepAlive refreshes the liveness key every NodeTTL/3. A refresh that
 // finds the key gone (Redis lost it, or this node could not refresh it in
 // time and the others may have removed its entries) asks for a rewrite.
-func (x *RedisIndex) keepAlive(ctx context.Context) {
+func (x *Index) keepAlive(ctx context.Context) {
 	tick := time.NewTicker(x.cfg.NodeTTL / 3)
 	defer tick.Stop()
 	failing, warnedDuplicate := false, false
@@ -735,7 +756,7 @@ func (x *RedisIndex) keepAlive(ctx context.Context) {
 }
 
 // reapLoop looks for dead nodes every NodeTTL/2.
-func (x *RedisIndex) reapLoop(ctx context.Context) {
+func (x *Index) reapLoop(ctx context.Context) {
 	tick := time.NewTicker(x.cfg.NodeTTL / 2)
 	defer tick.Stop()
 	failing, level := false, slog.LevelWarn
@@ -771,7 +792,7 @@ func (x *RedisIndex) reapLoop(ctx context.Context) {
 
 // reapDead removes the entries of every registered node whose liveness key
 // is gone.
-func (x *RedisIndex) reapDead(ctx context.Context) error {
+func (x *Index) reapDead(ctx context.Context) error {
 	tctx, cancel := context.WithTimeout(ctx, x.cfg.Timeout)
 	defer cancel()
 	nodes, err := x.client.SMembers(tctx, x.keys.nodes()).Result()
@@ -782,8 +803,8 @@ func (x *RedisIndex) reapDead(ctx context.Context) error {
 	if len(nodes) == 0 {
 		return nil
 	}
-	cmds := make([]*redis.IntCmd, len(nodes))
-	if _, err := x.client.Pipelined(tctx, func(pipe redis.Pipeliner) error {
+	cmds := make([]*goredis.IntCmd, len(nodes))
+	if _, err := x.client.Pipelined(tctx, func(pipe goredis.Pipeliner) error {
 		for i, n := range nodes {
 			cmds[i] = pipe.Exists(tctx, x.keys.node(n))
 		}
@@ -814,12 +835,43 @@ func (x *RedisIndex) reapDead(ctx context.Context) error {
 const reapChunk = 256
 
 // reap removes the entries of node, chunk by chunk, while its liveness key
-// stays absent. done is whether this call unregistered the node.
-func (x *RedisIndex) reap(ctx context.Context, node string) (removed int, done bool, err error) {
-	keys := []string{x.keys.node(node), x.keys.nodeSubs(node), x.keys.nodes()}
+// stays absent. done is whether this call unregistered the node. Each
+// round reads up to reapChunk entries of the node's nodesubs SET and hands
+// them to the reap script, which declares every key it touches (Redis
+// Cluster) and so cannot read the SET itself.
+func (x *Index) reap(ctx context.Context, node string) (removed int, done bool, err error) {
+	nodeSubs := x.keys.nodeSubs(node)
 	for {
 		tctx, cancel := context.WithTimeout(ctx, x.cfg.Timeout)
-		res, err := indexReapScript.Run(tctx, x.client, keys, x.keys.p, node, reapChunk).Int64Slice()
+		entries, err := x.client.SRandMemberN(tctx, nodeSubs, reapChunk).Result()
+		cancel()
+		if err != nil {
+			return removed, false, fmt.Errorf("read the entries: %w", err)
+		}
+		ks := make([]string, 0, 4+2*len(entries))
+		ks = append(ks, x.keys.node(node), nodeSubs, x.keys.nodes(), x.keys.apps())
+		args := make([]any, 0, 1+3*len(entries))
+		args = append(args, node)
+		var malformed []any
+		for _, e := range entries {
+			m, ok := parseNodeSub(e)
+			if !ok {
+				malformed = append(malformed, e) // not written by wspush
+				continue
+			}
+			ks = append(ks, x.keys.sub(m.app, m.key), x.keys.appKeys(m.app))
+			args = append(args, m.app, m.key, strconv.FormatUint(m.conn, 10))
+		}
+		if len(malformed) > 0 {
+			tctx, cancel := context.WithTimeout(ctx, x.cfg.Timeout)
+			err := x.client.SRem(tctx, nodeSubs, malformed...).Err()
+			cancel()
+			if err != nil {
+				return removed, false, fmt.Errorf("remove %d malformed entries: %w", len(malformed), err)
+			}
+		}
+		tctx, cancel = context.WithTimeout(ctx, x.cfg.Timeout)
+		res, err := indexReapScript.Run(tctx, x.client, ks, args...).Int64Slice()
 		cancel()
 		if err != nil {
 			return removed, false, err
@@ -841,7 +893,7 @@ func (x *RedisIndex) reap(ctx context.Context, node string) (removed int, done b
 // shutdown removes this node's entries and liveness key, so that a node
 // stopped cleanly leaves nothing behind. Later Add and Remove calls are
 // ignored.
-func (x *RedisIndex) shutdown() {
+func (x *Index) shutdown() {
 	x.stopRecording()
 	ctx, cancel := context.WithTimeout(context.Background(), x.cfg.ShutdownTimeout)
 	defer cancel()
@@ -859,13 +911,13 @@ func (x *RedisIndex) shutdown() {
 }
 
 // synced reports whether every change recorded so far has been written.
-func (x *RedisIndex) synced() bool {
+func (x *Index) synced() bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	return x.flushed == x.queued && len(x.pending) == 0
 }
 
-func (x *RedisIndex) pendingLen() int {
+func (x *Index) pendingLen() int {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	return len(x.pending)
@@ -886,7 +938,7 @@ func (m *indexMetrics) flushed(err error) {
 	}
 }
 
-func newIndexMetrics(reg prometheus.Registerer, x *RedisIndex) (*indexMetrics, error) {
+func newIndexMetrics(reg prometheus.Registerer, x *Index) (*indexMetrics, error) {
 	flushes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "wspush_index_flushes_total",
 		Help: "Writes to the Redis index (flushes of queued subscription changes, and rewrites of this node's share), by result (ok, error).",
@@ -923,4 +975,4 @@ func newIndexMetrics(reg prometheus.Registerer, x *RedisIndex) (*indexMetrics, e
 	return m, nil
 }
 
-var _ Index = (*RedisIndex)(nil)
+var _ middle.Index = (*Index)(nil)

@@ -1,12 +1,17 @@
-package middle
+package redis
 
 import (
 	"bytes"
 	"context"
+	crand "crypto/rand"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"net"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,44 +20,308 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/wspush/wspush/internal/testutil"
 )
 
-// redisLogBuffer collects log lines across goroutines.
-type redisLogBuffer struct {
+// The helpers named idx* serve the tests of the index, the leases and the
+// claims.
+
+// idxRedisURL is the Redis the tests use: WSPUSH_REDIS_URL, else the local
+// default. When it does not answer, the test fails if CI is set and is
+// skipped otherwise.
+func idxRedisURL(t testing.TB) string {
+	t.Helper()
+	u := os.Getenv("WSPUSH_REDIS_URL")
+	if u == "" {
+		u = "redis://127.0.0.1:6379/0"
+	}
+	return u
+}
+
+// idxClient returns a client of the test Redis, closed when the test ends.
+func idxClient(t testing.TB) goredis.UniversalClient {
+	t.Helper()
+	return idxClientOf(t, idxRedisURL(t), false)
+}
+
+// idxClusterClient returns a client of the Redis Cluster of
+// WSPUSH_REDIS_CLUSTER_URL; without it the test is skipped.
+func idxClusterClient(t testing.TB) goredis.UniversalClient {
+	t.Helper()
+	u := os.Getenv("WSPUSH_REDIS_CLUSTER_URL")
+	if u == "" {
+		t.Skip("WSPUSH_REDIS_CLUSTER_URL not set: no Redis Cluster to test against")
+	}
+	return idxClientOf(t, u, true)
+}
+
+func idxClientOf(t testing.TB, rawURL string, cluster bool) goredis.UniversalClient {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := NewClient(ctx, rawURL, "wspush-test-idx")
+	if err != nil {
+		if cluster || os.Getenv("CI") != "" {
+			t.Fatalf("Redis is required: %v", err)
+		}
+		t.Skipf("Redis not reachable (set CI to fail instead): %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// idxPrefix returns a key prefix of this test alone, and deletes every key
+// under it when the test ends.
+func idxPrefix(t testing.TB, c goredis.UniversalClient) string {
+	t.Helper()
+	p := "t-" + strings.ToLower(crand.Text()[:12])
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, k := range idxKeysUnder(t, c, p) {
+			if err := c.Del(ctx, k).Err(); err != nil {
+				t.Errorf("clean up prefix %s: %v", p, err)
+				return
+			}
+		}
+	})
+	return p
+}
+
+// idxKeysUnder lists the keys under prefix, on every primary of a cluster.
+func idxKeysUnder(t testing.TB, c goredis.UniversalClient, prefix string) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var (
+		mu   sync.Mutex
+		keys []string
+	)
+	scan := func(ctx context.Context, n goredis.UniversalClient) error {
+		iter := n.Scan(ctx, 0, prefix+":*", 1000).Iterator()
+		for iter.Next(ctx) {
+			mu.Lock()
+			keys = append(keys, iter.Val())
+			mu.Unlock()
+		}
+		return iter.Err()
+	}
+	var err error
+	if cc, ok := c.(*goredis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, n *goredis.Client) error { return scan(ctx, n) })
+	} else {
+		err = scan(ctx, c)
+	}
+	if err != nil {
+		t.Fatalf("scan %s:*: %v", prefix, err)
+	}
+	return keys
+}
+
+func idxMetric(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
+	t.Helper()
+	v, _ := testutil.Metric(t, reg, name, labels...)
+	return v
+}
+
+var errIdxNotYet = errors.New("not yet")
+
+// idxProxy is a TCP proxy in front of the test Redis that a test can cut
+// (every connection dropped, new ones refused) and restore: a Redis outage
+// as the client sees it, without disturbing the tests that share Redis.
+type idxProxy struct {
+	t      testing.TB
+	ln     net.Listener
+	target string
+	db     int
+
+	mu    sync.Mutex
+	down  bool
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+func newIdxProxy(t testing.TB) *idxProxy {
+	t.Helper()
+	idxClient(t) // skip or fail when Redis does not answer
+	u := idxRedisURL(t)
+	opt, err := goredis.ParseURL(u)
+	if err != nil {
+		t.Fatalf("parse %s: %v", u, err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	p := &idxProxy{t: t, ln: ln, target: opt.Addr, db: opt.DB, conns: make(map[net.Conn]struct{})}
+	p.wg.Go(p.accept)
+	t.Cleanup(func() {
+		_ = ln.Close()
+		p.setDown(true)
+		p.wg.Wait()
+	})
+	return p
+}
+
+// client returns a client of the test Redis through the proxy, with short
+// timeouts so that an outage is noticed quickly.
+func (p *idxProxy) client() goredis.UniversalClient {
+	c := goredis.NewClient(&goredis.Options{
+		Addr:                     p.ln.Addr().String(),
+		DB:                       p.db,
+		DialTimeout:              time.Second,
+		ReadTimeout:              time.Second,
+		WriteTimeout:             time.Second,
+		MaxRetries:               -1,
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+	})
+	p.t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func (p *idxProxy) accept() {
+	for {
+		in, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		if p.down {
+			p.mu.Unlock()
+			_ = in.Close()
+			continue
+		}
+		out, err := net.DialTimeout("tcp", p.target, time.Second)
+		if err != nil {
+			p.mu.Unlock()
+			_ = in.Close()
+			continue
+		}
+		p.conns[in], p.conns[out] = struct{}{}, struct{}{}
+		p.mu.Unlock()
+		pipe := func(dst, src net.Conn) {
+			_, _ = io.Copy(dst, src)
+			_ = dst.Close()
+			_ = src.Close()
+			p.mu.Lock()
+			delete(p.conns, dst)
+			delete(p.conns, src)
+			p.mu.Unlock()
+		}
+		p.wg.Go(func() { pipe(out, in) })
+		p.wg.Go(func() { pipe(in, out) })
+	}
+}
+
+// setDown cuts (true) or restores (false) the path to Redis.
+func (p *idxProxy) setDown(down bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = down
+	if down {
+		for c := range p.conns {
+			_ = c.Close()
+		}
+	}
+}
+
+// idxLogBuffer collects log lines across goroutines.
+type idxLogBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *redisLogBuffer) Write(p []byte) (int, error) {
+func (b *idxLogBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-// count is how many lines contain s.
-func (b *redisLogBuffer) count(s string) int {
+// count is how many times s occurs.
+func (b *idxLogBuffer) count(s string) int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return strings.Count(b.buf.String(), s)
 }
 
-func (b *redisLogBuffer) String() string {
+func (b *idxLogBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
 
-// indexFixture is a RedisIndex running under a Node whose subscriptions
-// it mirrors.
-type indexFixture struct {
+// idxLocal stands for a node's local subscriptions: it records them and
+// tells the index, as middle.Node does, and is the index's snapshot
+// (Node.LocalSubscriptions).
+type idxLocal struct {
+	ix *Index
+
+	mu    sync.Mutex
+	next  uint64
+	conns map[uint64]map[[2]string]bool // conn → (app, key)
+}
+
+// sub subscribes a new connection to keys of app and returns its ID.
+func (l *idxLocal) sub(app string, keys ...string) uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.next++
+	id := l.next
+	l.conns[id] = map[[2]string]bool{}
+	for _, k := range keys {
+		l.conns[id][[2]string{app, k}] = true
+		l.ix.Add(app, k, id)
+	}
+	return id
+}
+
+// unsub unsubscribes connection id from keys of app.
+func (l *idxLocal) unsub(id uint64, app string, keys ...string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, k := range keys {
+		if l.conns[id][[2]string{app, k}] {
+			delete(l.conns[id], [2]string{app, k})
+			l.ix.Remove(app, k, id)
+		}
+	}
+}
+
+// close unsubscribes connection id from everything.
+func (l *idxLocal) close(id uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for ak := range l.conns[id] {
+		l.ix.Remove(ak[0], ak[1], id)
+	}
+	delete(l.conns, id)
+}
+
+func (l *idxLocal) snapshot(fn func(app, key string, connIDs []uint64)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	byKey := map[[2]string][]uint64{}
+	for id, aks := range l.conns {
+		for ak := range aks {
+			byKey[ak] = append(byKey[ak], id)
+		}
+	}
+	for ak, ids := range byKey {
+		fn(ak[0], ak[1], ids)
+	}
+}
+
+// idxFixture is an Index running for a node whose local subscriptions it
+// mirrors.
+type idxFixture struct {
 	id     string
-	ix     *RedisIndex
-	node   *Node
+	ix     *Index
+	local  *idxLocal
 	reg    *prometheus.Registry
-	logs   *redisLogBuffer
+	logs   *idxLogBuffer
 	cancel context.CancelFunc
 	done   chan error
 
@@ -61,10 +330,10 @@ type indexFixture struct {
 
 // startIndex starts an index for nodeID under prefix on client c, with
 // short intervals; mod adjusts the config. The index stops with the test.
-func startIndex(t *testing.T, c *redis.Client, prefix, nodeID string, mod func(*RedisIndexConfig)) *indexFixture {
+func startIndex(t *testing.T, c goredis.UniversalClient, prefix, nodeID string, mod func(*IndexConfig)) *idxFixture {
 	t.Helper()
-	f := &indexFixture{id: nodeID, reg: prometheus.NewRegistry(), logs: &redisLogBuffer{}, done: make(chan error, 1)}
-	cfg := RedisIndexConfig{
+	f := &idxFixture{id: nodeID, reg: prometheus.NewRegistry(), logs: &idxLogBuffer{}, done: make(chan error, 1)}
+	cfg := IndexConfig{
 		Client:        c,
 		NodeID:        nodeID,
 		Prefix:        prefix,
@@ -79,13 +348,13 @@ func startIndex(t *testing.T, c *redis.Client, prefix, nodeID string, mod func(*
 	if mod != nil {
 		mod(&cfg)
 	}
-	ix, err := NewRedisIndex(cfg)
+	ix, err := NewIndex(cfg)
 	if err != nil {
-		t.Fatalf("NewRedisIndex: %v", err)
+		t.Fatalf("NewIndex: %v", err)
 	}
 	f.ix = ix
-	f.node = newTestNode(t, Config{Index: ix})
-	ix.SetSnapshot(f.node.LocalSubscriptions)
+	f.local = &idxLocal{ix: ix, conns: map[uint64]map[[2]string]bool{}}
+	ix.SetSnapshot(f.local.snapshot)
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
 	go func() { f.done <- ix.Run(ctx) }()
@@ -95,7 +364,7 @@ func startIndex(t *testing.T, c *redis.Client, prefix, nodeID string, mod func(*
 
 // stop ends Run (its clean shutdown included) and waits for it; later
 // calls do nothing.
-func (f *indexFixture) stop(t *testing.T) {
+func (f *idxFixture) stop(t *testing.T) {
 	t.Helper()
 	f.stopOnce.Do(func() {
 		f.cancel()
@@ -110,19 +379,11 @@ func (f *indexFixture) stop(t *testing.T) {
 	})
 }
 
-// sub subscribes a new connection to keys of app and returns it.
-func (f *indexFixture) sub(t *testing.T, app string, keys ...string) *recorder {
-	t.Helper()
-	r := newRecorder()
-	subscribe(t, f.node, r, SubscribeRequest{App: app, Keys: keys})
-	return r
-}
+func (f *idxFixture) sub(app string, keys ...string) uint64 { return f.local.sub(app, keys...) }
 
-func (f *indexFixture) unsub(r *recorder, app string, keys ...string) {
-	f.node.Unsubscribe(context.Background(), r, app, keys)
-}
+func (f *idxFixture) unsub(id uint64, app string, keys ...string) { f.local.unsub(id, app, keys...) }
 
-func (f *indexFixture) waitReady(t *testing.T) {
+func (f *idxFixture) waitReady(t *testing.T) {
 	t.Helper()
 	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, f.ix.Ready)
 }
@@ -151,7 +412,7 @@ func (s indexState) String() string {
 }
 
 // readIndexState reads every index set under prefix.
-func readIndexState(t testing.TB, c *redis.Client, prefix string) indexState {
+func readIndexState(t testing.TB, c goredis.UniversalClient, prefix string) indexState {
 	t.Helper()
 	ctx := context.Background()
 	s := indexState{subs: map[string][]string{}, keys: map[string][]string{}, nodeSubs: map[string][]string{}}
@@ -163,8 +424,12 @@ func readIndexState(t testing.TB, c *redis.Client, prefix string) indexState {
 		slices.Sort(m)
 		return m
 	}
-	for _, k := range redisKeysUnder(t, c, prefix) {
-		rest := strings.TrimPrefix(k, prefix+":")
+	idx := newKeys(prefix).idx()
+	for _, k := range idxKeysUnder(t, c, prefix) {
+		rest, ok := strings.CutPrefix(k, idx)
+		if !ok {
+			continue
+		}
 		switch {
 		case strings.HasPrefix(rest, "sub:"):
 			s.subs[strings.TrimPrefix(rest, "sub:")] = members(k)
@@ -179,13 +444,12 @@ func readIndexState(t testing.TB, c *redis.Client, prefix string) indexState {
 	return s
 }
 
-// wantIndexState is the index the live fixtures' local subscriptions
-// call for.
-func wantIndexState(fs ...*indexFixture) indexState {
+// wantIndexState is the index the fixtures' local subscriptions call for.
+func wantIndexState(fs ...*idxFixture) indexState {
 	s := indexState{subs: map[string][]string{}, keys: map[string][]string{}, nodeSubs: map[string][]string{}}
 	keys := map[string]map[string]bool{}
 	for _, f := range fs {
-		f.node.LocalSubscriptions(func(app, key string, ids []uint64) {
+		f.local.snapshot(func(app, key string, ids []uint64) {
 			for _, id := range ids {
 				c := strconv.FormatUint(id, 10)
 				s.subs[app+":"+key] = append(s.subs[app+":"+key], f.id+"/"+c)
@@ -212,7 +476,7 @@ func wantIndexState(fs ...*indexFixture) indexState {
 
 // waitIndexState waits until Redis holds exactly what the fixtures'
 // subscriptions call for.
-func waitIndexState(t *testing.T, c *redis.Client, prefix string, fs ...*indexFixture) {
+func waitIndexState(t *testing.T, c goredis.UniversalClient, prefix string, fs ...*idxFixture) {
 	t.Helper()
 	testutil.Eventually(t, 10*time.Second, 10*time.Millisecond, func() error {
 		got, want := readIndexState(t, c, prefix), wantIndexState(fs...)
@@ -223,18 +487,18 @@ func waitIndexState(t *testing.T, c *redis.Client, prefix string, fs ...*indexFi
 	})
 }
 
-func TestRedisIndexAddRemove(t *testing.T) {
-	c := redisForTest(t)
-	prefix := redisTestPrefix(t, c)
+func TestIndexAddRemove(t *testing.T) {
+	c := idxClient(t)
+	prefix := idxPrefix(t, c)
 	f := startIndex(t, c, prefix, "n1", nil)
 	ctx := context.Background()
 
-	r1 := f.sub(t, "plant-7", "001", "002")
-	r2 := f.sub(t, "plant-7", "001")
-	r3 := f.sub(t, "demo", "s001")
+	r1 := f.sub("plant-7", "001", "002")
+	r2 := f.sub("plant-7", "001")
+	r3 := f.sub("demo", "s001")
 	waitIndexState(t, c, prefix, f)
 	got := readIndexState(t, c, prefix)
-	if want := []string{"n1/" + strconv.FormatUint(r1.ConnID(), 10), "n1/" + strconv.FormatUint(r2.ConnID(), 10)}; !slices.Equal(got.subs["plant-7:001"], slices.Sorted(slices.Values(want))) {
+	if want := []string{"n1/" + strconv.FormatUint(r1, 10), "n1/" + strconv.FormatUint(r2, 10)}; !slices.Equal(got.subs["plant-7:001"], want) {
 		t.Errorf("sub:plant-7:001 = %v, want %v", got.subs["plant-7:001"], want)
 	}
 	apps, err := f.ix.Apps(ctx)
@@ -258,20 +522,40 @@ func TestRedisIndexAddRemove(t *testing.T) {
 	if keys, err := f.ix.Keys(ctx, "plant-7"); err != nil || len(keys) != 0 {
 		t.Errorf("Keys(plant-7) after every unsubscribe = %v, %v; want none", keys, err)
 	}
-	if n := redisMetric(t, f.reg, "wspush_index_flushes_total", "result", "ok"); n < 2 {
+	if n := idxMetric(t, f.reg, "wspush_index_flushes_total", "result", "ok"); n < 2 {
 		t.Errorf("flushes_total{ok} = %v, want at least 2", n)
 	}
-	if n := redisMetric(t, f.reg, "wspush_index_rewrites_total"); n != 1 {
+	if n := idxMetric(t, f.reg, "wspush_index_rewrites_total"); n != 1 {
 		t.Errorf("rewrites_total = %v, want 1 (the start)", n)
 	}
 }
 
-// TestRedisIndexBatching: changes wait for FlushInterval or BatchSize, and
-// the changes of one member coalesce.
-func TestRedisIndexBatching(t *testing.T) {
-	c := redisForTest(t)
-	prefix := redisTestPrefix(t, c)
-	f := startIndex(t, c, prefix, "n1", func(cfg *RedisIndexConfig) {
+// TestIndexKeysShareOneSlot: every key the index writes carries the hash
+// tag {index}, so that its scripts run on Redis Cluster
+// (docs/PROTOCOL.md, "Redis schema").
+func TestIndexKeysShareOneSlot(t *testing.T) {
+	c := idxClient(t)
+	prefix := idxPrefix(t, c)
+	f := startIndex(t, c, prefix, "n1", nil)
+	f.sub("app", "k1", "k2")
+	waitIndexState(t, c, prefix, f)
+	keys := idxKeysUnder(t, c, prefix)
+	if len(keys) < 6 { // sub ×2, keys, apps, nodes, node, nodesubs
+		t.Fatalf("index keys %v, want at least 6", keys)
+	}
+	for _, k := range keys {
+		if !strings.HasPrefix(k, prefix+":{index}:") {
+			t.Errorf("key %q lacks the {index} hash tag", k)
+		}
+	}
+}
+
+// TestIndexBatching: changes wait for FlushInterval or BatchSize, and the
+// changes of one member coalesce.
+func TestIndexBatching(t *testing.T) {
+	c := idxClient(t)
+	prefix := idxPrefix(t, c)
+	f := startIndex(t, c, prefix, "n1", func(cfg *IndexConfig) {
 		cfg.FlushInterval = time.Hour
 		cfg.BatchSize = 4
 	})
@@ -282,7 +566,7 @@ func TestRedisIndexBatching(t *testing.T) {
 	ix.Add("app", "a", 1)
 	ix.Add("app", "b", 2)
 	ix.Remove("app", "c", 3)
-	if n := redisMetric(t, f.reg, "wspush_index_pending"); n != 3 {
+	if n := idxMetric(t, f.reg, "wspush_index_pending"); n != 3 {
 		t.Errorf("pending = %v after 5 changes of 3 members, want 3", n)
 	}
 	if s := readIndexState(t, c, prefix); len(s.subs) != 0 {
@@ -292,7 +576,7 @@ func TestRedisIndexBatching(t *testing.T) {
 	ix.Add("app", "d", 4)    // 4: the batch is full
 	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, func() error {
 		if !ix.synced() {
-			return errNotYet
+			return errIdxNotYet
 		}
 		return nil
 	})
@@ -302,15 +586,14 @@ func TestRedisIndexBatching(t *testing.T) {
 	}
 }
 
-// TestRedisIndexTwoNodes: a key stays listed while any node has a
-// subscriber.
-func TestRedisIndexTwoNodes(t *testing.T) {
-	c := redisForTest(t)
-	prefix := redisTestPrefix(t, c)
+// TestIndexTwoNodes: a key stays listed while any node has a subscriber.
+func TestIndexTwoNodes(t *testing.T) {
+	c := idxClient(t)
+	prefix := idxPrefix(t, c)
 	a := startIndex(t, c, prefix, "node-a", nil)
 	b := startIndex(t, c, prefix, "node-b", nil)
-	ra := a.sub(t, "app", "k")
-	rb := b.sub(t, "app", "k")
+	ra := a.sub("app", "k")
+	rb := b.sub("app", "k")
 	waitIndexState(t, c, prefix, a, b)
 	a.unsub(ra, "app", "k")
 	waitIndexState(t, c, prefix, a, b)
@@ -324,38 +607,31 @@ func TestRedisIndexTwoNodes(t *testing.T) {
 	}
 }
 
-// TestRedisIndexConcurrentChurn: two nodes subscribing and unsubscribing
-// from many goroutines end with exactly their local subscriptions in
-// Redis.
-func TestRedisIndexConcurrentChurn(t *testing.T) {
-	c := redisForTest(t)
-	prefix := redisTestPrefix(t, c)
-	fs := []*indexFixture{
-		startIndex(t, c, prefix, "node-a", func(cfg *RedisIndexConfig) { cfg.BatchSize = 16 }),
-		startIndex(t, c, prefix, "node-b", func(cfg *RedisIndexConfig) { cfg.BatchSize = 16 }),
+// TestIndexConcurrentChurn: two nodes subscribing and unsubscribing from
+// many goroutines end with exactly their local subscriptions in Redis.
+func TestIndexConcurrentChurn(t *testing.T) {
+	c := idxClient(t)
+	prefix := idxPrefix(t, c)
+	fs := []*idxFixture{
+		startIndex(t, c, prefix, "node-a", func(cfg *IndexConfig) { cfg.BatchSize = 16 }),
+		startIndex(t, c, prefix, "node-b", func(cfg *IndexConfig) { cfg.BatchSize = 16 }),
 	}
-	keys := keyNames(12)
+	keys := idxKeyNames(12)
 	var wg sync.WaitGroup
 	for _, f := range fs {
 		for g := range 6 {
 			wg.Go(func() {
 				rng := rand.New(rand.NewPCG(uint64(g), 7))
-				var held []*recorder
+				var held []uint64
 				for range 300 {
-					app := []string{"x", "y"}[rng.IntN(2)]
 					if len(held) > 0 && rng.IntN(2) == 0 {
 						i := rng.IntN(len(held))
-						f.unsub(held[i], "x", keys...)
-						f.unsub(held[i], "y", keys...)
+						f.local.close(held[i])
 						held = slices.Delete(held, i, i+1)
 						continue
 					}
-					r := newRecorder()
-					if err := f.node.Subscribe(context.Background(), r, SubscribeRequest{App: app, Keys: []string{keys[rng.IntN(len(keys))], keys[rng.IntN(len(keys))]}}); err != nil {
-						t.Error(err)
-						return
-					}
-					held = append(held, r)
+					app := []string{"x", "y"}[rng.IntN(2)]
+					held = append(held, f.sub(app, keys[rng.IntN(len(keys))], keys[rng.IntN(len(keys))]))
 				}
 			})
 		}
@@ -364,7 +640,7 @@ func TestRedisIndexConcurrentChurn(t *testing.T) {
 	waitIndexState(t, c, prefix, fs...)
 }
 
-func keyNames(n int) []string {
+func idxKeyNames(n int) []string {
 	out := make([]string, n)
 	for i := range out {
 		out[i] = fmt.Sprintf("k%02d", i)
@@ -372,27 +648,26 @@ func keyNames(n int) []string {
 	return out
 }
 
-// TestRedisIndexDeadNodeAndComeback: a node cut off from Redis stops
-// refreshing its liveness key; another node removes its entries once the
-// key expires. When the cut-off node gets Redis back, it notices that its
-// key had expired and writes its share again, including what changed
-// meanwhile.
-func TestRedisIndexDeadNodeAndComeback(t *testing.T) {
-	c := redisForTest(t)
-	prefix := redisTestPrefix(t, c)
-	proxy := newRedisProxy(t)
+// TestIndexDeadNodeAndComeback: a node cut off from Redis stops refreshing
+// its liveness key; another node removes its entries once the key expires.
+// When the cut-off node gets Redis back, it notices that its key had
+// expired and writes its share again, including what changed meanwhile.
+func TestIndexDeadNodeAndComeback(t *testing.T) {
+	c := idxClient(t)
+	prefix := idxPrefix(t, c)
+	proxy := newIdxProxy(t)
 	const ttl = 300 * time.Millisecond
-	short := func(cfg *RedisIndexConfig) { cfg.NodeTTL = ttl }
-	a := startIndex(t, proxy.client(0), prefix, "node-a", short)
+	short := func(cfg *IndexConfig) { cfg.NodeTTL = ttl }
+	a := startIndex(t, proxy.client(), prefix, "node-a", short)
 	b := startIndex(t, c, prefix, "node-b", short)
-	a.sub(t, "app", "k1", "k2")
-	gone := a.sub(t, "app", "k3")
-	b.sub(t, "app", "k1")
+	a.sub("app", "k1", "k2")
+	gone := a.sub("app", "k3")
+	b.sub("app", "k1")
 	waitIndexState(t, c, prefix, a, b)
 
 	proxy.setDown(true)
 	a.unsub(gone, "app", "k3")
-	a.sub(t, "app", "k4")
+	a.sub("app", "k4")
 	// Node b sees only itself once a's entries are removed.
 	testutil.Eventually(t, 20*ttl, 10*time.Millisecond, func() error {
 		got, want := readIndexState(t, c, prefix), wantIndexState(b)
@@ -401,10 +676,10 @@ func TestRedisIndexDeadNodeAndComeback(t *testing.T) {
 		}
 		return nil
 	})
-	if n := redisMetric(t, b.reg, "wspush_index_dead_nodes_cleaned_total"); n != 1 {
+	if n := idxMetric(t, b.reg, "wspush_index_dead_nodes_cleaned_total"); n != 1 {
 		t.Errorf("node b dead_nodes_cleaned_total = %v, want 1", n)
 	}
-	if nodes := c.SMembers(context.Background(), newRedisKeys(prefix).nodes()).Val(); !slices.Equal(nodes, []string{"node-b"}) {
+	if nodes := c.SMembers(context.Background(), newKeys(prefix).nodes()).Val(); !slices.Equal(nodes, []string{"node-b"}) {
 		t.Errorf("nodes = %v, want [node-b]", nodes)
 	}
 	if a.ix.Ready() == nil {
@@ -414,7 +689,7 @@ func TestRedisIndexDeadNodeAndComeback(t *testing.T) {
 	proxy.setDown(false)
 	waitIndexState(t, c, prefix, a, b)
 	a.waitReady(t)
-	if n := redisMetric(t, a.reg, "wspush_index_rewrites_total"); n < 2 {
+	if n := idxMetric(t, a.reg, "wspush_index_rewrites_total"); n < 2 {
 		t.Errorf("node a rewrites_total = %v, want at least 2", n)
 	}
 	if n := a.logs.count("index: Redis write failed"); n != 1 {
@@ -425,28 +700,70 @@ func TestRedisIndexDeadNodeAndComeback(t *testing.T) {
 	}
 }
 
-// TestRedisIndexRewriteAfterRedisLoss: Redis loses the whole index (a
-// restart without persistence) while the node is cut off; once it is back,
-// the node's share is written again from its local subscriptions.
-func TestRedisIndexRewriteAfterRedisLoss(t *testing.T) {
-	c := redisForTest(t)
-	prefix := redisTestPrefix(t, c)
-	proxy := newRedisProxy(t)
-	a := startIndex(t, proxy.client(0), prefix, "node-a", nil)
-	r := a.sub(t, "app", "k1", "k2")
+// TestIndexReapManyAndMalformed: the entries of a dead node are removed in
+// chunks of reapChunk, and entries wspush did not write are dropped
+// without touching the other sets.
+func TestIndexReapManyAndMalformed(t *testing.T) {
+	c := idxClient(t)
+	prefix := idxPrefix(t, c)
+	ks := newKeys(prefix)
+	ctx := context.Background()
+	// What a node that crashed leaves: its entries, registered, without a
+	// liveness key.
+	n := reapChunk*2 + 17
+	for i := range n {
+		key := fmt.Sprintf("k%d", i%50)
+		if err := indexApplyScript.Run(ctx, c, []string{ks.apps(), ks.nodeSubs("node-dead"), ks.sub("app", key), ks.appKeys("app")},
+			"node-dead", "+", "app", key, strconv.Itoa(i+1)).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.SAdd(ctx, ks.nodeSubs("node-dead"), "junk", "a:b", "a:b:c", "a:b:007").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SAdd(ctx, ks.nodes(), "node-dead").Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	b := startIndex(t, c, prefix, "node-b", func(cfg *IndexConfig) { cfg.NodeTTL = 100 * time.Millisecond })
+	b.sub("app", "k1")
+	testutil.Eventually(t, 5*time.Second, 10*time.Millisecond, func() error {
+		got, want := readIndexState(t, c, prefix), wantIndexState(b)
+		if got.String() != want.String() {
+			return fmt.Errorf("index in Redis:\n  %s\nwant node b's alone:\n  %s", got, want)
+		}
+		return nil
+	})
+	if got := idxMetric(t, b.reg, "wspush_index_dead_nodes_cleaned_total"); got != 1 {
+		t.Errorf("dead_nodes_cleaned_total = %v, want 1", got)
+	}
+	if !strings.Contains(b.logs.String(), fmt.Sprintf("entries=%d", n)) {
+		t.Errorf("node b did not log %d removed entries:\n%s", n, b.logs)
+	}
+}
+
+// TestIndexRewriteAfterRedisLoss: Redis loses the whole index (a restart
+// without persistence) while the node is cut off; once it is back, the
+// node's share is written again from its local subscriptions.
+func TestIndexRewriteAfterRedisLoss(t *testing.T) {
+	c := idxClient(t)
+	prefix := idxPrefix(t, c)
+	proxy := newIdxProxy(t)
+	a := startIndex(t, proxy.client(), prefix, "node-a", nil)
+	r := a.sub("app", "k1", "k2")
 	waitIndexState(t, c, prefix, a)
 
 	proxy.setDown(true)
 	a.unsub(r, "app", "k2")
-	a.sub(t, "app", "k3")
+	a.sub("app", "k3")
 	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, func() error {
 		if a.ix.Ready() == nil {
 			return fmt.Errorf("Ready() = nil while Redis is cut off")
 		}
 		return nil
 	})
-	if keys := redisKeysUnder(t, c, prefix); len(keys) > 0 {
-		if err := c.Del(context.Background(), keys...).Err(); err != nil {
+	for _, k := range idxKeysUnder(t, c, prefix) {
+		if err := c.Del(context.Background(), k).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -455,18 +772,18 @@ func TestRedisIndexRewriteAfterRedisLoss(t *testing.T) {
 	a.waitReady(t)
 }
 
-// TestRedisIndexRestartReplacesPreviousRun: a node that died without
-// cleaning up and restarts with the same ID before the others noticed
-// replaces what its previous run left.
-func TestRedisIndexRestartReplacesPreviousRun(t *testing.T) {
-	c := redisForTest(t)
-	prefix := redisTestPrefix(t, c)
-	proxy := newRedisProxy(t)
-	old := startIndex(t, proxy.client(0), prefix, "node-a", func(cfg *RedisIndexConfig) {
+// TestIndexRestartReplacesPreviousRun: a node that died without cleaning
+// up and restarts with the same ID before the others noticed replaces what
+// its previous run left.
+func TestIndexRestartReplacesPreviousRun(t *testing.T) {
+	c := idxClient(t)
+	prefix := idxPrefix(t, c)
+	proxy := newIdxProxy(t)
+	old := startIndex(t, proxy.client(), prefix, "node-a", func(cfg *IndexConfig) {
 		cfg.NodeTTL = time.Hour
 		cfg.ShutdownTimeout = 50 * time.Millisecond
 	})
-	old.sub(t, "app", "k1", "k2")
+	old.sub("app", "k1", "k2")
 	waitIndexState(t, c, prefix, old)
 	proxy.setDown(true)
 	old.stop(t) // its clean-up cannot reach Redis
@@ -475,26 +792,25 @@ func TestRedisIndexRestartReplacesPreviousRun(t *testing.T) {
 	}
 
 	restarted := startIndex(t, c, prefix, "node-a", nil)
-	restarted.sub(t, "app", "k2", "k3")
+	restarted.sub("app", "k2", "k3")
 	waitIndexState(t, c, prefix, restarted)
 }
 
-// TestRedisIndexShutdownLeavesNothing: a node stopped cleanly removes its
+// TestIndexShutdownLeavesNothing: a node stopped cleanly removes its
 // entries and liveness key, and only those.
-func TestRedisIndexShutdownLeavesNothing(t *testing.T) {
-	c := redisForTest(t)
-	prefix := redisTestPrefix(t, c)
+func TestIndexShutdownLeavesNothing(t *testing.T) {
+	c := idxClient(t)
+	prefix := idxPrefix(t, c)
 	a := startIndex(t, c, prefix, "node-a", nil)
 	b := startIndex(t, c, prefix, "node-b", nil)
-	a.sub(t, "app", "k1", "k2")
-	a.sub(t, "other", "k1")
-	b.sub(t, "app", "k2")
+	a.sub("app", "k1", "k2")
+	a.sub("other", "k1")
+	b.sub("app", "k2")
 	waitIndexState(t, c, prefix, a, b)
 
 	a.stop(t)
 	waitIndexState(t, c, prefix, b)
-	keys := newRedisKeys(prefix)
-	if n := c.Exists(context.Background(), keys.node("node-a")).Val(); n != 0 {
+	if n := c.Exists(context.Background(), newKeys(prefix).node("node-a")).Val(); n != 0 {
 		t.Error("node a's liveness key survived its shutdown")
 	}
 	a.ix.Add("app", "late", 99) // after Run: ignored
@@ -503,15 +819,15 @@ func TestRedisIndexShutdownLeavesNothing(t *testing.T) {
 	}
 
 	b.stop(t)
-	if left := redisKeysUnder(t, c, prefix); len(left) != 0 {
+	if left := idxKeysUnder(t, c, prefix); len(left) != 0 {
 		t.Errorf("keys left after both nodes stopped: %v", left)
 	}
 }
 
-func TestRedisIndexRunNeedsSnapshotAndRunsOnce(t *testing.T) {
-	c := redisForTest(t)
-	prefix := redisTestPrefix(t, c)
-	ix, err := NewRedisIndex(RedisIndexConfig{Client: c, NodeID: "n1", Prefix: prefix})
+func TestIndexRunNeedsSnapshotAndRunsOnce(t *testing.T) {
+	c := idxClient(t)
+	prefix := idxPrefix(t, c)
+	ix, err := NewIndex(IndexConfig{Client: c, NodeID: "n1", Prefix: prefix})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -533,55 +849,121 @@ func TestRedisIndexRunNeedsSnapshotAndRunsOnce(t *testing.T) {
 	}
 }
 
-func TestRedisIndexConfigValidate(t *testing.T) {
-	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+func TestIndexConfigValidate(t *testing.T) {
+	c := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1"})
 	defer c.Close()
-	ok := RedisIndexConfig{Client: c, NodeID: "n1"}
+	ok := IndexConfig{Client: c, NodeID: "n1"}
 	for _, tc := range []struct {
 		name string
-		mod  func(*RedisIndexConfig)
+		mod  func(*IndexConfig)
 	}{
-		{"no client", func(c *RedisIndexConfig) { c.Client = nil }},
-		{"no node ID", func(c *RedisIndexConfig) { c.NodeID = "" }},
-		{"node ID with slash", func(c *RedisIndexConfig) { c.NodeID = "a/b" }},
-		{"negative flush interval", func(c *RedisIndexConfig) { c.FlushInterval = -1 }},
-		{"negative batch", func(c *RedisIndexConfig) { c.BatchSize = -1 }},
-		{"tiny node TTL", func(c *RedisIndexConfig) { c.NodeTTL = time.Millisecond }},
-		{"negative timeout", func(c *RedisIndexConfig) { c.Timeout = -1 }},
-		{"backoff min above max", func(c *RedisIndexConfig) { c.BackoffMin = time.Minute }},
-		{"prefix with space", func(c *RedisIndexConfig) { c.Prefix = "a b" }},
+		{"no client", func(c *IndexConfig) { c.Client = nil }},
+		{"no node ID", func(c *IndexConfig) { c.NodeID = "" }},
+		{"node ID with slash", func(c *IndexConfig) { c.NodeID = "a/b" }},
+		{"negative flush interval", func(c *IndexConfig) { c.FlushInterval = -1 }},
+		{"negative batch", func(c *IndexConfig) { c.BatchSize = -1 }},
+		{"tiny node TTL", func(c *IndexConfig) { c.NodeTTL = time.Millisecond }},
+		{"negative timeout", func(c *IndexConfig) { c.Timeout = -1 }},
+		{"backoff min above max", func(c *IndexConfig) { c.BackoffMin = time.Minute }},
+		{"prefix with space", func(c *IndexConfig) { c.Prefix = "a b" }},
+		{"prefix with brace", func(c *IndexConfig) { c.Prefix = "a{b" }},
 	} {
 		cfg := ok
 		tc.mod(&cfg)
-		if _, err := NewRedisIndex(cfg); err == nil {
-			t.Errorf("%s: NewRedisIndex accepted %+v", tc.name, cfg)
+		if _, err := NewIndex(cfg); err == nil {
+			t.Errorf("%s: NewIndex accepted %+v", tc.name, cfg)
 		}
 	}
-	if _, err := NewRedisIndex(ok); err != nil {
+	if _, err := NewIndex(ok); err != nil {
 		t.Errorf("defaults rejected: %v", err)
 	}
 	reg := prometheus.NewRegistry()
 	ok.Registerer = reg
-	if _, err := NewRedisIndex(ok); err != nil {
+	if _, err := NewIndex(ok); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := NewRedisIndex(ok); err == nil {
+	if _, err := NewIndex(ok); err == nil {
 		t.Error("registering the metrics twice succeeded")
 	}
 }
 
-// BenchmarkRedisIndexAddRemove measures the batched path, per change,
-// from the Add or Remove call until Redis holds its result: blocks of
-// batch distinct changes (adds of new members, then removes of the same
-// members, so that nothing coalesces and the index stays small), each
-// written by one flush, which the benchmark waits for.
-func BenchmarkRedisIndexAddRemove(b *testing.B) {
+// TestIndexLivenessLost: when a node's liveness key disappears under it
+// (here deleted; in life, a pause longer than NodeTTL), the others remove
+// its entries, and its next refresh notices and writes them again.
+func TestIndexLivenessLost(t *testing.T) {
+	c := idxClient(t)
+	prefix := idxPrefix(t, c)
+	a := startIndex(t, c, prefix, "node-a", func(cfg *IndexConfig) { cfg.NodeTTL = 3 * time.Second })
+	b := startIndex(t, c, prefix, "node-b", func(cfg *IndexConfig) { cfg.NodeTTL = 100 * time.Millisecond })
+	a.sub("app", "k1", "k2")
+	b.sub("app", "k2")
+	waitIndexState(t, c, prefix, a, b)
+
+	if err := c.Del(context.Background(), newKeys(prefix).node("node-a")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if idxMetric(t, b.reg, "wspush_index_dead_nodes_cleaned_total") != 1 {
+			return fmt.Errorf("node b has not cleaned up node a")
+		}
+		return nil
+	})
+	waitIndexState(t, c, prefix, a, b)
+	if n := a.logs.count("index: liveness key had expired"); n != 1 {
+		t.Errorf("node a logged the lost liveness key %d times, want 1:\n%s", n, a.logs)
+	}
+}
+
+// TestIndexCluster: the index on Redis Cluster (WSPUSH_REDIS_CLUSTER_URL):
+// two nodes, a dead node's entries removed, a clean shutdown.
+func TestIndexCluster(t *testing.T) {
+	c := idxClusterClient(t)
+	prefix := idxPrefix(t, c)
+	a := startIndex(t, c, prefix, "node-a", func(cfg *IndexConfig) { cfg.NodeTTL = 3 * time.Second })
+	b := startIndex(t, c, prefix, "node-b", func(cfg *IndexConfig) { cfg.NodeTTL = 100 * time.Millisecond })
+	r := a.sub("app", "k1", "k2")
+	a.sub("other", "k1")
+	b.sub("app", "k2", "k3")
+	waitIndexState(t, c, prefix, a, b)
+	ctx := context.Background()
+	if apps, err := b.ix.Apps(ctx); err != nil || !slices.Equal(apps, []string{"app", "other"}) {
+		t.Errorf("Apps = %v, %v; want [app other]", apps, err)
+	}
+	a.unsub(r, "app", "k1")
+	waitIndexState(t, c, prefix, a, b)
+
+	// Node a's liveness key goes: node b removes its entries, node a
+	// writes them again.
+	if err := c.Del(ctx, newKeys(prefix).node("node-a")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if idxMetric(t, b.reg, "wspush_index_dead_nodes_cleaned_total") != 1 {
+			return fmt.Errorf("node b has not cleaned up node a")
+		}
+		return nil
+	})
+	waitIndexState(t, c, prefix, a, b)
+
+	a.stop(t)
+	b.stop(t)
+	if left := idxKeysUnder(t, c, prefix); len(left) != 0 {
+		t.Errorf("keys left after both nodes stopped: %v", left)
+	}
+}
+
+// BenchmarkIndexAddRemove measures the batched path, per change, from the
+// Add or Remove call until Redis holds its result: blocks of batch
+// distinct changes (adds of new members, then removes of the same members,
+// so that nothing coalesces and the index stays small), each written by
+// one flush, which the benchmark waits for.
+func BenchmarkIndexAddRemove(b *testing.B) {
 	for _, batch := range []int{1, 64, 1024} {
 		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
-			c := redisForTest(b)
-			prefix := redisTestPrefix(b, c)
+			c := idxClient(b)
+			prefix := idxPrefix(b, c)
 			reg := prometheus.NewRegistry()
-			ix, err := NewRedisIndex(RedisIndexConfig{
+			ix, err := NewIndex(IndexConfig{
 				Client: c, NodeID: "bench", Prefix: prefix, Registerer: reg,
 				BatchSize: batch, FlushInterval: time.Hour, // flushed when a block is full
 			})
@@ -597,7 +979,7 @@ func BenchmarkRedisIndexAddRemove(b *testing.B) {
 				<-done
 			}()
 			testutil.Eventually(b, 5*time.Second, time.Millisecond, ix.Ready)
-			keys := keyNames(100)
+			keys := idxKeyNames(100)
 			wait := func() {
 				for !ix.synced() {
 					time.Sleep(10 * time.Microsecond)
@@ -622,35 +1004,8 @@ func BenchmarkRedisIndexAddRemove(b *testing.B) {
 			ix.poke()
 			wait()
 			b.StopTimer()
-			flushes := redisMetric(b, reg, "wspush_index_flushes_total", "result", "ok")
+			flushes := idxMetric(b, reg, "wspush_index_flushes_total", "result", "ok")
 			b.ReportMetric(float64(n)/max(flushes-1, 1), "changes/flush") // less the start's rewrite
 		})
-	}
-}
-
-// TestRedisIndexLivenessLost: when a node's liveness key disappears under
-// it (here deleted; in life, a pause longer than NodeTTL), the others
-// remove its entries, and its next refresh notices and writes them again.
-func TestRedisIndexLivenessLost(t *testing.T) {
-	c := redisForTest(t)
-	prefix := redisTestPrefix(t, c)
-	a := startIndex(t, c, prefix, "node-a", func(cfg *RedisIndexConfig) { cfg.NodeTTL = 3 * time.Second })
-	b := startIndex(t, c, prefix, "node-b", func(cfg *RedisIndexConfig) { cfg.NodeTTL = 100 * time.Millisecond })
-	a.sub(t, "app", "k1", "k2")
-	b.sub(t, "app", "k2")
-	waitIndexState(t, c, prefix, a, b)
-
-	if err := c.Del(context.Background(), newRedisKeys(prefix).node("node-a")).Err(); err != nil {
-		t.Fatal(err)
-	}
-	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, func() error {
-		if redisMetric(t, b.reg, "wspush_index_dead_nodes_cleaned_total") != 1 {
-			return fmt.Errorf("node b has not cleaned up node a")
-		}
-		return nil
-	})
-	waitIndexState(t, c, prefix, a, b)
-	if n := a.logs.count("index: liveness key had expired"); n != 1 {
-		t.Errorf("node a logged the lost liveness key %d times, want 1:\n%s", n, a.logs)
 	}
 }

@@ -1,4 +1,4 @@
-package middle
+package redis
 
 import (
 	"context"
@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/wspush/wspush/proto"
 )
@@ -16,16 +16,16 @@ import (
 // DefaultLeaseTTL is the default lifetime of a poll lease.
 const DefaultLeaseTTL = 5 * time.Second
 
-// RedisLeaseConfig configures a RedisLease. The zero value of every field
+// LeaseConfig configures a Lease. The zero value of every field
 // but Client and NodeID means its default.
-type RedisLeaseConfig struct {
+type LeaseConfig struct {
 	// Client is the Redis every node shares. Required.
-	Client *redis.Client
+	Client goredis.UniversalClient
 	// NodeID is the lease holder's name, the value of <prefix>:poll:<app>:
 	// 1–64 characters of [A-Za-z0-9_-], unique among the live nodes.
 	// Required.
 	NodeID string
-	// Prefix starts every key (default DefaultRedisPrefix, "wspush").
+	// Prefix starts every key (default DefaultPrefix, "wspush").
 	Prefix string
 	// TTL is how long a lease lasts after it was taken or last renewed: a
 	// node that stops renewing (it died, or stopped polling) loses the app
@@ -36,14 +36,14 @@ type RedisLeaseConfig struct {
 }
 
 // Validate reports the first invalid field.
-func (c RedisLeaseConfig) Validate() error {
+func (c LeaseConfig) Validate() error {
 	if c.Client == nil {
 		return errors.New("redis lease: Client is required")
 	}
 	if err := proto.ValidateName(c.NodeID); err != nil {
 		return fmt.Errorf("redis lease: node ID %q: %w", c.NodeID, err)
 	}
-	if err := validateRedisPrefix(c.Prefix); err != nil {
+	if err := ValidatePrefix(c.Prefix); err != nil {
 		return fmt.Errorf("redis lease: %w", err)
 	}
 	if c.TTL < 0 || (c.TTL > 0 && c.TTL < time.Millisecond) {
@@ -52,12 +52,14 @@ func (c RedisLeaseConfig) Validate() error {
 	return nil
 }
 
-// RedisLease decides which node polls an app: <prefix>:poll:<app> holds the
+// Lease decides which node polls an app (docs/PROTOCOL.md, "Data-center
+// API": one node polls an app at a time): <prefix>:poll:<app> holds the
 // node ID of the holder, with a TTL that the holder renews on each Acquire.
-// It implements dataservice.Lease.
-type RedisLease struct {
-	client *redis.Client
-	keys   redisKeys
+// Its scripts touch that one key, so they run on Redis Cluster too. It
+// implements dataservice.Lease.
+type Lease struct {
+	client goredis.UniversalClient
+	keys   keys
 	node   string
 	ttlMs  int64
 
@@ -65,17 +67,17 @@ type RedisLease struct {
 	held map[string]struct{} // apps whose last Acquire succeeded
 }
 
-// NewRedisLease validates cfg and returns a lease.
-func NewRedisLease(cfg RedisLeaseConfig) (*RedisLease, error) {
+// NewLease validates cfg and returns a lease.
+func NewLease(cfg LeaseConfig) (*Lease, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if cfg.TTL == 0 {
 		cfg.TTL = DefaultLeaseTTL
 	}
-	return &RedisLease{
+	return &Lease{
 		client: cfg.Client,
-		keys:   newRedisKeys(cfg.Prefix),
+		keys:   newKeys(cfg.Prefix),
 		node:   cfg.NodeID,
 		ttlMs:  cfg.TTL.Milliseconds(),
 		held:   make(map[string]struct{}),
@@ -84,7 +86,7 @@ func NewRedisLease(cfg RedisLeaseConfig) (*RedisLease, error) {
 
 // leaseAcquireScript takes a free lease or renews one this node holds.
 // KEYS[1] lease; ARGV[1] node, ARGV[2] TTL in ms. Returns 1 when held.
-var leaseAcquireScript = redis.NewScript(`
+var leaseAcquireScript = goredis.NewScript(`
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 1
 end
@@ -97,7 +99,7 @@ return 0
 
 // leaseReleaseScript deletes the lease if this node holds it.
 // KEYS[1] lease; ARGV[1] node.
-var leaseReleaseScript = redis.NewScript(`
+var leaseReleaseScript = goredis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -107,7 +109,7 @@ return 0
 // Acquire reports whether this node holds the lease of app for the next
 // TTL: it takes the lease when it is free and renews it when this node
 // already holds it, in one round trip.
-func (l *RedisLease) Acquire(ctx context.Context, app string) (bool, error) {
+func (l *Lease) Acquire(ctx context.Context, app string) (bool, error) {
 	n, err := leaseAcquireScript.Run(ctx, l.client, []string{l.keys.poll(app)}, l.node, l.ttlMs).Int()
 	if err != nil {
 		return false, fmt.Errorf("redis lease of %s: %w", app, err)
@@ -124,7 +126,7 @@ func (l *RedisLease) Acquire(ctx context.Context, app string) (bool, error) {
 
 // Release gives up the lease of app if this node holds it, so that another
 // node takes the app over at once rather than after TTL.
-func (l *RedisLease) Release(ctx context.Context, app string) error {
+func (l *Lease) Release(ctx context.Context, app string) error {
 	l.mu.Lock()
 	delete(l.held, app)
 	l.mu.Unlock()
@@ -136,7 +138,7 @@ func (l *RedisLease) Release(ctx context.Context, app string) error {
 
 // ReleaseAll releases every lease this node acquired, for a clean shutdown
 // (after the poller stopped).
-func (l *RedisLease) ReleaseAll(ctx context.Context) error {
+func (l *Lease) ReleaseAll(ctx context.Context) error {
 	l.mu.Lock()
 	apps := make([]string, 0, len(l.held))
 	for app := range l.held {

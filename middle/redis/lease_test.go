@@ -1,4 +1,4 @@
-package middle
+package redis
 
 import (
 	"context"
@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/wspush/wspush/dataservice"
 	"github.com/wspush/wspush/dataservice/simulator"
@@ -15,16 +15,16 @@ import (
 	"github.com/wspush/wspush/proto"
 )
 
-func newTestLease(t testing.TB, c *redis.Client, prefix, node string, ttl time.Duration) *RedisLease {
+func newIdxLease(t testing.TB, c goredis.UniversalClient, prefix, node string, ttl time.Duration) *Lease {
 	t.Helper()
-	l, err := NewRedisLease(RedisLeaseConfig{Client: c, NodeID: node, Prefix: prefix, TTL: ttl})
+	l, err := NewLease(LeaseConfig{Client: c, NodeID: node, Prefix: prefix, TTL: ttl})
 	if err != nil {
-		t.Fatalf("NewRedisLease: %v", err)
+		t.Fatalf("NewLease: %v", err)
 	}
 	return l
 }
 
-func acquire(t testing.TB, l *RedisLease, app string) bool {
+func leaseAcquire(t testing.TB, l *Lease, app string) bool {
 	t.Helper()
 	held, err := l.Acquire(context.Background(), app)
 	if err != nil {
@@ -33,40 +33,40 @@ func acquire(t testing.TB, l *RedisLease, app string) bool {
 	return held
 }
 
-func TestRedisLeaseOneHolder(t *testing.T) {
-	c1, c2 := redisForTest(t), redisForTest(t)
-	prefix := redisTestPrefix(t, c1)
-	a := newTestLease(t, c1, prefix, "node-a", time.Minute)
-	b := newTestLease(t, c2, prefix, "node-b", time.Minute)
-	if !acquire(t, a, "app") {
+func TestLeaseOneHolder(t *testing.T) {
+	c1, c2 := idxClient(t), idxClient(t)
+	prefix := idxPrefix(t, c1)
+	a := newIdxLease(t, c1, prefix, "node-a", time.Minute)
+	b := newIdxLease(t, c2, prefix, "node-b", time.Minute)
+	if !leaseAcquire(t, a, "app") {
 		t.Fatal("node a could not take a free lease")
 	}
-	if acquire(t, b, "app") {
+	if leaseAcquire(t, b, "app") {
 		t.Fatal("node b took the lease node a holds")
 	}
-	if !acquire(t, a, "app") {
+	if !leaseAcquire(t, a, "app") {
 		t.Fatal("node a could not renew its lease")
 	}
-	if !acquire(t, b, "other") {
+	if !leaseAcquire(t, b, "other") {
 		t.Fatal("node b could not take the free lease of another app")
 	}
-	if v := c1.Get(context.Background(), newRedisKeys(prefix).poll("app")).Val(); v != "node-a" {
+	if v := c1.Get(context.Background(), newKeys(prefix).poll("app")).Val(); v != "node-a" {
 		t.Errorf("lease value %q, want node-a", v)
 	}
-	if ttl := c1.PTTL(context.Background(), newRedisKeys(prefix).poll("app")).Val(); ttl <= 0 || ttl > time.Minute {
+	if ttl := c1.PTTL(context.Background(), newKeys(prefix).poll("app")).Val(); ttl <= 0 || ttl > time.Minute {
 		t.Errorf("lease TTL %s, want (0, 1m]", ttl)
 	}
 }
 
-// TestRedisLeaseRacers: of many nodes asking at once, exactly one wins.
-func TestRedisLeaseRacers(t *testing.T) {
-	c := redisForTest(t)
-	prefix := redisTestPrefix(t, c)
+// TestLeaseRacers: of many nodes asking at once, exactly one wins.
+func TestLeaseRacers(t *testing.T) {
+	c := idxClient(t)
+	prefix := idxPrefix(t, c)
 	const n = 16
 	wins := make(chan string, n)
 	done := make(chan struct{})
 	for i := range n {
-		l := newTestLease(t, c, prefix, fmt.Sprintf("node-%d", i), time.Minute)
+		l := newIdxLease(t, c, prefix, fmt.Sprintf("node-%d", i), time.Minute)
 		go func() {
 			defer func() { done <- struct{}{} }()
 			held, err := l.Acquire(context.Background(), "app")
@@ -92,100 +92,100 @@ func TestRedisLeaseRacers(t *testing.T) {
 	}
 }
 
-// TestRedisLeaseTakeover: a holder that stops renewing loses the app to
+// TestLeaseTakeover: a holder that stops renewing loses the app to
 // another node within the TTL.
-func TestRedisLeaseTakeover(t *testing.T) {
-	c := redisForTest(t)
-	prefix := redisTestPrefix(t, c)
+func TestLeaseTakeover(t *testing.T) {
+	c := idxClient(t)
+	prefix := idxPrefix(t, c)
 	const ttl = 300 * time.Millisecond
-	a := newTestLease(t, c, prefix, "node-a", ttl)
-	b := newTestLease(t, c, prefix, "node-b", ttl)
-	if !acquire(t, a, "app") {
+	a := newIdxLease(t, c, prefix, "node-a", ttl)
+	b := newIdxLease(t, c, prefix, "node-b", ttl)
+	if !leaseAcquire(t, a, "app") {
 		t.Fatal("node a could not take a free lease")
 	}
-	if acquire(t, b, "app") {
+	if leaseAcquire(t, b, "app") {
 		t.Fatal("node b took a held lease")
 	}
 	// Node a stops renewing; node b keeps asking, as its poller would.
 	testutil.Eventually(t, ttl+500*time.Millisecond, 10*time.Millisecond, func() error {
-		if !acquire(t, b, "app") {
+		if !leaseAcquire(t, b, "app") {
 			return fmt.Errorf("node b still does not hold the lease")
 		}
 		return nil
 	})
-	if acquire(t, a, "app") {
+	if leaseAcquire(t, a, "app") {
 		t.Error("node a still holds the lease node b took over")
 	}
 }
 
-func TestRedisLeaseRelease(t *testing.T) {
-	c := redisForTest(t)
-	prefix := redisTestPrefix(t, c)
-	a := newTestLease(t, c, prefix, "node-a", time.Minute)
-	b := newTestLease(t, c, prefix, "node-b", time.Minute)
+func TestLeaseRelease(t *testing.T) {
+	c := idxClient(t)
+	prefix := idxPrefix(t, c)
+	a := newIdxLease(t, c, prefix, "node-a", time.Minute)
+	b := newIdxLease(t, c, prefix, "node-b", time.Minute)
 	for _, app := range []string{"x", "y"} {
-		if !acquire(t, a, app) {
+		if !leaseAcquire(t, a, app) {
 			t.Fatalf("node a could not take %s", app)
 		}
 	}
-	if !acquire(t, b, "z") {
+	if !leaseAcquire(t, b, "z") {
 		t.Fatal("node b could not take z")
 	}
 	// Releasing what another node holds does nothing.
 	if err := a.Release(context.Background(), "z"); err != nil {
 		t.Fatal(err)
 	}
-	if acquire(t, a, "z") {
+	if leaseAcquire(t, a, "z") {
 		t.Error("node a's Release of z freed node b's lease")
 	}
 	if err := a.ReleaseAll(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	for _, app := range []string{"x", "y"} {
-		if !acquire(t, b, app) {
+		if !leaseAcquire(t, b, app) {
 			t.Errorf("node b could not take %s after node a released everything", app)
 		}
 	}
 }
 
-func TestRedisLeaseConfigValidate(t *testing.T) {
-	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+func TestLeaseConfigValidate(t *testing.T) {
+	c := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1"})
 	defer c.Close()
-	for _, cfg := range []RedisLeaseConfig{
+	for _, cfg := range []LeaseConfig{
 		{NodeID: "n"},
 		{Client: c},
 		{Client: c, NodeID: "a:b"},
 		{Client: c, NodeID: "n", TTL: -time.Second},
 		{Client: c, NodeID: "n", TTL: time.Microsecond},
 	} {
-		if _, err := NewRedisLease(cfg); err == nil {
-			t.Errorf("NewRedisLease accepted %+v", cfg)
+		if _, err := NewLease(cfg); err == nil {
+			t.Errorf("NewLease accepted %+v", cfg)
 		}
 	}
 }
 
-// countingPublisher counts what a poller publishes.
-type countingPublisher struct{ n chan int }
+// idxCountingPublisher counts what a poller publishes.
+type idxCountingPublisher struct{ n chan int }
 
-func (p countingPublisher) Publish(_ context.Context, pubs []proto.Publication) ([]uint64, error) {
+func (p idxCountingPublisher) Publish(_ context.Context, pubs []proto.Publication) ([]uint64, error) {
 	p.n <- len(pubs)
 	return make([]uint64, len(pubs)), nil
 }
 
-// TestRedisLeasePollers: two nodes' pollers share one data center; only
+// TestLeasePollers: two nodes' pollers share one data center; only
 // the lease holder asks it.
-func TestRedisLeasePollers(t *testing.T) {
-	c := redisForTest(t)
-	prefix := redisTestPrefix(t, c)
+func TestLeasePollers(t *testing.T) {
+	c := idxClient(t)
+	prefix := idxPrefix(t, c)
 	sim := simulator.New(simulator.Config{})
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
 
-	subs := staticSubs{"demo": {"s001", "s002"}}
-	pub := countingPublisher{n: make(chan int, 100)}
+	subs := idxStaticSubs{"demo": {"s001", "s002"}}
+	pub := idxCountingPublisher{n: make(chan int, 100)}
 	var pollers []*dataservice.Poller
 	for _, node := range []string{"node-a", "node-b"} {
-		p, err := dataservice.New(dataservice.Config{URL: srv.URL, Lease: newTestLease(t, c, prefix, node, time.Minute)}, subs, pub)
+		p, err := dataservice.New(dataservice.Config{URL: srv.URL, Lease: newIdxLease(t, c, prefix, node, time.Minute)}, subs, pub)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -203,10 +203,10 @@ func TestRedisLeasePollers(t *testing.T) {
 	}
 }
 
-// staticSubs is a fixed dataservice.Subscriptions.
-type staticSubs map[string][]string
+// idxStaticSubs is a fixed dataservice.Subscriptions.
+type idxStaticSubs map[string][]string
 
-func (s staticSubs) Apps(context.Context) ([]string, error) {
+func (s idxStaticSubs) Apps(context.Context) ([]string, error) {
 	var apps []string
 	for app := range s {
 		apps = append(apps, app)
@@ -214,6 +214,6 @@ func (s staticSubs) Apps(context.Context) ([]string, error) {
 	return apps, nil
 }
 
-func (s staticSubs) Keys(_ context.Context, app string) ([]string, error) {
+func (s idxStaticSubs) Keys(_ context.Context, app string) ([]string, error) {
 	return append([]string(nil), s[app]...), nil
 }

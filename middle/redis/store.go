@@ -1,4 +1,4 @@
-package middle
+package redis
 
 import (
 	"context"
@@ -9,320 +9,596 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/wspush/wspush/middle"
 	"github.com/wspush/wspush/proto"
 )
 
-// RedisStoreConfig configures a RedisStore. The zero value of every field
-// but Client means its default.
-type RedisStoreConfig struct {
-	// Client is the Redis every node of the cluster shares. Required. The
-	// store uses Lua scripts over two keys of one (app, key), so Redis
-	// Cluster is not supported: use a single Redis (or Sentinel).
-	Client *redis.Client
-	// Prefix starts every key (default DefaultRedisPrefix, "wspush").
+// Defaults of StoreConfig.
+const (
+	// DefaultHistoryMinAge protects young history entries from trimming
+	// by count: a burst keeps all of its publications for that long, so
+	// that a node that fell behind during the burst can still fill its gap.
+	DefaultHistoryMinAge = 30 * time.Second
+	// DefaultHistoryMaxLen caps the entries of one key's history whatever
+	// their age.
+	DefaultHistoryMaxLen = 10000
+)
+
+// StoreConfig configures a Store. The zero value of every field but Client
+// means its default.
+type StoreConfig struct {
+	// Client is the Redis (or Redis Cluster) every node shares. Required.
+	Client goredis.UniversalClient
+	// Prefix starts every key (default DefaultPrefix).
 	Prefix string
-	// HistorySize is how many publications each key's stream keeps
-	// (default DefaultHistorySize, 32; exact trimming, at least 1 so that
-	// the latest value is kept).
+	// HistorySize is how many publications of each key the history keeps
+	// at least, when they are older than HistoryMinAge (default
+	// middle.DefaultHistorySize).
 	HistorySize int
-	// HistoryTTL, when set, makes the history of a key expire once nothing
-	// was published to it for that long: the whole stream, latest value
-	// included, so that abandoned keys free their memory. The seq counter
-	// never expires, so seqs never restart. Default 0: never expire. With a
-	// TTL, a subscriber that arrives after the expiry sees no latest value
-	// until the next publication, and nodes report that publication as a
-	// gap history cannot fill.
+	// HistoryMinAge: entries younger than this are never trimmed by count
+	// (default DefaultHistoryMinAge), only by HistoryMaxLen.
+	HistoryMinAge time.Duration
+	// HistoryMaxLen is the hard cap of entries per key (default
+	// DefaultHistoryMaxLen, at least HistorySize).
+	HistoryMaxLen int
+	// HistoryTTL, when set, trims entries older than this, but never a
+	// key's latest one (default 0: entries do not age out). The seq HASH
+	// of a key never expires.
 	HistoryTTL time.Duration
+	// IdempotencyWindow is how long an idempotency id is remembered
+	// (default middle.DefaultIdempotencyWindow).
+	IdempotencyWindow time.Duration
+}
+
+func (c StoreConfig) withDefaults() StoreConfig {
+	if c.HistorySize == 0 {
+		c.HistorySize = middle.DefaultHistorySize
+	}
+	if c.HistoryMinAge == 0 {
+		c.HistoryMinAge = DefaultHistoryMinAge
+	}
+	if c.HistoryMaxLen == 0 {
+		c.HistoryMaxLen = max(DefaultHistoryMaxLen, c.HistorySize)
+	}
+	if c.IdempotencyWindow == 0 {
+		c.IdempotencyWindow = middle.DefaultIdempotencyWindow
+	}
+	return c
 }
 
 // Validate reports the first invalid field.
-func (c RedisStoreConfig) Validate() error {
+func (c StoreConfig) Validate() error {
 	switch {
 	case c.Client == nil:
 		return errors.New("redis store: Client is required")
 	case c.HistorySize < 0:
 		return fmt.Errorf("redis store: history size %d: must be positive", c.HistorySize)
+	case c.HistoryMinAge < 0:
+		return fmt.Errorf("redis store: history min age %s: must be positive", c.HistoryMinAge)
+	case c.HistoryMaxLen < 0:
+		return fmt.Errorf("redis store: history max length %d: must be positive", c.HistoryMaxLen)
+	case c.HistoryMaxLen > 0 && c.HistoryMaxLen < max(c.HistorySize, 1):
+		return fmt.Errorf("redis store: history max length %d: must be at least the history size %d", c.HistoryMaxLen, c.HistorySize)
 	case c.HistoryTTL < 0:
 		return fmt.Errorf("redis store: history TTL %s: must be positive", c.HistoryTTL)
 	case c.HistoryTTL > 0 && c.HistoryTTL < time.Millisecond:
 		return fmt.Errorf("redis store: history TTL %s: must be at least 1ms", c.HistoryTTL)
+	case c.HistoryMinAge > 0 && c.HistoryMinAge < time.Millisecond:
+		return fmt.Errorf("redis store: history min age %s: must be at least 1ms", c.HistoryMinAge)
+	case c.IdempotencyWindow < 0:
+		return fmt.Errorf("redis store: idempotency window %s: must be positive", c.IdempotencyWindow)
+	case c.IdempotencyWindow > 0 && c.IdempotencyWindow < time.Millisecond:
+		return fmt.Errorf("redis store: idempotency window %s: must be at least 1ms", c.IdempotencyWindow)
 	}
-	return validateRedisPrefix(c.Prefix)
+	return ValidatePrefix(c.Prefix)
 }
 
-// RedisStore is the Store of the cluster mode. Per (app, key) it keeps
-//
-//   - <prefix>:seq:<app>:<key>, the counter (INCR), never expiring;
-//   - <prefix>:hist:<app>:<key>, a stream of the last HistorySize
-//     publications whose entry IDs are 0-<seq>, so that a range by seq is a
-//     range by ID; fields d (payload), j ("1" when JSON, else "0") and t (ts,
-//     Unix ms).
-//
-// Append increments the counter and adds the entry in one Lua script, so
-// once seq N exists every lower seq is in the stream (unless trimmed), and
-// every node sharing the Redis assigns the same seqs. AppendBatch pipelines
-// those script calls: one round trip per batch.
-type RedisStore struct {
-	client *redis.Client
-	keys   redisKeys
-	size   string // MAXLEN argument
-	ttlMs  string // PEXPIRE argument, "0": none
+// Store is the middle.Store of a cluster: it keeps the schema of
+// docs/PROTOCOL.md, "Redis schema". Per key, one Lua script sequences a
+// publication, appends it to the history, trims the history and SPUBLISHes
+// it on the key's channel ("Fan-out between nodes"), so a publication is
+// fanned out if and only if it was sequenced, and every node receives a
+// key's publications in seq order. Every script touches only the keys of
+// one (app, key), which share the hash tag {<app>:<key>}, and receives all
+// of them in KEYS, so the store runs on Redis Cluster too.
+type Store struct {
+	c goredis.UniversalClient
+	k keys
+
+	// Script arguments, formatted once.
+	size, minAge, maxLen, ttl, idemWindow string
 }
 
-// NewRedisStore validates cfg and returns a store.
-func NewRedisStore(cfg RedisStoreConfig) (*RedisStore, error) {
+var _ middle.Store = (*Store)(nil)
+
+// NewStore validates cfg and returns a store. It does not talk to Redis.
+func NewStore(cfg StoreConfig) (*Store, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.HistorySize == 0 {
-		cfg.HistorySize = DefaultHistorySize
-	}
-	return &RedisStore{
-		client: cfg.Client,
-		keys:   newRedisKeys(cfg.Prefix),
-		size:   strconv.Itoa(cfg.HistorySize),
-		ttlMs:  strconv.FormatInt(cfg.HistoryTTL.Milliseconds(), 10),
+	cfg = cfg.withDefaults()
+	ms := func(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
+	return &Store{
+		c:          cfg.Client,
+		k:          newKeys(cfg.Prefix),
+		size:       strconv.Itoa(cfg.HistorySize),
+		minAge:     ms(cfg.HistoryMinAge),
+		maxLen:     strconv.Itoa(cfg.HistoryMaxLen),
+		ttl:        ms(cfg.HistoryTTL),
+		idemWindow: ms(cfg.IdempotencyWindow),
 	}, nil
 }
 
-// appendScript sequences and retains one publication.
+// luaCommon is shared by the scripts: seq IDs of the history stream, the
+// epoch of a key (created when the seq HASH is missing) and trimming.
 //
-// KEYS[1] seq counter, KEYS[2] history stream.
-// ARGV[1] MAXLEN, ARGV[2] TTL in ms ("0": none), ARGV[3] payload,
-// ARGV[4] "1" if JSON else "0", ARGV[5] ts.
-//
-// A counter that starts at 1 while the stream still holds entries was lost
-// (evicted, deleted by hand): it resumes after the stream's last entry so
-// that no seq is ever assigned twice. string.format('%d') keeps seqs above
-// 1e14 out of Lua's exponent notation.
-var appendScript = redis.NewScript(`
-local seq = redis.call('INCR', KEYS[1])
-if seq == 1 then
-  local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-  if #last > 0 then
-    local top = string.match(last[1][1], '^0%-(%d+)$')
-    if top then
-      seq = redis.call('INCRBY', KEYS[1], top)
+// Seqs stay below 2^53, where Lua's numbers are exact; string.format('%d')
+// keeps them out of exponent notation.
+const luaCommon = `
+local function sid(n) return string.format('0-%d', n) end
+local function seqOf(entry) return tonumber(string.sub(entry[1], 3)) end
+local function field(entry, name)
+  local f = entry[2]
+  for i = 1, #f, 2 do
+    if f[i] == name then return f[i + 1] end
+  end
+  return nil
+end
+local function ageOf(entry) return tonumber(field(entry, 'a')) or 0 end
+local function nowMs()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The key's epoch. A missing seq HASH (a new key, or data lost: a flush, an
+-- eviction, a failover) starts a new epoch at seq 0 and deletes the history
+-- left from the old one (docs/PROTOCOL.md, "Redis schema").
+local function epoch(seqKey, histKey, new)
+  local e = redis.call('HGET', seqKey, 'e')
+  if e then return e end
+  redis.call('HSET', seqKey, 's', 0, 'e', new)
+  redis.call('DEL', histKey)
+  return new
+end
+
+-- The first seq in [lo, hi] whose entry was appended at or after cutoff
+-- (ms), hi + 1 when none was. Append times grow with seqs, so a binary
+-- search of O(log n) lookups finds it.
+local function firstYoung(hist, lo, hi, cutoff)
+  local top = hi
+  local r = redis.call('XRANGE', hist, sid(lo), '+', 'COUNT', 1)
+  if #r == 0 or ageOf(r[1]) >= cutoff then return lo end
+  lo = seqOf(r[1]) + 1
+  while lo <= hi do
+    local mid = math.floor((lo + hi) / 2)
+    r = redis.call('XRANGE', hist, sid(mid), '+', 'COUNT', 1)
+    if #r == 0 then return math.min(lo, top + 1) end
+    if ageOf(r[1]) >= cutoff then
+      hi = mid - 1
+    else
+      lo = seqOf(r[1]) + 1
     end
   end
+  return math.min(lo, top + 1)
 end
-local id = string.format('0-%d', seq)
-local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[1], id, 'd', ARGV[3], 'j', ARGV[4], 't', ARGV[5])
+
+-- trim applies the retention rules to the history whose newest seq is top:
+-- keep the newest size entries and every entry younger than minAge; never
+-- more than maxLen; drop entries older than ttl (when not 0) but the newest.
+-- In the common case (no more than size entries, no TTL) it costs one XLEN.
+local function trim(hist, top, now, size, minAge, maxLen, ttl)
+  local n = redis.call('XLEN', hist)
+  if n == 0 or (n <= size and ttl == 0) then return end
+  local first = redis.call('XRANGE', hist, '-', '+', 'COUNT', 1)
+  local lo = seqOf(first[1])
+  local cut = lo
+  local keep = top - size + 1
+  if keep > lo then
+    if minAge == 0 then
+      cut = keep
+    elseif ageOf(first[1]) < now - minAge then
+      cut = firstYoung(hist, lo, keep - 1, now - minAge)
+    end
+  end
+  local cap = top - maxLen + 1
+  if cap > cut then cut = cap end
+  if ttl > 0 and cut < top then
+    cut = firstYoung(hist, cut, top - 1, now - ttl)
+  end
+  if cut > lo then
+    redis.call('XTRIM', hist, 'MINID', sid(cut))
+  end
+end
+`
+
+// appendScript sequences, retains and fans out one publication.
+//
+// KEYS: 1 seq HASH, 2 history stream, 3 fan-out channel, 4 (when the
+// publication has an ID) its idempotency key.
+// ARGV: 1 a new epoch (used only if the key has none), 2 fencing token
+// ("0": none), 3 payload, 4 "1" if JSON else "0", 5 ts, 6 history size,
+// 7 min age (ms), 8 max length, 9 TTL (ms, "0": none), 10 idempotency
+// window (ms).
+//
+// It returns {seq, epoch, 1}, or {seq, epoch, 0} for a repeat of an
+// idempotency id, and an error "FENCED ..." when a higher token sequenced
+// the key.
+var appendScript = goredis.NewScript(luaCommon + `
+local e = epoch(KEYS[1], KEYS[2], ARGV[1])
+-- Fencing (docs/PROTOCOL.md, "Partitions and fencing"). Tokens are decimal
+-- strings without leading zeros: compared by length, then text, they need
+-- no floating point.
+local fence = ARGV[2]
+if fence ~= '0' then
+  local f = redis.call('HGET', KEYS[1], 'f')
+  if f and (#f > #fence or (#f == #fence and f > fence)) then
+    return redis.error_reply('FENCED ' .. KEYS[1] .. ' was sequenced with token ' .. f .. ', above ' .. fence)
+  end
+  redis.call('HSET', KEYS[1], 'f', fence)
+end
+-- Idempotency (docs/PROTOCOL.md, "Idempotent publishing"): a repeat in
+-- the same epoch gets the first seq back; one from an older epoch is new.
+if KEYS[4] then
+  local v = redis.call('GET', KEYS[4])
+  if v then
+    local s, ve = string.match(v, '^(%d+):(.*)$')
+    if s and ve == e then return {tonumber(s), e, 0} end
+  end
+end
+local seq = (tonumber(redis.call('HGET', KEYS[1], 's')) or 0) + 1
+local now = nowMs()
+-- XADD first: if it fails (a stream whose top is not below seq, which only
+-- hand edits make), nothing was sequenced.
+local ok = redis.pcall('XADD', KEYS[2], sid(seq), 'd', ARGV[3], 'j', ARGV[4], 't', ARGV[5], 'a', string.format('%d', now))
 if type(ok) == 'table' and ok.err then
-  return redis.error_reply('XADD ' .. id .. ' to ' .. KEYS[2] .. ': ' .. ok.err)
+  return redis.error_reply('XADD ' .. sid(seq) .. ' to ' .. KEYS[2] .. ': ' .. ok.err)
 end
-if ARGV[2] ~= '0' then
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+local s = string.format('%d', seq)
+redis.call('HSET', KEYS[1], 's', s)
+trim(KEYS[2], seq, now, tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]))
+if KEYS[4] then
+  redis.call('SET', KEYS[4], s .. ':' .. e, 'PX', ARGV[10])
 end
-return seq
+redis.call('SPUBLISH', KEYS[3], s .. ':' .. e .. ':' .. ARGV[5] .. ':' .. ARGV[4] .. ':' .. ARGV[3])
+return {seq, e, 1}
 `)
 
-// Append implements Store in one round trip.
-func (s *RedisStore) Append(ctx context.Context, p *proto.Publication) error {
-	keys, args := s.appendArgs(p)
-	return setAppendedSeq(appendScript.Run(ctx, s.client, keys, args...), p)
-}
+// readScript reads a key's top position and, depending on the mode, its
+// history or latest entry, creating its epoch when it has none.
+//
+// KEYS: 1 seq HASH, 2 history stream.
+// ARGV: 1 a new epoch, 2 mode: "t" top only, "l" latest, "h" history from
+// the entry ID ARGV[3]; for "h": 4 history size, 5 min age (ms), 6 max
+// length, 7 TTL (ms).
+//
+// It returns {seq, epoch} for "t", else {seq, epoch, entries}.
+var readScript = goredis.NewScript(luaCommon + `
+local e = epoch(KEYS[1], KEYS[2], ARGV[1])
+local s = tonumber(redis.call('HGET', KEYS[1], 's')) or 0
+local mode = ARGV[2]
+if mode == 't' then return {s, e} end
+if s == 0 then return {s, e, {}} end
+if mode == 'l' then
+  -- Only the entry of seq s is the latest: an older one is never
+  -- presented as the newest.
+  return {s, e, redis.call('XRANGE', KEYS[2], sid(s), sid(s))}
+end
+local ttl = tonumber(ARGV[7])
+if ttl > 0 then
+  -- A quiet key's entries age out without an append to trim them.
+  trim(KEYS[2], s, nowMs(), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ttl)
+end
+return {s, e, redis.call('XRANGE', KEYS[2], ARGV[3], '+')}
+`)
 
-// AppendBatch implements Store in one round trip: a pipeline of one script
-// call per publication, which Redis runs in order, each atomically (other
-// clients' commands may run in between: the seqs of a key within a batch
-// are increasing, consecutive only without another writer of the key).
-// The batch goes out whole, so callers bound its size.
+// AppendBatch implements middle.Store in one round trip: a pipeline of one
+// appendScript call per publication. Redis runs them in order, each
+// atomically; on Redis Cluster the pipeline is split by node, and the
+// publications of one key, all in one slot, stay in order on their node.
 //
 // Scripts cannot fall back to EVAL inside a pipeline: when Redis lacks the
-// script (it restarted, or SCRIPT FLUSH ran), AppendBatch loads it and
-// sends the failed calls again, provided that every call from the first
-// failure on failed for that reason, so that none of them ran.
-func (s *RedisStore) AppendBatch(ctx context.Context, pubs []proto.Publication) (int, error) {
-	n, noScript, err := s.appendPipelined(ctx, pubs)
-	if !noScript {
-		return n, err
+// script (it restarted, or SCRIPT FLUSH ran), AppendBatch loads it and sends
+// the calls that failed for that reason again, provided that no later
+// publication of the same key succeeded (a script loaded meanwhile by
+// another node), which would reorder the key.
+func (s *Store) AppendBatch(ctx context.Context, pubs []proto.Publication, fence uint64) (int, error) {
+	if len(pubs) == 0 {
+		return 0, nil
 	}
-	if err := appendScript.Load(ctx, s.client).Err(); err != nil {
-		return n, fmt.Errorf("redis append: load script: %w", err)
+	fenceArg := strconv.FormatUint(fence, 10)
+	cmds := make([]*goredis.Cmd, len(pubs))
+	run := func(idx []int) {
+		// Every command carries its own result, read below.
+		_, _ = s.c.Pipelined(ctx, func(pipe goredis.Pipeliner) error {
+			for _, i := range idx {
+				keys, args := s.appendArgs(&pubs[i], fenceArg)
+				cmds[i] = appendScript.EvalSha(ctx, pipe, keys, args...)
+			}
+			return nil
+		})
 	}
-	m, _, err := s.appendPipelined(ctx, pubs[n:])
-	return n + m, err
+	all := make([]int, len(pubs))
+	for i := range all {
+		all[i] = i
+	}
+	run(all)
+	if retry := noScriptRetry(pubs, cmds); len(retry) > 0 {
+		if err := appendScript.Load(ctx, s.c).Err(); err != nil {
+			return retry[0], s.fail(fmt.Sprintf("append to %s.%s: load script", pubs[retry[0]].App, pubs[retry[0]].Key), err)
+		}
+		run(retry)
+	}
+	for i, cmd := range cmds {
+		if err := setAppended(cmd, &pubs[i]); err != nil {
+			return i, s.fail(fmt.Sprintf("append to %s.%s", pubs[i].App, pubs[i].Key), err)
+		}
+	}
+	return len(pubs), nil
 }
 
-// appendPipelined runs the append script for each of pubs in one
-// pipeline. It returns how many leading pubs got their seq and the error
-// of the first that did not; noScript reports that this call and every
-// later one failed because Redis lacked the script.
-func (s *RedisStore) appendPipelined(ctx context.Context, pubs []proto.Publication) (n int, noScript bool, err error) {
-	cmds := make([]*redis.Cmd, len(pubs))
-	// Every command carries its own result, read below; Pipelined's error
-	// is only the first of them.
-	_, _ = s.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for i := range pubs {
-			keys, args := s.appendArgs(&pubs[i])
-			cmds[i] = appendScript.EvalSha(ctx, pipe, keys, args...)
-		}
-		return nil
-	})
+// noScriptRetry returns the publications to send again after loading the
+// append script: those before the first failure of another kind whose call
+// failed with NOSCRIPT. It returns none when resending one would reorder its
+// key: a later publication of that key succeeded.
+func noScriptRetry(pubs []proto.Publication, cmds []*goredis.Cmd) []int {
+	var retry []int
+	missing := make(map[middle.StreamKey]bool)
 	for i, cmd := range cmds {
-		if err := setAppendedSeq(cmd, &pubs[i]); err != nil {
-			return i, allNoScript(cmds[i:]), err
+		k := middle.StreamKey{App: pubs[i].App, Key: pubs[i].Key}
+		err := cmd.Err()
+		switch {
+		case err == nil:
+			if missing[k] {
+				return nil
+			}
+		case isNoScript(err):
+			missing[k] = true
+			retry = append(retry, i)
+		default:
+			// pubs[i] fails the batch: nothing after it is retried.
+			return trimRetry(retry, i)
 		}
 	}
-	return len(pubs), false, nil
+	return retry
+}
+
+// trimRetry keeps the indices of retry below n.
+func trimRetry(retry []int, n int) []int {
+	for j, i := range retry {
+		if i >= n {
+			return retry[:j]
+		}
+	}
+	return retry
 }
 
 // appendArgs are the KEYS and ARGV of appendScript for p.
-func (s *RedisStore) appendArgs(p *proto.Publication) ([]string, []any) {
+func (s *Store) appendArgs(p *proto.Publication, fence string) ([]string, []any) {
+	keys := make([]string, 3, 4)
+	keys[0], keys[1], keys[2] = s.k.seq(p.App, p.Key), s.k.hist(p.App, p.Key), s.k.pub(p.App, p.Key)
+	if p.ID != "" {
+		keys = append(keys, s.k.idemPrefix(p.App, p.Key)+p.ID)
+	}
 	j := "0"
 	if p.JSON {
 		j = "1"
 	}
-	return []string{s.keys.seq(p.App, p.Key), s.keys.hist(p.App, p.Key)},
-		[]any{s.size, s.ttlMs, p.Data, j, p.TS}
+	return keys, []any{
+		proto.NewEpoch(), fence, p.Data, j, strconv.FormatInt(p.TS, 10),
+		s.size, s.minAge, s.maxLen, s.ttl, s.idemWindow,
+	}
 }
 
-// setAppendedSeq sets p.Seq from the reply of appendScript.
-func setAppendedSeq(cmd *redis.Cmd, p *proto.Publication) error {
-	seq, err := cmd.Int64()
+// setAppended sets the Seq and Epoch of p from appendScript's reply.
+func setAppended(cmd *goredis.Cmd, p *proto.Publication) error {
+	v, err := cmd.Slice()
 	if err != nil {
-		return fmt.Errorf("redis append to %s.%s: %w", p.App, p.Key, err)
+		return err
 	}
-	if seq < 1 {
-		return fmt.Errorf("redis append to %s.%s: got seq %d", p.App, p.Key, seq)
+	if len(v) != 3 {
+		return fmt.Errorf("append script replied %d values", len(v))
 	}
-	p.Seq = uint64(seq)
+	seq, epoch, err := parseTop(v)
+	if err != nil {
+		return err
+	}
+	if seq == 0 {
+		return errors.New("append script replied seq 0")
+	}
+	p.Seq, p.Epoch = seq, epoch
 	return nil
 }
 
-// allNoScript reports whether every one of cmds failed because Redis
-// lacked its script.
-func allNoScript(cmds []*redis.Cmd) bool {
-	for _, c := range cmds {
-		if !isNoScript(c.Err()) {
-			return false
-		}
+// fail wraps a Redis error: a refusal of the fencing check wraps
+// middle.ErrFenced, anything else middle.ErrUnavailable (the caller may
+// retry).
+func (s *Store) fail(op string, err error) error {
+	if goredis.HasErrorPrefix(err, "FENCED") {
+		return fmt.Errorf("redis %s: %w (%v)", op, middle.ErrFenced, err)
 	}
-	return true
+	return fmt.Errorf("redis %s: %w: %w", op, middle.ErrUnavailable, err)
 }
 
-// History implements Store in one round trip: the counter, then the stream
-// after since. Reading the counter first makes an empty range conclusive:
-// whatever was appended after the read is in the range, so an empty range
-// with since below the counter means the entries expired.
-//
-// complete is true when the range starts at since+1, or when it is empty
-// and since is the counter (nothing was missed: since 0 of a key never
-// published to included); it is false when the first entry is above since+1
-// (trimmed), when since is above the counter (a seq the key never had) and
-// when the entries up to the counter have expired.
-func (s *RedisStore) History(ctx context.Context, app, key string, since uint64) ([]proto.Publication, bool, error) {
+// read runs readScript for one key, loading it when Redis lacks it.
+func (s *Store) read(ctx context.Context, app, key, mode, start string) ([]any, error) {
+	keys := []string{s.k.seq(app, key), s.k.hist(app, key)}
+	args := []any{proto.NewEpoch(), mode, start, s.size, s.minAge, s.maxLen, s.ttl}
+	v, err := readScript.Run(ctx, s.c, keys, args...).Slice()
+	if err != nil {
+		return nil, err
+	}
+	if len(v) != 3 {
+		return nil, fmt.Errorf("read script replied %d values", len(v))
+	}
+	return v, nil
+}
+
+// History implements middle.Store in one round trip.
+func (s *Store) History(ctx context.Context, app, key string, since uint64) (middle.History, error) {
+	start := "0-" + strconv.FormatUint(since+1, 10)
 	if since == math.MaxUint64 {
-		// No seq can follow; only the counter matters.
-		top, err := s.top(ctx, app, key)
-		if err != nil {
-			return nil, false, err
-		}
-		return nil, top == since, nil
+		start = "+" // no seq follows: an empty range
+		// XRANGE + + is the last entry: exclude it below.
 	}
-	var (
-		topCmd  *redis.StringCmd
-		histCmd *redis.XMessageSliceCmd
-	)
-	_, err := s.client.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		topCmd = pipe.Get(ctx, s.keys.seq(app, key))
-		histCmd = pipe.XRange(ctx, s.keys.hist(app, key), "0-"+strconv.FormatUint(since+1, 10), "+")
-		return nil
-	})
-	if err == nil || errors.Is(err, redis.Nil) {
-		// Pipelined reports the first failure only, which may be the
-		// counter's harmless redis.Nil hiding an error of XRANGE.
-		err = histCmd.Err()
-	}
+	h, err := s.history(ctx, app, key, "h", start)
 	if err != nil {
-		return nil, false, fmt.Errorf("redis history of %s.%s since %d: %w", app, key, since, err)
+		return middle.History{}, s.fail(fmt.Sprintf("history of %s.%s since %d", app, key, since), err)
 	}
-	top, err := parseTop(topCmd)
-	if err != nil {
-		return nil, false, fmt.Errorf("redis history of %s.%s: %w", app, key, err)
+	if since == math.MaxUint64 {
+		h.Pubs = nil
 	}
-	msgs := histCmd.Val()
-	if len(msgs) == 0 {
-		return nil, since == top, nil
-	}
-	pubs := make([]proto.Publication, len(msgs))
-	for i := range msgs {
-		if err := decodeStreamEntry(&msgs[i], app, key, &pubs[i]); err != nil {
-			return nil, false, fmt.Errorf("redis history of %s.%s: %w", app, key, err)
-		}
-	}
-	return pubs, pubs[0].Seq == since+1, nil
+	return h, nil
 }
 
-// Latest implements Store. Without HistoryTTL the latest value is kept for
-// ever; with it, it expires with the rest of a quiet key's history.
-func (s *RedisStore) Latest(ctx context.Context, app, key string) (proto.Publication, bool, error) {
-	msgs, err := s.client.XRevRangeN(ctx, s.keys.hist(app, key), "+", "-", 1).Result()
+// Latest implements middle.Store: the entry of the key's top seq, if
+// retained (HistoryTTL never trims it).
+func (s *Store) Latest(ctx context.Context, app, key string) (middle.History, error) {
+	h, err := s.history(ctx, app, key, "l", "")
 	if err != nil {
-		return proto.Publication{}, false, fmt.Errorf("redis latest of %s.%s: %w", app, key, err)
+		return middle.History{}, s.fail(fmt.Sprintf("latest of %s.%s", app, key), err)
 	}
-	if len(msgs) == 0 {
-		return proto.Publication{}, false, nil
-	}
-	var p proto.Publication
-	if err := decodeStreamEntry(&msgs[0], app, key, &p); err != nil {
-		return proto.Publication{}, false, fmt.Errorf("redis latest of %s.%s: %w", app, key, err)
-	}
-	return p, true, nil
+	return h, nil
 }
 
-// top is the key's counter, 0 when it has none.
-func (s *RedisStore) top(ctx context.Context, app, key string) (uint64, error) {
-	cmd := s.client.Get(ctx, s.keys.seq(app, key))
-	if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
-		return 0, fmt.Errorf("redis seq of %s.%s: %w", app, key, err)
-	}
-	top, err := parseTop(cmd)
+func (s *Store) history(ctx context.Context, app, key, mode, start string) (middle.History, error) {
+	v, err := s.read(ctx, app, key, mode, start)
 	if err != nil {
-		return 0, fmt.Errorf("redis seq of %s.%s: %w", app, key, err)
+		return middle.History{}, err
 	}
-	return top, nil
-}
-
-func parseTop(cmd *redis.StringCmd) (uint64, error) {
-	v, err := cmd.Result()
-	if errors.Is(err, redis.Nil) {
-		return 0, nil
+	var h middle.History
+	if h.Top.Seq, h.Top.Epoch, err = parseTop(v); err != nil {
+		return middle.History{}, err
 	}
-	if err != nil {
-		return 0, err
-	}
-	top, err := strconv.ParseUint(v, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("seq counter %q: %w", v, err)
-	}
-	return top, nil
-}
-
-// decodeStreamEntry fills p from a history entry.
-func decodeStreamEntry(m *redis.XMessage, app, key string, p *proto.Publication) error {
-	seqStr, ok := strings.CutPrefix(m.ID, "0-")
+	entries, ok := v[2].([]any)
 	if !ok {
-		return fmt.Errorf("entry %s: ID is not 0-<seq>", m.ID)
+		return middle.History{}, fmt.Errorf("read script replied entries of type %T", v[2])
+	}
+	if len(entries) > 0 {
+		h.Pubs = make([]proto.Publication, 0, len(entries))
+	}
+	for _, e := range entries {
+		p := proto.Publication{App: app, Key: key, Epoch: h.Top.Epoch}
+		if err := decodeEntry(e, &p); err != nil {
+			return middle.History{}, err
+		}
+		if p.Seq > h.Top.Seq {
+			continue // never: the HASH leads the stream
+		}
+		h.Pubs = append(h.Pubs, p)
+	}
+	return h, nil
+}
+
+// Tops implements middle.Store in one round trip: a pipeline of one
+// readScript call per key.
+func (s *Store) Tops(ctx context.Context, sks []middle.StreamKey) ([]proto.Position, error) {
+	if len(sks) == 0 {
+		return nil, nil
+	}
+	cmds := make([]*goredis.Cmd, len(sks))
+	run := func() {
+		_, _ = s.c.Pipelined(ctx, func(pipe goredis.Pipeliner) error {
+			for i, k := range sks {
+				cmds[i] = readScript.EvalSha(ctx, pipe,
+					[]string{s.k.seq(k.App, k.Key), s.k.hist(k.App, k.Key)},
+					proto.NewEpoch(), "t")
+			}
+			return nil
+		})
+	}
+	run()
+	for _, cmd := range cmds {
+		if isNoScript(cmd.Err()) {
+			// Reads are safe to repeat: load the script, run them all again.
+			if err := readScript.Load(ctx, s.c).Err(); err != nil {
+				return nil, s.fail("tops: load script", err)
+			}
+			run()
+			break
+		}
+	}
+	out := make([]proto.Position, len(sks))
+	for i, cmd := range cmds {
+		v, err := cmd.Slice()
+		if err == nil && len(v) != 2 {
+			err = fmt.Errorf("read script replied %d values", len(v))
+		}
+		if err == nil {
+			out[i].Seq, out[i].Epoch, err = parseTop(v)
+		}
+		if err != nil {
+			return nil, s.fail(fmt.Sprintf("top of %s.%s", sks[i].App, sks[i].Key), err)
+		}
+	}
+	return out, nil
+}
+
+// parseTop reads {seq, epoch, ...} of a script reply.
+func parseTop(v []any) (uint64, string, error) {
+	seq, err := replyUint(v[0])
+	if err != nil {
+		return 0, "", fmt.Errorf("script reply seq: %w", err)
+	}
+	epoch, ok := v[1].(string)
+	if !ok || proto.ValidateEpoch(epoch) != nil {
+		return 0, "", fmt.Errorf("script reply epoch %v: invalid", v[1])
+	}
+	return seq, epoch, nil
+}
+
+func replyUint(v any) (uint64, error) {
+	switch n := v.(type) {
+	case int64:
+		if n < 0 {
+			return 0, fmt.Errorf("%d is negative", n)
+		}
+		return uint64(n), nil
+	case string:
+		return strconv.ParseUint(n, 10, 64)
+	}
+	return 0, fmt.Errorf("%v of type %T", v, v)
+}
+
+// decodeEntry fills the Seq, TS, Data and JSON of p from a history entry as
+// a script returns it: {id, {field, value, ...}}.
+func decodeEntry(e any, p *proto.Publication) error {
+	ev, ok := e.([]any)
+	if !ok || len(ev) != 2 {
+		return fmt.Errorf("history entry %v: not {id, fields}", e)
+	}
+	id, _ := ev[0].(string)
+	seqStr, ok := strings.CutPrefix(id, "0-")
+	if !ok {
+		return fmt.Errorf("history entry %q: ID is not 0-<seq>", id)
 	}
 	seq, err := strconv.ParseUint(seqStr, 10, 64)
-	if err != nil {
-		return fmt.Errorf("entry %s: %w", m.ID, err)
+	if err != nil || seq == 0 {
+		return fmt.Errorf("history entry %q: bad seq", id)
 	}
-	d, ok := m.Values["d"].(string)
+	fields, ok := ev[1].([]any)
 	if !ok {
-		return fmt.Errorf("entry %s: no payload field d", m.ID)
+		return fmt.Errorf("history entry %q: fields of type %T", id, ev[1])
 	}
-	var ts int64
-	if t, ok := m.Values["t"].(string); ok {
-		if ts, err = strconv.ParseInt(t, 10, 64); err != nil {
-			return fmt.Errorf("entry %s: ts %q: %w", m.ID, t, err)
+	p.Seq = seq
+	var haveData bool
+	for i := 0; i+1 < len(fields); i += 2 {
+		name, _ := fields[i].(string)
+		val, _ := fields[i+1].(string)
+		switch name {
+		case "d":
+			p.Data, haveData = []byte(val), true
+		case "j":
+			p.JSON = val == "1"
+		case "t":
+			if p.TS, err = strconv.ParseInt(val, 10, 64); err != nil {
+				return fmt.Errorf("history entry %q: ts %q: %w", id, val, err)
+			}
 		}
 	}
-	j, _ := m.Values["j"].(string)
-	*p = proto.Publication{App: app, Key: key, Seq: seq, TS: ts, Data: []byte(d), JSON: j == "1"}
+	if !haveData {
+		return fmt.Errorf("history entry %q: no payload field d", id)
+	}
 	return nil
 }

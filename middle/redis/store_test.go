@@ -1,428 +1,721 @@
-package middle
+package redis
 
 import (
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 
-	"github.com/wspush/wspush/internal/testutil"
+	"github.com/wspush/wspush/middle"
 	"github.com/wspush/wspush/proto"
 )
 
-// newTestRedisStore returns a store under prefix on client c.
-func newTestRedisStore(t testing.TB, c *redis.Client, prefix string, size int, ttl time.Duration) *RedisStore {
+// newTestStore returns a store on c under prefix; mod adjusts its config.
+func newTestStore(t testing.TB, c goredis.UniversalClient, prefix string, mod func(*StoreConfig)) *Store {
 	t.Helper()
-	s, err := NewRedisStore(RedisStoreConfig{Client: c, Prefix: prefix, HistorySize: size, HistoryTTL: ttl})
+	cfg := StoreConfig{Client: c, Prefix: prefix}
+	if mod != nil {
+		mod(&cfg)
+	}
+	s, err := NewStore(cfg)
 	if err != nil {
-		t.Fatalf("NewRedisStore: %v", err)
+		t.Fatalf("NewStore: %v", err)
 	}
 	return s
 }
 
-func redisAppend(t testing.TB, s *RedisStore, app, key string, v int) uint64 {
-	t.Helper()
-	p := jsonPub(app, key, v)
-	p.TS = int64(1000 + v)
-	if err := s.Append(context.Background(), &p); err != nil {
-		t.Fatalf("append %s.%s %d: %v", app, key, v, err)
-	}
-	return p.Seq
+func pub(app, key string, v int) proto.Publication {
+	return proto.Publication{App: app, Key: key, TS: int64(1000 + v), JSON: true, Data: []byte(strconv.Itoa(v))}
 }
 
-func redisHistorySeqs(t testing.TB, s *RedisStore, app, key string, since uint64) ([]uint64, bool) {
+func mustAppend(t testing.TB, s *Store, fence uint64, pubs ...proto.Publication) []proto.Publication {
 	t.Helper()
-	pubs, complete, err := s.History(context.Background(), app, key, since)
+	n, err := s.AppendBatch(context.Background(), pubs, fence)
+	if err != nil || n != len(pubs) {
+		t.Fatalf("AppendBatch: n=%d of %d, %v", n, len(pubs), err)
+	}
+	return pubs
+}
+
+func mustHistory(t testing.TB, s *Store, app, key string, since uint64) middle.History {
+	t.Helper()
+	h, err := s.History(context.Background(), app, key, since)
 	if err != nil {
-		t.Fatalf("history since %d: %v", since, err)
+		t.Fatalf("History(%s.%s, %d): %v", app, key, since, err)
 	}
-	var seqs []uint64
-	for _, p := range pubs {
-		seqs = append(seqs, p.Seq)
-	}
-	return seqs, complete
+	return h
 }
 
-// TestRedisStoreSeqSharedByTwoClients races two stores, each with its own
-// connection (two nodes), on one key: every seq is assigned exactly once
-// and the history holds them all, in order.
-func TestRedisStoreSeqSharedByTwoClients(t *testing.T) {
-	c1, c2 := redisForTest(t), redisForTest(t)
-	prefix := redisTestPrefix(t, c1)
-	stores := []*RedisStore{
-		newTestRedisStore(t, c1, prefix, 1000, 0),
-		newTestRedisStore(t, c2, prefix, 1000, 0),
+func seqsOf(pubs []proto.Publication) []uint64 {
+	var out []uint64
+	for _, p := range pubs {
+		out = append(out, p.Seq)
 	}
-	const perStore = 500
-	got := make([][]uint64, len(stores))
+	return out
+}
+
+func seqRange(lo, hi uint64) []uint64 {
+	var out []uint64
+	for s := lo; s <= hi; s++ {
+		out = append(out, s)
+	}
+	return out
+}
+
+func TestStoreConfigValidate(t *testing.T) {
+	c := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1"})
+	defer c.Close()
+	for _, tc := range []struct {
+		name string
+		cfg  StoreConfig
+		ok   bool
+	}{
+		{"defaults", StoreConfig{Client: c}, true},
+		{"no client", StoreConfig{}, false},
+		{"bad prefix", StoreConfig{Client: c, Prefix: "a{b}"}, false},
+		{"negative size", StoreConfig{Client: c, HistorySize: -1}, false},
+		{"negative min age", StoreConfig{Client: c, HistoryMinAge: -time.Second}, false},
+		{"max len below size", StoreConfig{Client: c, HistorySize: 10, HistoryMaxLen: 5}, false},
+		{"max len equal size", StoreConfig{Client: c, HistorySize: 10, HistoryMaxLen: 10}, true},
+		{"negative TTL", StoreConfig{Client: c, HistoryTTL: -time.Second}, false},
+		{"sub-ms TTL", StoreConfig{Client: c, HistoryTTL: time.Microsecond}, false},
+		{"negative window", StoreConfig{Client: c, IdempotencyWindow: -time.Second}, false},
+	} {
+		_, err := NewStore(tc.cfg)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: NewStore error %v, want ok=%v", tc.name, err, tc.ok)
+		}
+	}
+	d := StoreConfig{HistorySize: 20000}.withDefaults()
+	if d.HistoryMaxLen != 20000 || d.HistoryMinAge != DefaultHistoryMinAge || d.IdempotencyWindow != middle.DefaultIdempotencyWindow {
+		t.Errorf("defaults: %+v", d)
+	}
+}
+
+// TestStoreSequencing: interleaved keys in one batch get increasing seqs
+// per key in slice order, one stable epoch per key, and History and Latest
+// return what was appended.
+func TestStoreSequencing(t *testing.T) {
+	c := newTestClient(t)
+	s := newTestStore(t, c, testPrefix(t, c), nil)
+	ctx := context.Background()
+
+	var pubs []proto.Publication
+	for i := range 10 {
+		pubs = append(pubs, pub("app", "k"+strconv.Itoa(i%3), i))
+	}
+	pubs[4].JSON, pubs[4].Data = false, []byte{0, ':', 0xff}
+	pubs[5].Data = nil
+	mustAppend(t, s, 0, pubs...)
+	want := map[string]uint64{}
+	epochs := map[string]string{}
+	for _, p := range pubs {
+		want[p.Key]++
+		if p.Seq != want[p.Key] {
+			t.Fatalf("%s got seq %d, want %d", p.Key, p.Seq, want[p.Key])
+		}
+		if e, ok := epochs[p.Key]; ok && e != p.Epoch {
+			t.Fatalf("%s epoch changed %s → %s", p.Key, e, p.Epoch)
+		}
+		epochs[p.Key] = p.Epoch
+		if proto.ValidateEpoch(p.Epoch) != nil {
+			t.Fatalf("bad epoch %q", p.Epoch)
+		}
+	}
+	h := mustHistory(t, s, "app", "k1", 0)
+	if h.Top != (proto.Position{Seq: 3, Epoch: epochs["k1"]}) {
+		t.Fatalf("top %+v", h.Top)
+	}
+	var wantK1 []proto.Publication
+	for _, p := range pubs {
+		if p.Key == "k1" {
+			wantK1 = append(wantK1, p)
+		}
+	}
+	if len(h.Pubs) != len(wantK1) {
+		t.Fatalf("history %v, want %v", h.Pubs, wantK1)
+	}
+	for i := range h.Pubs {
+		g, w := h.Pubs[i], wantK1[i]
+		if g.App != w.App || g.Key != w.Key || g.Seq != w.Seq || g.Epoch != w.Epoch || g.TS != w.TS || g.JSON != w.JSON || !bytes.Equal(g.Data, w.Data) {
+			t.Fatalf("history[%d] = %+v, want %+v", i, g, w)
+		}
+	}
+	if h := mustHistory(t, s, "app", "k1", 2); !slices.Equal(seqsOf(h.Pubs), []uint64{3}) {
+		t.Fatalf("since 2: %v", seqsOf(h.Pubs))
+	}
+	for _, since := range []uint64{3, 4, 1 << 62, ^uint64(0)} {
+		if h := mustHistory(t, s, "app", "k1", since); len(h.Pubs) != 0 || h.Top.Seq != 3 {
+			t.Fatalf("since %d: %+v", since, h)
+		}
+	}
+	l, err := s.Latest(ctx, "app", "k0")
+	if err != nil || l.Top.Seq != 4 || len(l.Pubs) != 1 || l.Pubs[0].Seq != 4 || string(l.Pubs[0].Data) != "9" {
+		t.Fatalf("Latest k0: %+v, %v", l, err)
+	}
+
+	// A key never published: seq 0 of an epoch made on first touch, the
+	// same one every later call and the first publication see.
+	h0 := mustHistory(t, s, "app", "fresh", 0)
+	if h0.Top.Seq != 0 || h0.Top.Epoch == "" || len(h0.Pubs) != 0 {
+		t.Fatalf("fresh history %+v", h0)
+	}
+	l0, err := s.Latest(ctx, "app", "fresh")
+	if err != nil || l0.Top != h0.Top || len(l0.Pubs) != 0 {
+		t.Fatalf("fresh latest %+v, %v", l0, err)
+	}
+	tops, err := s.Tops(ctx, []middle.StreamKey{{App: "app", Key: "k0"}, {App: "app", Key: "fresh"}, {App: "app", Key: "fresh2"}})
+	if err != nil {
+		t.Fatalf("Tops: %v", err)
+	}
+	if tops[0] != (proto.Position{Seq: 4, Epoch: epochs["k0"]}) || tops[1] != h0.Top || tops[2].Seq != 0 || tops[2].Epoch == "" {
+		t.Fatalf("tops %+v", tops)
+	}
+	p := mustAppend(t, s, 0, pub("app", "fresh", 1))[0]
+	if p.Seq != 1 || p.Epoch != h0.Top.Epoch {
+		t.Fatalf("first publication of fresh: %d %s, want 1 %s", p.Seq, p.Epoch, h0.Top.Epoch)
+	}
+	if n, err := s.AppendBatch(ctx, nil, 0); n != 0 || err != nil {
+		t.Fatalf("empty batch: %d %v", n, err)
+	}
+	if tops, err := s.Tops(ctx, nil); len(tops) != 0 || err != nil {
+		t.Fatalf("no tops: %v %v", tops, err)
+	}
+}
+
+// TestStoreFanOut: every sequenced publication is SPUBLISHed on its key's
+// channel, in seq order, in the format decodePub reads; a repeat of an
+// idempotency id is not.
+func TestStoreFanOut(t *testing.T) {
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
+	s := newTestStore(t, c, prefix, nil)
+	testFanOut(t, c, s, prefix)
+}
+
+func testFanOut(t *testing.T, c goredis.UniversalClient, s *Store, prefix string) {
+	ctx := context.Background()
+	k := newKeys(prefix)
+	ps := c.SSubscribe(ctx, k.pub("app", "k"))
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil { // the confirmation
+		t.Fatalf("SSUBSCRIBE: %v", err)
+	}
+	pubs := []proto.Publication{pub("app", "k", 1), pub("app", "other", 2), pub("app", "k", 3), pub("app", "k", 4)}
+	pubs[2].ID = "id-3"
+	pubs[3].JSON, pubs[3].Data = false, []byte("a:b\x00")
+	mustAppend(t, s, 0, pubs...)
+	repeat := pub("app", "k", 99)
+	repeat.ID = "id-3"
+	mustAppend(t, s, 0, repeat, pub("app", "k", 5))
+
+	want := []proto.Publication{pubs[0], pubs[2], pubs[3]}
+	for i := range 4 {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		m, err := ps.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		if m.Channel != k.pub("app", "k") {
+			t.Fatalf("channel %q", m.Channel)
+		}
+		app, key, ok := k.parsePub(m.Channel)
+		if !ok || app != "app" || key != "k" {
+			t.Fatalf("parsePub %q: %s %s %v", m.Channel, app, key, ok)
+		}
+		var got proto.Publication
+		if err := decodePub(app, key, m.Payload, &got); err != nil {
+			t.Fatalf("decode %q: %v", m.Payload, err)
+		}
+		if i == 3 {
+			if got.Seq != 4 || string(got.Data) != "5" {
+				t.Fatalf("after the repeat got %+v, want seq 4 (the repeat is not fanned out)", got)
+			}
+			continue
+		}
+		w := want[i]
+		if got.Seq != w.Seq || got.Epoch != w.Epoch || got.TS != w.TS || got.JSON != w.JSON || !bytes.Equal(got.Data, w.Data) {
+			t.Fatalf("message %d: %+v, want %+v", i, got, w)
+		}
+	}
+}
+
+// TestStoreIdempotency: a repeat within the window gets the first seq and
+// the current epoch back, is not retained; after the window, or in a new
+// epoch, the same id is a new publication.
+func TestStoreIdempotency(t *testing.T) {
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
+	const window = 300 * time.Millisecond
+	s := newTestStore(t, c, prefix, func(cfg *StoreConfig) { cfg.IdempotencyWindow = window })
+	ctx := context.Background()
+
+	a := pub("app", "k", 1)
+	a.ID = "dev-1"
+	b := pub("app", "k", 2)
+	a2 := pub("app", "k", 3)
+	a2.ID = "dev-1"
+	other := pub("app", "k2", 4)
+	other.ID = "dev-1" // scoped to its key
+	got := mustAppend(t, s, 0, a, b, a2, other)
+	if got[0].Seq != 1 || got[1].Seq != 2 || got[2].Seq != 1 || got[2].Epoch != got[0].Epoch || got[3].Seq != 1 {
+		t.Fatalf("seqs %v", seqsOf(got))
+	}
+	if h := mustHistory(t, s, "app", "k", 0); !slices.Equal(seqsOf(h.Pubs), []uint64{1, 2}) || string(h.Pubs[0].Data) != "1" {
+		t.Fatalf("history %v", h.Pubs)
+	}
+	v, err := c.Get(ctx, newKeys(prefix).idemPrefix("app", "k")+"dev-1").Result()
+	if err != nil || v != "1:"+got[0].Epoch {
+		t.Fatalf("idempotency key %q, %v", v, err)
+	}
+	pttl, err := c.PTTL(ctx, newKeys(prefix).idemPrefix("app", "k")+"dev-1").Result()
+	if err != nil || pttl <= 0 || pttl > window {
+		t.Fatalf("idempotency key PTTL %s, %v", pttl, err)
+	}
+
+	time.Sleep(window + 50*time.Millisecond)
+	a3 := pub("app", "k", 5)
+	a3.ID = "dev-1"
+	if p := mustAppend(t, s, 0, a3)[0]; p.Seq != 3 {
+		t.Fatalf("after the window: seq %d, want 3", p.Seq)
+	}
+
+	// A new epoch: the stored "<seq>:<epoch>" names the old one.
+	a4 := pub("app", "k", 6)
+	a4.ID = "dev-2"
+	old := mustAppend(t, s, 0, a4)[0]
+	if err := c.Del(ctx, newKeys(prefix).seq("app", "k")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	a5 := pub("app", "k", 7)
+	a5.ID = "dev-2"
+	p := mustAppend(t, s, 0, a5)[0]
+	if p.Seq != 1 || p.Epoch == old.Epoch {
+		t.Fatalf("repeat in a new epoch: %d %s (old %d %s), want a new publication", p.Seq, p.Epoch, old.Seq, old.Epoch)
+	}
+}
+
+// TestStoreFencing: a key sequenced with token T refuses lower tokens with
+// ErrFenced and accepts T, higher ones and 0; tokens compare as integers
+// beyond 2^53.
+func TestStoreFencing(t *testing.T) {
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
+	s := newTestStore(t, c, prefix, nil)
+	ctx := context.Background()
+	k := newKeys(prefix)
+
+	const t1 = 1_700_000_000_000_000 // Redis TIME in µs, as claims start
+	mustAppend(t, s, t1, pub("app", "k", 1))
+	if f, _ := c.HGet(ctx, k.seq("app", "k"), "f").Result(); f != strconv.FormatUint(t1, 10) {
+		t.Fatalf("f = %q", f)
+	}
+	mustAppend(t, s, t1, pub("app", "k", 2))
+	mustAppend(t, s, 0, pub("app", "k", 3))
+	if f, _ := c.HGet(ctx, k.seq("app", "k"), "f").Result(); f != strconv.FormatUint(t1, 10) {
+		t.Fatalf("fence 0 changed f to %q", f)
+	}
+	batch := []proto.Publication{pub("app", "other", 1), pub("app", "k", 4), pub("app", "k", 5)}
+	n, err := s.AppendBatch(ctx, batch, t1-1)
+	if n != 1 || !errors.Is(err, middle.ErrFenced) || errors.Is(err, middle.ErrUnavailable) {
+		t.Fatalf("lower token: n=%d err=%v, want 1 and ErrFenced", n, err)
+	}
+	if h := mustHistory(t, s, "app", "k", 0); h.Top.Seq != 3 {
+		t.Fatalf("a fenced publication was sequenced: top %+v", h.Top)
+	}
+	// A higher token, then the old one is refused; beyond 2^53, and with
+	// more digits.
+	for _, tok := range []uint64{t1 + 1, 1<<53 + 1, 1<<53 + 2, 1<<63 + 5, ^uint64(0)} {
+		mustAppend(t, s, tok, pub("app", "k", 6))
+		if _, err := s.AppendBatch(ctx, []proto.Publication{pub("app", "k", 7)}, tok-1); !errors.Is(err, middle.ErrFenced) {
+			t.Fatalf("token %d after %d: %v, want ErrFenced", tok-1, tok, err)
+		}
+	}
+	mustAppend(t, s, 0, pub("app", "k", 8)) // 0 is never refused
+}
+
+// TestStoreEpochRecreated: when the seq HASH vanishes (an eviction, a
+// flush), the next touch makes a new epoch and drops the old history.
+func TestStoreEpochRecreated(t *testing.T) {
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
+	s := newTestStore(t, c, prefix, nil)
+	ctx := context.Background()
+	k := newKeys(prefix)
+
+	first := mustAppend(t, s, 0, pub("app", "k", 1), pub("app", "k", 2))
+	e1 := first[0].Epoch
+	for name, touch := range map[string]func() proto.Position{
+		"History": func() proto.Position { return mustHistory(t, s, "app", "k", 0).Top },
+		"Latest": func() proto.Position {
+			h, err := s.Latest(ctx, "app", "k")
+			if err != nil || len(h.Pubs) != 0 {
+				t.Fatalf("Latest %+v, %v", h, err)
+			}
+			return h.Top
+		},
+		"Tops": func() proto.Position {
+			tops, err := s.Tops(ctx, []middle.StreamKey{{App: "app", Key: "k"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return tops[0]
+		},
+		"AppendBatch": func() proto.Position {
+			p := mustAppend(t, s, 0, pub("app", "k", 3))[0]
+			if p.Seq != 1 {
+				t.Fatalf("first seq of the new epoch %d", p.Seq)
+			}
+			return proto.Position{Seq: 0, Epoch: p.Epoch}
+		},
+	} {
+		mustAppend(t, s, 0, pub("app", "k", 1))
+		if err := c.Del(ctx, k.seq("app", "k")).Err(); err != nil {
+			t.Fatal(err)
+		}
+		top := touch()
+		if top.Seq != 0 || top.Epoch == e1 || top.Epoch == "" {
+			t.Fatalf("%s after DEL: top %+v (old epoch %s)", name, top, e1)
+		}
+		e1 = top.Epoch
+		h := mustHistory(t, s, "app", "k", 0)
+		if h.Top.Epoch != top.Epoch {
+			t.Fatalf("%s: epoch %s then %s", name, top.Epoch, h.Top.Epoch)
+		}
+		if name == "AppendBatch" {
+			if !slices.Equal(seqsOf(h.Pubs), []uint64{1}) || string(h.Pubs[0].Data) != "3" {
+				t.Fatalf("%s: history %v", name, h.Pubs)
+			}
+		} else if len(h.Pubs) != 0 {
+			t.Fatalf("%s: the old epoch's history survived: %v", name, h.Pubs)
+		}
+	}
+
+	// A flush of everything under the prefix.
+	before := mustAppend(t, s, 0, pub("app", "k", 9))[0]
+	if err := deleteUnder(ctx, c, prefix); err != nil {
+		t.Fatal(err)
+	}
+	if h := mustHistory(t, s, "app", "k", 0); h.Top.Seq != 0 || h.Top.Epoch == before.Epoch || len(h.Pubs) != 0 {
+		t.Fatalf("after flush: %+v", h)
+	}
+}
+
+// TestStoreTrimming checks the retention rules: count trimming spares
+// entries younger than the min age, the max length caps them anyway, the
+// TTL drops old entries but the latest.
+func TestStoreTrimming(t *testing.T) {
+	c := newTestClient(t)
+	ctx := context.Background()
+
+	t.Run("size and min age", func(t *testing.T) {
+		prefix := testPrefix(t, c)
+		const minAge = 300 * time.Millisecond
+		s := newTestStore(t, c, prefix, func(cfg *StoreConfig) {
+			cfg.HistorySize, cfg.HistoryMinAge = 3, minAge
+		})
+		var burst []proto.Publication
+		for i := range 10 {
+			burst = append(burst, pub("app", "k", i))
+		}
+		start := time.Now()
+		mustAppend(t, s, 0, burst...)
+		h := mustHistory(t, s, "app", "k", 0)
+		if time.Since(start) < minAge && !slices.Equal(seqsOf(h.Pubs), seqRange(1, 10)) {
+			t.Fatalf("young burst trimmed: %v", seqsOf(h.Pubs))
+		}
+		time.Sleep(minAge + 50*time.Millisecond)
+		mustAppend(t, s, 0, pub("app", "k", 11))
+		if h := mustHistory(t, s, "app", "k", 0); !slices.Equal(seqsOf(h.Pubs), seqRange(9, 11)) {
+			t.Fatalf("after min age: %v, want 9..11", seqsOf(h.Pubs))
+		}
+		// Old and young entries mixed: only the old ones beyond size go.
+		time.Sleep(minAge + 50*time.Millisecond)
+		var more []proto.Publication
+		for i := range 5 {
+			more = append(more, pub("app", "k", 12+i))
+		}
+		mustAppend(t, s, 0, more...)
+		if h := mustHistory(t, s, "app", "k", 0); !slices.Equal(seqsOf(h.Pubs), seqRange(12, 16)) {
+			t.Fatalf("mixed: %v, want 12..16", seqsOf(h.Pubs))
+		}
+	})
+
+	t.Run("max len", func(t *testing.T) {
+		prefix := testPrefix(t, c)
+		s := newTestStore(t, c, prefix, func(cfg *StoreConfig) {
+			cfg.HistorySize, cfg.HistoryMinAge, cfg.HistoryMaxLen = 3, time.Hour, 5
+		})
+		for i := range 12 {
+			mustAppend(t, s, 0, pub("app", "k", i))
+		}
+		if h := mustHistory(t, s, "app", "k", 0); !slices.Equal(seqsOf(h.Pubs), seqRange(8, 12)) {
+			t.Fatalf("max len: %v, want 8..12", seqsOf(h.Pubs))
+		}
+		if n, _ := c.XLen(ctx, newKeys(prefix).hist("app", "k")).Result(); n != 5 {
+			t.Fatalf("XLEN %d", n)
+		}
+	})
+
+	t.Run("TTL keeps the latest", func(t *testing.T) {
+		prefix := testPrefix(t, c)
+		const ttl = 300 * time.Millisecond
+		s := newTestStore(t, c, prefix, func(cfg *StoreConfig) {
+			cfg.HistorySize, cfg.HistoryMinAge, cfg.HistoryTTL = 10, time.Millisecond, ttl
+		})
+		mustAppend(t, s, 0, pub("app", "k", 1), pub("app", "k", 2), pub("app", "k", 3))
+		if h := mustHistory(t, s, "app", "k", 0); len(h.Pubs) != 3 {
+			t.Fatalf("young: %v", seqsOf(h.Pubs))
+		}
+		time.Sleep(ttl + 50*time.Millisecond)
+		// A quiet key: History trims, Latest still has the newest.
+		if h := mustHistory(t, s, "app", "k", 0); !slices.Equal(seqsOf(h.Pubs), []uint64{3}) || h.Top.Seq != 3 {
+			t.Fatalf("after TTL: %+v", h)
+		}
+		if l, err := s.Latest(ctx, "app", "k"); err != nil || len(l.Pubs) != 1 || l.Pubs[0].Seq != 3 {
+			t.Fatalf("latest after TTL: %+v, %v", l, err)
+		}
+		mustAppend(t, s, 0, pub("app", "k", 4), pub("app", "k", 5))
+		time.Sleep(ttl + 50*time.Millisecond)
+		mustAppend(t, s, 0, pub("app", "k", 6))
+		if n, _ := c.XLen(ctx, newKeys(prefix).hist("app", "k")).Result(); n != 1 {
+			t.Fatalf("XLEN after append %d, want 1", n)
+		}
+		// The seq HASH never expires.
+		if d, _ := c.PTTL(ctx, newKeys(prefix).seq("app", "k")).Result(); d != -1 {
+			t.Fatalf("seq HASH PTTL %s", d)
+		}
+	})
+}
+
+// TestStoreNoScript: after SCRIPT FLUSH (a Redis restart), every call
+// loads its script again and succeeds.
+func TestStoreNoScript(t *testing.T) {
+	c := newTestClient(t)
+	s := newTestStore(t, c, testPrefix(t, c), nil)
+	ctx := context.Background()
+	flush := func() {
+		if err := c.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatalf("SCRIPT FLUSH: %v", err)
+		}
+	}
+	mustAppend(t, s, 0, pub("app", "k", 1))
+	flush()
+	got := mustAppend(t, s, 0, pub("app", "k", 2), pub("app", "k2", 1), pub("app", "k", 3))
+	if !slices.Equal(seqsOf(got), []uint64{2, 1, 3}) {
+		t.Fatalf("seqs after flush %v", seqsOf(got))
+	}
+	flush()
+	if h := mustHistory(t, s, "app", "k", 0); !slices.Equal(seqsOf(h.Pubs), []uint64{1, 2, 3}) {
+		t.Fatalf("history after flush %v", seqsOf(h.Pubs))
+	}
+	flush()
+	if tops, err := s.Tops(ctx, []middle.StreamKey{{App: "app", Key: "k"}, {App: "app", Key: "k2"}}); err != nil || tops[0].Seq != 3 || tops[1].Seq != 1 {
+		t.Fatalf("tops after flush %v, %v", tops, err)
+	}
+}
+
+// TestNoScriptRetry: which calls of a batch are sent again after NOSCRIPT.
+func TestNoScriptRetry(t *testing.T) {
+	ok := func() *goredis.Cmd { return goredis.NewCmd(context.Background()) }
+	fail := func(msg string) *goredis.Cmd {
+		c := goredis.NewCmd(context.Background())
+		c.SetErr(fakeRedisError(msg))
+		return c
+	}
+	noScript := func() *goredis.Cmd {
+		c := goredis.NewCmd(context.Background())
+		c.SetErr(goredis.ErrNoScript)
+		return c
+	}
+	a, b := pub("app", "a", 1), pub("app", "b", 1)
+	for _, tc := range []struct {
+		name string
+		pubs []proto.Publication
+		cmds []*goredis.Cmd
+		want []int
+	}{
+		{"all ok", []proto.Publication{a, b}, []*goredis.Cmd{ok(), ok()}, nil},
+		{"all missing", []proto.Publication{a, b, a}, []*goredis.Cmd{noScript(), noScript(), noScript()}, []int{0, 1, 2}},
+		{"one node missing", []proto.Publication{a, b, a, b}, []*goredis.Cmd{noScript(), ok(), noScript(), ok()}, []int{0, 2}},
+		{"loaded meanwhile", []proto.Publication{a, b, a}, []*goredis.Cmd{noScript(), ok(), ok()}, nil},
+		{"another error first", []proto.Publication{a, b, a}, []*goredis.Cmd{fail("ERR x"), noScript(), noScript()}, nil},
+		{"another error later", []proto.Publication{a, b, a}, []*goredis.Cmd{noScript(), fail("ERR x"), noScript()}, []int{0}},
+	} {
+		if got := noScriptRetry(tc.pubs, tc.cmds); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// fakeRedisError is an error reply of Redis.
+type fakeRedisError string
+
+func (e fakeRedisError) Error() string { return string(e) }
+func (fakeRedisError) RedisError()     {}
+
+// TestStoreUnavailable: with Redis out of reach every method fails with
+// middle.ErrUnavailable, and works again once Redis is back.
+func TestStoreUnavailable(t *testing.T) {
+	direct := newTestClient(t)
+	prefix := testPrefix(t, direct)
+	px := newRedisProxy(t)
+	s := newTestStore(t, px.client(), prefix, nil)
+	ctx := context.Background()
+	mustAppend(t, s, 0, pub("app", "k", 1))
+
+	px.setDown(true)
+	if n, err := s.AppendBatch(ctx, []proto.Publication{pub("app", "k", 2)}, 0); n != 0 || !errors.Is(err, middle.ErrUnavailable) {
+		t.Fatalf("AppendBatch while down: %d %v", n, err)
+	}
+	if _, err := s.History(ctx, "app", "k", 0); !errors.Is(err, middle.ErrUnavailable) {
+		t.Fatalf("History while down: %v", err)
+	}
+	if _, err := s.Latest(ctx, "app", "k"); !errors.Is(err, middle.ErrUnavailable) {
+		t.Fatalf("Latest while down: %v", err)
+	}
+	if _, err := s.Tops(ctx, []middle.StreamKey{{App: "app", Key: "k"}}); !errors.Is(err, middle.ErrUnavailable) {
+		t.Fatalf("Tops while down: %v", err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := s.AppendBatch(cctx, []proto.Publication{pub("app", "k", 2)}, 0); !errors.Is(err, middle.ErrUnavailable) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("AppendBatch with a cancelled context: %v", err)
+	}
+
+	px.setDown(false)
+	if p := mustAppend(t, s, 0, pub("app", "k", 3))[0]; p.Seq != 2 {
+		t.Fatalf("after the outage seq %d, want 2", p.Seq)
+	}
+}
+
+// TestStoreConcurrentAppends: two stores, each with its own connections
+// (two nodes), race on one key: every seq is assigned once, and each
+// writer's publications get increasing seqs in its order.
+func TestStoreConcurrentAppends(t *testing.T) {
+	c1 := newTestClient(t)
+	c2 := newTestClient(t)
+	prefix := testPrefix(t, c1)
+	stores := []*Store{
+		newTestStore(t, c1, prefix, func(cfg *StoreConfig) { cfg.HistorySize = 1000 }),
+		newTestStore(t, c2, prefix, func(cfg *StoreConfig) { cfg.HistorySize = 1000 }),
+	}
+	const perWriter, batch = 200, 10
+	seqs := make([][]uint64, 4)
 	var wg sync.WaitGroup
-	for i, s := range stores {
+	for w := range seqs {
 		wg.Go(func() {
-			for v := range perStore {
-				p := jsonPub("app", "k", v)
-				if err := s.Append(context.Background(), &p); err != nil {
-					t.Errorf("store %d append: %v", i, err)
+			s := stores[w%2]
+			for i := 0; i < perWriter; i += batch {
+				var pubs []proto.Publication
+				for j := range batch {
+					pubs = append(pubs, pub("app", "k", w*perWriter+i+j))
+				}
+				if n, err := s.AppendBatch(context.Background(), pubs, 0); err != nil || n != batch {
+					t.Errorf("writer %d: %d %v", w, n, err)
 					return
 				}
-				got[i] = append(got[i], p.Seq)
+				seqs[w] = append(seqs[w], seqsOf(pubs)...)
 			}
 		})
 	}
 	wg.Wait()
-	for i := range got {
-		if !slices.IsSorted(got[i]) {
-			t.Errorf("store %d got seqs out of order: %s", i, shortSeqs(got[i]))
+	var all []uint64
+	for w, ss := range seqs {
+		if !slices.IsSorted(ss) {
+			t.Fatalf("writer %d seqs not increasing: %v", w, ss)
 		}
+		all = append(all, ss...)
 	}
-	all := slices.Concat(got...)
 	slices.Sort(all)
-	wantSeqs(t, "both stores", all, seqRange(1, 2*perStore))
-
-	seqs, complete := redisHistorySeqs(t, stores[0], "app", "k", 0)
-	if !complete {
-		t.Error("history since 0: complete = false, want true")
+	if !slices.Equal(all, seqRange(1, uint64(len(seqs)*perWriter))) {
+		t.Fatalf("seqs not each assigned once: %d of them", len(all))
 	}
-	wantSeqs(t, "history", seqs, seqRange(1, 2*perStore))
-}
-
-func TestRedisStoreAppendBatch(t *testing.T) {
-	c := redisForTest(t)
-	testStoreAppendBatch(t, newTestRedisStore(t, c, redisTestPrefix(t, c), 8, 0))
-}
-
-// TestRedisStoreAppendBatchFailure: AppendBatch reports the prefix that
-// was sequenced; a failed call does not stop the later ones of its
-// pipeline; a batch that never reached Redis sequenced nothing.
-func TestRedisStoreAppendBatchFailure(t *testing.T) {
-	c := redisForTest(t)
-	prefix := redisTestPrefix(t, c)
-	s := newTestRedisStore(t, c, prefix, 8, 0)
-	ctx := context.Background()
-	// A history that is not a stream makes the script fail for key "bad".
-	if err := c.Set(ctx, newRedisKeys(prefix).hist("app", "bad"), "not a stream", 0).Err(); err != nil {
-		t.Fatal(err)
-	}
-	pubs := []proto.Publication{jsonPub("app", "k", 1), jsonPub("app", "k", 2), jsonPub("app", "bad", 3), jsonPub("app", "k", 4)}
-	n, err := s.AppendBatch(ctx, pubs)
-	if n != 2 || err == nil || !strings.Contains(err.Error(), "app.bad") {
-		t.Fatalf("AppendBatch with item 2 failing: %d, %v; want 2 and an error naming app.bad", n, err)
-	}
-	wantSeqs(t, "sequenced prefix", []uint64{pubs[0].Seq, pubs[1].Seq}, seqRange(1, 2))
-	// The item after the failure ran too: one that "may or may not" be
-	// sequenced.
-	seqs, _ := redisHistorySeqs(t, s, "app", "k", 0)
-	wantSeqs(t, "history of k", seqs, seqRange(1, 3))
-
-	cctx, cancel := context.WithCancel(ctx)
-	cancel()
-	n, err = s.AppendBatch(cctx, []proto.Publication{jsonPub("app", "k", 5), jsonPub("app", "k", 6)})
-	if n != 0 || !errors.Is(err, context.Canceled) {
-		t.Fatalf("AppendBatch with a canceled ctx: %d, %v; want 0, context.Canceled", n, err)
-	}
-	pubs = []proto.Publication{jsonPub("app", "k", 7)}
-	if n, err := s.AppendBatch(ctx, pubs); n != 1 || err != nil || pubs[0].Seq != 4 {
-		t.Fatalf("AppendBatch after the canceled one: %d, %v, seq %d; want 1, nil, seq 4", n, err, pubs[0].Seq)
+	h := mustHistory(t, stores[0], "app", "k", 0)
+	if !slices.Equal(seqsOf(h.Pubs), all) {
+		t.Fatalf("history has %d entries", len(h.Pubs))
 	}
 }
 
-// TestRedisStoreAppendBatchNoScript: after Redis lost its scripts (SCRIPT
-// FLUSH, as a restart does), AppendBatch loads the script and sequences
-// the whole batch once.
-func TestRedisStoreAppendBatchNoScript(t *testing.T) {
-	c := redisForTest(t)
-	s := newTestRedisStore(t, c, redisTestPrefix(t, c), 8, 0)
-	ctx := context.Background()
-	redisAppend(t, s, "app", "k", 1)
-	if err := c.ScriptFlush(ctx).Err(); err != nil {
-		t.Fatal(err)
-	}
-	pubs := []proto.Publication{jsonPub("app", "k", 2), jsonPub("app", "k2", 1), jsonPub("app", "k", 3)}
-	if n, err := s.AppendBatch(ctx, pubs); n != len(pubs) || err != nil {
-		t.Fatalf("AppendBatch after SCRIPT FLUSH: %d, %v; want %d, nil", n, err, len(pubs))
-	}
-	wantSeqs(t, "batch seqs", []uint64{pubs[0].Seq, pubs[1].Seq, pubs[2].Seq}, []uint64{2, 1, 3})
-	seqs, _ := redisHistorySeqs(t, s, "app", "k", 0)
-	wantSeqs(t, "history of k", seqs, seqRange(1, 3))
-}
-
-func TestRedisStoreHistoryAndLatest(t *testing.T) {
-	c := redisForTest(t)
-	s := newTestRedisStore(t, c, redisTestPrefix(t, c), 10, 0)
+// TestStoreCluster runs the store on the Redis Cluster of
+// WSPUSH_REDIS_CLUSTER_URL: keys in many slots, fan-out, reads.
+func TestStoreCluster(t *testing.T) {
+	c := newTestClusterClient(t)
+	prefix := testPrefix(t, c)
+	s := newTestStore(t, c, prefix, nil)
 	ctx := context.Background()
 
-	// A key never published to.
-	for _, tc := range []struct {
-		since        uint64
-		wantComplete bool
-	}{{0, true}, {1, false}, {math.MaxUint64, false}} {
-		seqs, complete := redisHistorySeqs(t, s, "app", "none", tc.since)
-		if len(seqs) != 0 || complete != tc.wantComplete {
-			t.Errorf("empty key, since %d: got %v complete=%v, want none complete=%v", tc.since, seqs, complete, tc.wantComplete)
-		}
+	var pubs []proto.Publication
+	for i := range 200 {
+		pubs = append(pubs, pub("app", "k"+strconv.Itoa(i%40), i))
 	}
-	if _, ok, err := s.Latest(ctx, "app", "none"); err != nil || ok {
-		t.Errorf("Latest of an empty key: ok=%v err=%v, want none", ok, err)
-	}
-
-	for v := 1; v <= 5; v++ {
-		if seq := redisAppend(t, s, "app", "k", v); seq != uint64(v) {
-			t.Fatalf("append %d: seq %d", v, seq)
-		}
-	}
-	for _, tc := range []struct {
-		since        uint64
-		want         []uint64
-		wantComplete bool
-	}{
-		{0, seqRange(1, 5), true},
-		{3, seqRange(4, 5), true},
-		{4, seqRange(5, 5), true},
-		{5, nil, true},               // up to date
-		{6, nil, false},              // a seq the key never had
-		{math.MaxUint64, nil, false}, // the same, at the edge
-		{math.MaxUint64 - 1, nil, false},
-	} {
-		seqs, complete := redisHistorySeqs(t, s, "app", "k", tc.since)
-		if !equalSeqs(seqs, tc.want) || complete != tc.wantComplete {
-			t.Errorf("since %d: got %s complete=%v, want %s complete=%v",
-				tc.since, shortSeqs(seqs), complete, shortSeqs(tc.want), tc.wantComplete)
-		}
-	}
-
-	p, ok, err := s.Latest(ctx, "app", "k")
-	if err != nil || !ok {
-		t.Fatalf("Latest: ok=%v err=%v", ok, err)
-	}
-	want := proto.Publication{App: "app", Key: "k", Seq: 5, TS: 1005, Data: []byte(`{"v":5}`), JSON: true}
-	if p.App != want.App || p.Key != want.Key || p.Seq != want.Seq || p.TS != want.TS || !bytes.Equal(p.Data, want.Data) || p.JSON != want.JSON {
-		t.Errorf("Latest = %+v (data %s), want %+v (data %s)", p, p.Data, want, want.Data)
-	}
-}
-
-// TestRedisStoreBinaryPayload keeps arbitrary bytes (NUL, invalid UTF-8)
-// and the JSON flag intact.
-func TestRedisStoreBinaryPayload(t *testing.T) {
-	c := redisForTest(t)
-	s := newTestRedisStore(t, c, redisTestPrefix(t, c), 4, 0)
-	ctx := context.Background()
-	data := []byte{0, 1, 0xff, 0xfe, '"', '\n', 0}
-	p := proto.Publication{App: "app", Key: "bin", TS: 7, Data: data}
-	if err := s.Append(ctx, &p); err != nil {
-		t.Fatal(err)
-	}
-	pubs, complete, err := s.History(ctx, "app", "bin", 0)
-	if err != nil || !complete || len(pubs) != 1 {
-		t.Fatalf("History: %d pubs, complete=%v, err=%v", len(pubs), complete, err)
-	}
-	if got := pubs[0]; !bytes.Equal(got.Data, data) || got.JSON || got.TS != 7 || got.Seq != 1 {
-		t.Errorf("got %+v, want data %v, not JSON, ts 7, seq 1", got, data)
-	}
-	empty := proto.Publication{App: "app", Key: "bin", TS: 8, Data: nil}
-	if err := s.Append(ctx, &empty); err != nil {
-		t.Fatal(err)
-	}
-	latest, ok, err := s.Latest(ctx, "app", "bin")
-	if err != nil || !ok || len(latest.Data) != 0 || latest.Seq != 2 {
-		t.Errorf("Latest after an empty payload: %+v ok=%v err=%v", latest, ok, err)
-	}
-}
-
-// TestRedisStoreTrimming: MAXLEN keeps HistorySize entries; a since that
-// fell off the history is reported incomplete.
-func TestRedisStoreTrimming(t *testing.T) {
-	c := redisForTest(t)
-	prefix := redisTestPrefix(t, c)
-	s := newTestRedisStore(t, c, prefix, 3, 0)
-	for v := 1; v <= 10; v++ {
-		redisAppend(t, s, "app", "k", v)
-	}
-	if n := c.XLen(context.Background(), newRedisKeys(prefix).hist("app", "k")).Val(); n != 3 {
-		t.Errorf("stream length %d, want 3", n)
-	}
-	for _, tc := range []struct {
-		since        uint64
-		want         []uint64
-		wantComplete bool
-	}{
-		{0, seqRange(8, 10), false},
-		{6, seqRange(8, 10), false},
-		{7, seqRange(8, 10), true},
-		{9, seqRange(10, 10), true},
-		{10, nil, true},
-	} {
-		seqs, complete := redisHistorySeqs(t, s, "app", "k", tc.since)
-		if !equalSeqs(seqs, tc.want) || complete != tc.wantComplete {
-			t.Errorf("since %d: got %s complete=%v, want %s complete=%v",
-				tc.since, shortSeqs(seqs), complete, shortSeqs(tc.want), tc.wantComplete)
-		}
-	}
-}
-
-// TestRedisStoreHistoryTTL: the history of a quiet key expires, its seq
-// does not.
-func TestRedisStoreHistoryTTL(t *testing.T) {
-	c := redisForTest(t)
-	prefix := redisTestPrefix(t, c)
-	s := newTestRedisStore(t, c, prefix, 8, 100*time.Millisecond)
-	keys := newRedisKeys(prefix)
-	ctx := context.Background()
-	for v := 1; v <= 3; v++ {
-		redisAppend(t, s, "app", "k", v)
-	}
-	if ttl := c.PTTL(ctx, keys.seq("app", "k")).Val(); ttl != -1 {
-		t.Errorf("seq key TTL = %s, want none", ttl)
-	}
-	testutil.Eventually(t, 5*time.Second, 20*time.Millisecond, func() error {
-		if n := c.Exists(ctx, keys.hist("app", "k")).Val(); n != 0 {
-			return fmt.Errorf("history still exists")
-		}
-		return nil
-	})
-	if seqs, complete := redisHistorySeqs(t, s, "app", "k", 1); len(seqs) != 0 || complete {
-		t.Errorf("since 1 after expiry: %v complete=%v, want none, incomplete", seqs, complete)
-	}
-	if seqs, complete := redisHistorySeqs(t, s, "app", "k", 3); len(seqs) != 0 || !complete {
-		t.Errorf("since 3 (the top) after expiry: %v complete=%v, want none, complete", seqs, complete)
-	}
-	if _, ok, _ := s.Latest(ctx, "app", "k"); ok {
-		t.Error("Latest after expiry: found one")
-	}
-	if seq := redisAppend(t, s, "app", "k", 4); seq != 4 {
-		t.Errorf("append after expiry: seq %d, want 4 (seqs never restart)", seq)
-	}
-	if seqs, complete := redisHistorySeqs(t, s, "app", "k", 3); !equalSeqs(seqs, []uint64{4}) || !complete {
-		t.Errorf("since 3: %v complete=%v, want [4] complete", seqs, complete)
-	}
-}
-
-// TestRedisStoreLostCounter: a counter deleted while the history survives
-// resumes after the history instead of assigning seqs again.
-func TestRedisStoreLostCounter(t *testing.T) {
-	c := redisForTest(t)
-	prefix := redisTestPrefix(t, c)
-	s := newTestRedisStore(t, c, prefix, 8, 0)
-	for v := 1; v <= 3; v++ {
-		redisAppend(t, s, "app", "k", v)
-	}
-	if err := c.Del(context.Background(), newRedisKeys(prefix).seq("app", "k")).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if seq := redisAppend(t, s, "app", "k", 4); seq != 4 {
-		t.Errorf("append after the counter was lost: seq %d, want 4", seq)
-	}
-}
-
-// TestRedisStoreAcrossNodes: a publication sequenced through one node is
-// replayed by another from the shared history (resume on any node).
-func TestRedisStoreAcrossNodes(t *testing.T) {
-	c1, c2 := redisForTest(t), redisForTest(t)
-	prefix := redisTestPrefix(t, c1)
-	a := newTestNode(t, Config{Store: newTestRedisStore(t, c1, prefix, 16, 0)})
-	b := newTestNode(t, Config{Store: newTestRedisStore(t, c2, prefix, 16, 0)})
-	if got := publishValues(t, b, "app", "k", 1, 5); !equalSeqs(got, seqRange(1, 5)) {
-		t.Fatalf("node b assigned %s", shortSeqs(got))
-	}
-	if got := publishValues(t, a, "app", "k", 6, 6); !equalSeqs(got, []uint64{6}) {
-		t.Fatalf("node a assigned %s, want [6]", shortSeqs(got))
-	}
-	r := newRecorder()
-	subscribe(t, a, r, SubscribeRequest{ID: 1, App: "app", Keys: []string{"k"}, Since: map[string]uint64{"k": 2}})
-	ms := r.messages(t)
-	if len(ms) == 0 {
-		t.Fatal("no messages")
-	}
-	wantAck(t, ms[0], 1, proto.Recovered)
-	wantSeqs(t, "replay on node a", dataSeqs(ms, "k"), seqRange(3, 6))
-}
-
-func TestRedisStoreConfigValidate(t *testing.T) {
-	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
-	defer c.Close()
-	for _, tc := range []struct {
-		name string
-		cfg  RedisStoreConfig
-	}{
-		{"no client", RedisStoreConfig{}},
-		{"negative size", RedisStoreConfig{Client: c, HistorySize: -1}},
-		{"negative ttl", RedisStoreConfig{Client: c, HistoryTTL: -time.Second}},
-		{"sub-ms ttl", RedisStoreConfig{Client: c, HistoryTTL: time.Microsecond}},
-		{"prefix with space", RedisStoreConfig{Client: c, Prefix: "a b"}},
-	} {
-		if _, err := NewRedisStore(tc.cfg); err == nil {
-			t.Errorf("%s: NewRedisStore accepted %+v", tc.name, tc.cfg)
-		}
-	}
-	if _, err := NewRedisStore(RedisStoreConfig{Client: c}); err != nil {
-		t.Errorf("defaults rejected: %v", err)
-	}
-}
-
-// BenchmarkRedisStoreAppend: one publication per op, one round trip each.
-func BenchmarkRedisStoreAppend(b *testing.B) {
-	c := redisForTest(b)
-	s := newTestRedisStore(b, c, redisTestPrefix(b, c), DefaultHistorySize, 0)
-	ctx := context.Background()
-	p := proto.Publication{App: "bench", Key: "k", TS: 1, Data: redisBenchPayload, JSON: true}
-	b.ReportAllocs()
-	for b.Loop() {
-		if err := s.Append(ctx, &p); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-// BenchmarkRedisStoreAppendBatch: 100 publications over 10 keys per op,
-// one round trip; compare pubs/s with BenchmarkRedisStoreAppend's ops/s.
-func BenchmarkRedisStoreAppendBatch(b *testing.B) {
-	c := redisForTest(b)
-	s := newTestRedisStore(b, c, redisTestPrefix(b, c), DefaultHistorySize, 0)
-	ctx := context.Background()
-	pubs := make([]proto.Publication, 100)
-	ops := 0
-	b.ReportAllocs()
-	for b.Loop() {
-		for i := range pubs {
-			pubs[i] = proto.Publication{App: "bench", Key: "k" + strconv.Itoa(i%10), TS: 1, Data: redisBenchPayload, JSON: true}
-		}
-		if _, err := s.AppendBatch(ctx, pubs); err != nil {
-			b.Fatal(err)
-		}
-		ops++
-	}
-	b.ReportMetric(float64(ops*len(pubs))/b.Elapsed().Seconds(), "pubs/s")
-}
-
-// BenchmarkRedisStoreAppendParallel: publications to 64 keys from
-// GOMAXPROCS goroutines, as several publishers of one node.
-func BenchmarkRedisStoreAppendParallel(b *testing.B) {
-	c := redisForTest(b)
-	s := newTestRedisStore(b, c, redisTestPrefix(b, c), DefaultHistorySize, 0)
-	ctx := context.Background()
-	var next sync.Mutex
-	n := 0
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		next.Lock()
-		key := fmt.Sprintf("k%d", n%64)
-		n++
-		next.Unlock()
-		p := proto.Publication{App: "bench", Key: key, TS: 1, Data: redisBenchPayload, JSON: true}
-		for pb.Next() {
-			if err := s.Append(ctx, &p); err != nil {
-				b.Error(err)
-				return
+	pubs[7].ID = "x"
+	mustAppend(t, s, 7, pubs...)
+	var sks []middle.StreamKey
+	for i := range 40 {
+		key := "k" + strconv.Itoa(i)
+		sks = append(sks, middle.StreamKey{App: "app", Key: key})
+		var want []uint64
+		for _, p := range pubs {
+			if p.Key == key {
+				want = append(want, p.Seq)
 			}
 		}
-	})
+		if !slices.Equal(want, seqRange(1, 5)) {
+			t.Fatalf("%s seqs %v", key, want)
+		}
+		if h := mustHistory(t, s, "app", key, 0); !slices.Equal(seqsOf(h.Pubs), want) {
+			t.Fatalf("%s history %v", key, seqsOf(h.Pubs))
+		}
+	}
+	tops, err := s.Tops(ctx, append(sks, middle.StreamKey{App: "app", Key: "fresh"}))
+	if err != nil {
+		t.Fatalf("Tops: %v", err)
+	}
+	for i, top := range tops[:40] {
+		if top.Seq != 5 || top.Epoch != pubs[i].Epoch {
+			t.Fatalf("top of %v: %+v", sks[i], top)
+		}
+	}
+	if tops[40].Seq != 0 || tops[40].Epoch == "" {
+		t.Fatalf("fresh top %+v", tops[40])
+	}
+	if _, err := s.AppendBatch(ctx, []proto.Publication{pub("app", "k0", 1)}, 6); !errors.Is(err, middle.ErrFenced) {
+		t.Fatalf("fencing on the cluster: %v", err)
+	}
+	if err := c.(*goredis.ClusterClient).ForEachShard(ctx, func(ctx context.Context, n *goredis.Client) error {
+		return n.ScriptFlush(ctx).Err()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, s, 0, pub("app", "k1", 1), pub("app", "k2", 1), pub("app", "k3", 1))
+	testFanOut(t, c, s, prefix)
 }
 
-var redisBenchPayload = []byte(`{"temp":21.53,"humidity":40.1}`)
+// BenchmarkStoreAppendBatch measures batches of 100 publications of 64
+// bytes over 10 keys.
+func BenchmarkStoreAppendBatch(b *testing.B) {
+	c := newTestClient(b)
+	s := newTestStore(b, c, testPrefix(b, c), nil)
+	ctx := context.Background()
+	data := bytes.Repeat([]byte("x"), 64)
+	pubs := make([]proto.Publication, 100)
+	b.ResetTimer()
+	for b.Loop() {
+		for i := range pubs {
+			pubs[i] = proto.Publication{App: "app", Key: fmt.Sprintf("k%d", i%10), Data: data}
+		}
+		if n, err := s.AppendBatch(ctx, pubs, 0); err != nil || n != len(pubs) {
+			b.Fatalf("%d %v", n, err)
+		}
+	}
+	b.ReportMetric(float64(b.N*len(pubs))/b.Elapsed().Seconds(), "pubs/s")
+}

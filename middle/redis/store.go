@@ -164,24 +164,29 @@ local function epoch(seqKey, histKey, new)
 end
 
 -- The first seq in [lo, hi] whose entry was appended at or after cutoff
--- (ms), hi + 1 when none was. Append times grow with seqs, so a binary
--- search of O(log n) lookups finds it.
+-- (ms), hi + 1 when none was. Append times grow with seqs: a galloping
+-- search from lo (lo, lo+1, lo+3, ...), then a binary search, finds it in
+-- O(log k) lookups for k old entries, O(1) in the steady state.
 local function firstYoung(hist, lo, hi, cutoff)
-  local top = hi
-  local r = redis.call('XRANGE', hist, sid(lo), '+', 'COUNT', 1)
-  if #r == 0 or ageOf(r[1]) >= cutoff then return lo end
-  lo = seqOf(r[1]) + 1
+  local limit = hi + 1
+  local probe, step = lo, 1
   while lo <= hi do
-    local mid = math.floor((lo + hi) / 2)
-    r = redis.call('XRANGE', hist, sid(mid), '+', 'COUNT', 1)
-    if #r == 0 then return math.min(lo, top + 1) end
+    local mid
+    if probe then mid = math.min(probe, hi) else mid = math.floor((lo + hi) / 2) end
+    local r = redis.call('XRANGE', hist, sid(mid), '+', 'COUNT', 1)
+    if #r == 0 then break end
     if ageOf(r[1]) >= cutoff then
       hi = mid - 1
+      probe = nil
     else
       lo = seqOf(r[1]) + 1
+      if probe then
+        probe = lo + step
+        step = step * 2
+      end
     end
   end
-  return math.min(lo, top + 1)
+  return math.min(lo, limit)
 end
 
 -- trim applies the retention rules to the history whose newest seq is top:
@@ -199,7 +204,7 @@ local function trim(hist, top, now, size, minAge, maxLen, ttl)
     if minAge == 0 then
       cut = keep
     elseif ageOf(first[1]) < now - minAge then
-      cut = firstYoung(hist, lo, keep - 1, now - minAge)
+      cut = firstYoung(hist, lo + 1, keep - 1, now - minAge)
     end
   end
   local cap = top - maxLen + 1

@@ -417,6 +417,7 @@ func TestStoreTrimming(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("size and min age", func(t *testing.T) {
+		t.Parallel()
 		prefix := testPrefix(t, c)
 		const minAge = 300 * time.Millisecond
 		s := newTestStore(t, c, prefix, func(cfg *StoreConfig) {
@@ -449,7 +450,45 @@ func TestStoreTrimming(t *testing.T) {
 		}
 	})
 
+	t.Run("old bursts behind young ones", func(t *testing.T) {
+		t.Parallel()
+		prefix := testPrefix(t, c)
+		const minAge = 300 * time.Millisecond
+		s := newTestStore(t, c, prefix, func(cfg *StoreConfig) {
+			cfg.HistorySize, cfg.HistoryMinAge = 5, minAge
+		})
+		burst := func(from int) {
+			var pubs []proto.Publication
+			for i := range 50 {
+				pubs = append(pubs, pub("app", "k", from+i))
+			}
+			mustAppend(t, s, 0, pubs...)
+		}
+		burst(1)
+		time.Sleep(minAge / 2)
+		start := time.Now()
+		burst(51)
+		time.Sleep(minAge/2 + 50*time.Millisecond)
+		mustAppend(t, s, 0, pub("app", "k", 101))
+		if time.Since(start) >= minAge {
+			t.Skip("too slow a machine for this timing")
+		}
+		if h := mustHistory(t, s, "app", "k", 0); !slices.Equal(seqsOf(h.Pubs), seqRange(51, 101)) {
+			t.Fatalf("got %v, want 51..101", seqsOf(h.Pubs))
+		}
+		for i := range 3 { // one old entry per append: the steady state
+			time.Sleep(10 * time.Millisecond)
+			mustAppend(t, s, 0, pub("app", "k", 102+i))
+		}
+		time.Sleep(minAge)
+		mustAppend(t, s, 0, pub("app", "k", 105))
+		if h := mustHistory(t, s, "app", "k", 0); !slices.Equal(seqsOf(h.Pubs), seqRange(101, 105)) {
+			t.Fatalf("got %v, want 101..105", seqsOf(h.Pubs))
+		}
+	})
+
 	t.Run("max len", func(t *testing.T) {
+		t.Parallel()
 		prefix := testPrefix(t, c)
 		s := newTestStore(t, c, prefix, func(cfg *StoreConfig) {
 			cfg.HistorySize, cfg.HistoryMinAge, cfg.HistoryMaxLen = 3, time.Hour, 5
@@ -466,6 +505,7 @@ func TestStoreTrimming(t *testing.T) {
 	})
 
 	t.Run("TTL keeps the latest", func(t *testing.T) {
+		t.Parallel()
 		prefix := testPrefix(t, c)
 		const ttl = 300 * time.Millisecond
 		s := newTestStore(t, c, prefix, func(cfg *StoreConfig) {

@@ -11,7 +11,7 @@ import (
 )
 
 // leaseTable is a Lease whose answer per app the test sets; it stands for
-// the lease store (middle.RedisLease, tested against Redis in middle).
+// the lease store (redis.Lease of middle/redis, tested against Redis there).
 type leaseTable struct {
 	mu    sync.Mutex
 	held  map[string]bool

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/wspush/wspush/proto"
 )
@@ -290,12 +291,94 @@ func publishValues(t testing.TB, n *Node, app, key string, from, to int) []uint6
 // topSeq is the seq of the newest publication of (app, key) in n's store.
 func topSeq(t testing.TB, n *Node, app, key string) uint64 {
 	t.Helper()
-	p, ok, err := n.store.Latest(context.Background(), app, key)
+	h, err := n.store.Latest(context.Background(), app, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !ok {
-		return 0
+	return h.Top.Seq
+}
+
+// bare is the bare since form of seqs: each key resumes in its current
+// epoch.
+func bare(seqs map[string]uint64) map[string]proto.Position {
+	out := make(map[string]proto.Position, len(seqs))
+	for k, s := range seqs {
+		out[k] = proto.Position{Seq: s}
 	}
-	return p.Seq
+	return out
+}
+
+// waitFor polls cond until it holds, failing the test after 10 s.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// waitSeqs waits until r has received at least len(want) data messages of
+// key, then checks they are want exactly.
+func waitSeqs(t testing.TB, r *recorder, key string, want []uint64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(r.seqs(t, key)) < len(want) && time.Now().Before(deadline) {
+		time.Sleep(2 * time.Millisecond)
+	}
+	wantSeqs(t, "subscriber "+strconv.FormatUint(r.id, 10)+" of "+key, r.seqs(t, key), want)
+}
+
+// wantAckPositions checks the positions of an ack.
+func wantAckPositions(t testing.TB, m message, want map[string]proto.Position) {
+	t.Helper()
+	if len(m.msg.Positions) != len(want) {
+		t.Fatalf("ack positions %v, want %v", m.msg.Positions, want)
+	}
+	for k, p := range want {
+		if m.msg.Positions[k] != p {
+			t.Fatalf("ack position of %s: %+v, want %+v (all: %v)", k, m.msg.Positions[k], p, m.msg.Positions)
+		}
+	}
+}
+
+// wantReset checks that m is a reset of key to pos for reason.
+func wantReset(t testing.TB, m message, key string, pos proto.Position, reason string) {
+	t.Helper()
+	if m.opcode != proto.OpcodeText || m.msg.Op != proto.OpReset || m.msg.Key != key ||
+		m.msg.Seq != pos.Seq || m.msg.Epoch != pos.Epoch || m.msg.Reason != reason {
+		t.Fatalf("got %v %+v, want reset of %s to %+v (%s)", m, m.msg, key, pos, reason)
+	}
+}
+
+// events renders r's messages of key compactly: "d3" for data seq 3,
+// "r5/gap" for a reset to seq 5; acks are left out.
+func events(t testing.TB, r *recorder, key string) []string {
+	t.Helper()
+	var out []string
+	for _, m := range r.messages(t) {
+		switch {
+		case m.data && m.pub.Key == key:
+			out = append(out, "d"+strconv.FormatUint(m.pub.Seq, 10))
+		case m.msg.Op == proto.OpReset && m.msg.Key == key:
+			out = append(out, "r"+strconv.FormatUint(m.msg.Seq, 10)+"/"+m.msg.Reason)
+		}
+	}
+	return out
+}
+
+// runNode runs n until the test ends.
+func runNode(t testing.TB, n *Node) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("node Run: %v", err)
+		}
+	})
 }

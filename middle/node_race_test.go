@@ -51,7 +51,7 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 
 // TestConcurrentPublishers races publishers of one key: every subscriber
 // must get each seq once, in order. (Gap filling itself, the cluster-mode
-// path, is driven deterministically by TestDeliverOutOfOrder.)
+// path, is driven deterministically by the tests of ordering_test.go.)
 func TestConcurrentPublishers(t *testing.T) {
 	const (
 		publishers = 8
@@ -84,6 +84,7 @@ func TestConcurrentPublishers(t *testing.T) {
 	waitGroupOrDump(t, &wg, time.Minute)
 
 	for i, s := range subs {
+		waitSeqs(t, s, "k", seqRange(1, total)) // catch-ups may still run
 		ms := s.messages(t)
 		wantSeqs(t, fmt.Sprintf("subscriber %d", i), dataSeqs(ms, "k"), seqRange(1, total))
 		// Each seq carries the value that was sequenced with it.
@@ -98,8 +99,8 @@ func TestConcurrentPublishers(t *testing.T) {
 	t.Logf("gap fills %v, duplicates dropped %v, unrecoverable gaps %v",
 		counterValue(t, reg, "wspush_gap_fills_total"),
 		counterValue(t, reg, "wspush_duplicates_dropped_total"),
-		counterValue(t, reg, "wspush_gaps_unrecoverable_total"))
-	if lost := counterValue(t, reg, "wspush_gaps_unrecoverable_total"); lost != 0 {
+		counterValue(t, reg, "wspush_resets_total"))
+	if lost := counterValue(t, reg, "wspush_resets_total"); lost != 0 {
 		t.Errorf("%v unrecoverable gaps with a history longer than the publishers in flight", lost)
 	}
 	if got := counterValue(t, reg, "wspush_publications_total"); got != total {
@@ -183,7 +184,8 @@ func churn(n *Node, keys []string, rounds, seed int, pubsDone *atomic.Bool) erro
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(uint64(seed), 1))
 	s := newRecorder()
-	last := map[string]uint64{} // last seq seen per key
+	last := map[string]uint64{}   // last seq seen per key
+	epochs := map[string]string{} // epoch per key, from the acks
 	for r := 0; r < rounds || !pubsDone.Load(); r++ {
 		var sub []string
 		for _, k := range keys {
@@ -198,9 +200,9 @@ func churn(n *Node, keys []string, rounds, seed int, pubsDone *atomic.Bool) erro
 		for _, k := range sub {
 			if seq, ok := last[k]; ok {
 				if req.Since == nil {
-					req.Since = map[string]uint64{}
+					req.Since = map[string]proto.Position{}
 				}
-				req.Since[k] = seq
+				req.Since[k] = proto.Position{Seq: seq, Epoch: epochs[k]}
 			}
 		}
 		if err := n.Subscribe(ctx, s, req); err != nil {
@@ -226,6 +228,16 @@ func churn(n *Node, keys []string, rounds, seed int, pubsDone *atomic.Bool) erro
 				}
 				if req.Since != nil && (m.msg.Recovered == nil || !*m.msg.Recovered) {
 					return fmt.Errorf("subscriber %d round %d: resume of %v not recovered", seed, r, req.Since)
+				}
+				for _, k := range sub {
+					pos, ok := m.msg.Positions[k]
+					if !ok || epochs[k] != "" && pos.Epoch != epochs[k] {
+						return fmt.Errorf("subscriber %d round %d: ack position of %s %+v, epoch was %q", seed, r, k, pos, epochs[k])
+					}
+					epochs[k] = pos.Epoch
+					if since, ok := req.Since[k]; ok && pos.Seq < since.Seq {
+						return fmt.Errorf("subscriber %d round %d: ack position of %s %+v is before since %+v", seed, r, k, pos, since)
+					}
 				}
 				continue
 			}
@@ -342,9 +354,9 @@ func TestConcurrentPublishersShortHistory(t *testing.T) {
 		}()
 	}
 	waitGroupOrDump(t, &wg, time.Minute)
-	wantSeqs(t, "json subscriber", s.seqs(t, "k"), seqRange(1, publishers*each))
-	wantSeqs(t, "binary subscriber", bin.seqs(t, "k"), seqRange(1, publishers*each))
-	if lost := counterValue(t, reg, "wspush_gaps_unrecoverable_total"); lost != 0 {
+	waitSeqs(t, s, "k", seqRange(1, publishers*each))
+	waitSeqs(t, bin, "k", seqRange(1, publishers*each))
+	if lost := counterValue(t, reg, "wspush_resets_total"); lost != 0 {
 		t.Errorf("%v unrecoverable gaps", lost)
 	}
 }

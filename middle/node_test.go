@@ -6,11 +6,8 @@ import (
 	"errors"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wspush/wspush/proto"
 )
@@ -198,7 +195,7 @@ func TestSinceRecovered(t *testing.T) {
 			publishValues(t, n, "a", "k", 1, 10)
 
 			s := newRecorder()
-			subscribe(t, n, s, SubscribeRequest{ID: 3, App: "a", Keys: []string{"k"}, Since: map[string]uint64{"k": 4}})
+			subscribe(t, n, s, SubscribeRequest{ID: 3, App: "a", Keys: []string{"k"}, Since: bare(map[string]uint64{"k": 4})})
 			ms := s.messages(t)
 			wantAck(t, ms[0], 3, proto.Recovered)
 			wantSeqs(t, "replay", dataSeqs(ms[1:], "k"), seqRange(5, 10))
@@ -212,7 +209,7 @@ func TestSinceRecovered(t *testing.T) {
 
 			// Resuming from the top: recovered, nothing to send.
 			top := newRecorder()
-			subscribe(t, n, top, SubscribeRequest{ID: 4, App: "a", Keys: []string{"k"}, Since: map[string]uint64{"k": 11}})
+			subscribe(t, n, top, SubscribeRequest{ID: 4, App: "a", Keys: []string{"k"}, Since: bare(map[string]uint64{"k": 11})})
 			ms = top.messages(t)
 			if len(ms) != 1 {
 				t.Fatalf("since=top: got %v, want the ack only", ms)
@@ -221,7 +218,7 @@ func TestSinceRecovered(t *testing.T) {
 
 			// Resuming from 0: everything retained.
 			all := newRecorder()
-			subscribe(t, n, all, SubscribeRequest{ID: 5, App: "a", Keys: []string{"k"}, Since: map[string]uint64{"k": 0}})
+			subscribe(t, n, all, SubscribeRequest{ID: 5, App: "a", Keys: []string{"k"}, Since: bare(map[string]uint64{"k": 0})})
 			ms = all.messages(t)
 			wantAck(t, ms[0], 5, proto.Recovered)
 			wantSeqs(t, "since=0", dataSeqs(ms, "k"), seqRange(1, 11))
@@ -243,20 +240,21 @@ func TestSinceNotRecovered(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newRecorder()
-			subscribe(t, n, s, SubscribeRequest{ID: 8, App: "a", Keys: []string{"k"}, Since: map[string]uint64{"k": tt.since}})
+			subscribe(t, n, s, SubscribeRequest{ID: 8, App: "a", Keys: []string{"k"}, Since: bare(map[string]uint64{"k": tt.since})})
 			ms := s.messages(t)
 			wantAck(t, ms[0], 8, proto.NotRecovered)
-			wantSeqs(t, "latest only", dataSeqs(ms, "k"), []uint64{10})
-			if len(ms) != 2 {
-				t.Fatalf("got %v, want ack and latest", ms)
+			if len(ms) != 3 {
+				t.Fatalf("got %v, want ack, reset and latest", ms)
 			}
+			wantReset(t, ms[1], "k", proto.Position{Seq: 9, Epoch: ms[0].msg.Positions["k"].Epoch}, proto.ResetGap)
+			wantSeqs(t, "latest only", dataSeqs(ms, "k"), []uint64{10})
 			n.Unsubscribe(context.Background(), s, "a", []string{"k"})
 		})
 	}
 
 	// Oldest retained is since+1: recovered.
 	s := newRecorder()
-	subscribe(t, n, s, SubscribeRequest{ID: 9, App: "a", Keys: []string{"k"}, Since: map[string]uint64{"k": 6}})
+	subscribe(t, n, s, SubscribeRequest{ID: 9, App: "a", Keys: []string{"k"}, Since: bare(map[string]uint64{"k": 6})})
 	ms := s.messages(t)
 	wantAck(t, ms[0], 9, proto.Recovered)
 	wantSeqs(t, "edge of history", dataSeqs(ms, "k"), seqRange(7, 10))
@@ -272,7 +270,7 @@ func TestSinceMixedKeys(t *testing.T) {
 	// Keys without since get their latest value; a never-published key
 	// resumed from 0 has missed nothing.
 	s := newRecorder()
-	subscribe(t, n, s, SubscribeRequest{ID: 1, App: "a", Keys: []string{"x", "y", "z"}, Since: map[string]uint64{"x": 2, "z": 0}})
+	subscribe(t, n, s, SubscribeRequest{ID: 1, App: "a", Keys: []string{"x", "y", "z"}, Since: bare(map[string]uint64{"x": 2, "z": 0})})
 	ms := s.messages(t)
 	wantAck(t, ms[0], 1, proto.Recovered)
 	wantSeqs(t, "x", dataSeqs(ms, "x"), seqRange(3, 5))
@@ -281,11 +279,16 @@ func TestSinceMixedKeys(t *testing.T) {
 
 	// One key not recoverable makes the whole ack say so.
 	s2 := newRecorder()
-	subscribe(t, n, s2, SubscribeRequest{ID: 2, App: "a", Keys: []string{"x", "z"}, Since: map[string]uint64{"x": 2, "z": 7}})
+	subscribe(t, n, s2, SubscribeRequest{ID: 2, App: "a", Keys: []string{"x", "z"}, Since: bare(map[string]uint64{"x": 2, "z": 7})})
 	ms = s2.messages(t)
 	wantAck(t, ms[0], 2, proto.NotRecovered)
 	wantSeqs(t, "x", dataSeqs(ms, "x"), seqRange(3, 5))
 	wantSeqs(t, "z", dataSeqs(ms, "z"), nil)
+	// z has no value: a reset to its position, and nothing after it.
+	if got := events(t, s2, "z"); len(got) != 1 || got[0] != "r0/gap" {
+		t.Fatalf("z: %v, want a reset to 0", got)
+	}
+	wantReset(t, ms[len(ms)-1], "z", ms[0].msg.Positions["z"], proto.ResetGap)
 }
 
 func TestUnsubscribe(t *testing.T) {
@@ -488,63 +491,25 @@ func TestOverflowingSubscriberDoesNotDisturbOthers(t *testing.T) {
 	wantSeqs(t, "b", b.seqs(t, "k"), seqRange(1, 21))
 }
 
-// flakyStore is a MemoryStore whose calls can be made to fail.
-type flakyStore struct {
-	*MemoryStore
-	failAppend, failLatest, failHistory atomic.Bool
-}
-
-var errStoreDown = errors.New("store down")
-
-func (s *flakyStore) Append(ctx context.Context, p *proto.Publication) error {
-	if s.failAppend.Load() {
-		return errStoreDown
-	}
-	return s.MemoryStore.Append(ctx, p)
-}
-
-func (s *flakyStore) AppendBatch(ctx context.Context, pubs []proto.Publication) (int, error) {
-	if s.failAppend.Load() {
-		return 0, errStoreDown
-	}
-	return s.MemoryStore.AppendBatch(ctx, pubs)
-}
-
-func (s *flakyStore) Latest(ctx context.Context, app, key string) (proto.Publication, bool, error) {
-	if s.failLatest.Load() {
-		return proto.Publication{}, false, errStoreDown
-	}
-	return s.MemoryStore.Latest(ctx, app, key)
-}
-
-func (s *flakyStore) History(ctx context.Context, app, key string, since uint64) ([]proto.Publication, bool, error) {
-	if s.failHistory.Load() {
-		return nil, false, errStoreDown
-	}
-	return s.MemoryStore.History(ctx, app, key, since)
-}
-
 func TestStoreFailures(t *testing.T) {
 	ctx := context.Background()
-	st := &flakyStore{MemoryStore: NewMemoryStore(16, 0)}
+	st := newFakeStore(16, nil)
 	n := newTestNode(t, Config{Store: st})
 	publishValues(t, n, "a", "k", 1, 3)
 
 	// Subscribe: an error wrapping ErrUnavailable, nothing enqueued, no key
 	// left behind.
-	st.failLatest.Store(true)
+	st.failRead.Store(true)
 	s := newRecorder()
 	err := n.Subscribe(ctx, s, SubscribeRequest{App: "a", Keys: []string{"k"}})
 	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, errStoreDown) {
 		t.Fatalf("subscribe with the store down: %v, want ErrUnavailable wrapping the cause", err)
 	}
-	st.failLatest.Store(false)
-	st.failHistory.Store(true)
-	err = n.Subscribe(ctx, s, SubscribeRequest{App: "a", Keys: []string{"k"}, Since: map[string]uint64{"k": 1}})
+	err = n.Subscribe(ctx, s, SubscribeRequest{App: "a", Keys: []string{"k"}, Since: bare(map[string]uint64{"k": 1})})
 	if !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("resume with the history down: %v, want ErrUnavailable", err)
+		t.Fatalf("resume with the store down: %v, want ErrUnavailable", err)
 	}
-	st.failHistory.Store(false)
+	st.failRead.Store(false)
 	if fs := s.snapshot(); len(fs) != 0 {
 		t.Fatalf("failed subscribes enqueued %d frames", len(fs))
 	}
@@ -566,65 +531,4 @@ func TestStoreFailures(t *testing.T) {
 	st.failAppend.Store(false)
 	publishValues(t, n, "a", "k", 5, 5)
 	wantSeqs(t, "after the store came back", s.seqs(t, "k"), []uint64{4, 5})
-}
-
-// TestDeliverOutOfOrder drives deliver as a bus does (cluster mode, AMQP
-// redeliveries): publications sequenced elsewhere arrive late, early or
-// twice, and each subscriber still sees every seq once, in order.
-func TestDeliverOutOfOrder(t *testing.T) {
-	ctx := context.Background()
-	reg := prometheus.NewRegistry()
-	n := newTestNode(t, Config{HistorySize: 4, Registerer: reg})
-	s, bin := newRecorder(), newRecorder()
-	subscribe(t, n, s, SubscribeRequest{App: "a", Keys: []string{"k"}})
-	subscribe(t, n, bin, SubscribeRequest{App: "a", Keys: []string{"k"}, Format: proto.FormatBinary})
-
-	// sequence appends to the store only, as another node would.
-	var pubs []proto.Publication
-	sequence := func(count int) {
-		for i := 0; i < count; i++ {
-			p := jsonPub("a", "k", len(pubs)+1)
-			if err := n.store.Append(ctx, &p); err != nil {
-				t.Fatal(err)
-			}
-			pubs = append(pubs, p)
-		}
-	}
-	sequence(3)
-	n.deliver(&pubs[2]) // 3 first: 1 and 2 come from the history
-	n.deliver(&pubs[0]) // late: duplicate
-	n.deliver(&pubs[1])
-	n.deliver(&pubs[2]) // redelivered: duplicate
-	for name, r := range map[string]*recorder{"json": s, "binary": bin} {
-		ms := r.messages(t)[1:]
-		wantSeqs(t, name, dataSeqs(ms, "k"), seqRange(1, 3))
-		for _, m := range ms {
-			if string(m.pub.Data) != `{"v":`+strconv.FormatUint(m.pub.Seq, 10)+`}` {
-				t.Fatalf("%s: seq %d carries %s", name, m.pub.Seq, m.pub.Data)
-			}
-		}
-	}
-	if f := counterValue(t, reg, "wspush_gap_fills_total"); f != 2 {
-		t.Errorf("gap fills = %v, want 2", f)
-	}
-	if d := counterValue(t, reg, "wspush_duplicates_dropped_total"); d != 3 {
-		t.Errorf("duplicates dropped = %v, want 3", d)
-	}
-
-	// A gap longer than the history: what is left is delivered, in order,
-	// and the loss is counted.
-	sequence(7) // 4..10; the history holds 7..10
-	n.deliver(&pubs[9])
-	wantSeqs(t, "after a lost gap", s.seqs(t, "k"), []uint64{1, 2, 3, 7, 8, 9, 10})
-	if l := counterValue(t, reg, "wspush_gaps_unrecoverable_total"); l != 1 {
-		t.Errorf("unrecoverable gaps = %v, want 1", l)
-	}
-
-	// A new subscriber's latest value is the last delivered, not a seq
-	// still on its way.
-	sequence(1) // 11, not delivered yet
-	late := newRecorder()
-	subscribe(t, n, late, SubscribeRequest{App: "a", Keys: []string{"k"}})
-	n.deliver(&pubs[10])
-	wantSeqs(t, "late subscriber", late.seqs(t, "k"), []uint64{10, 11})
 }

@@ -159,7 +159,7 @@ func (s *MemoryStore) expireIDs(st *memoryStream, now int64) {
 	}
 }
 
-// oldest is the lowest seq still retained (seq+1 when nothing is).
+// oldest is the lowest seq still retained (1 when nothing was appended).
 func (s *MemoryStore) oldest(st *memoryStream) uint64 {
 	lo := uint64(1)
 	if st.seq > uint64(len(st.ring)) {
@@ -167,7 +167,8 @@ func (s *MemoryStore) oldest(st *memoryStream) uint64 {
 	}
 	if s.ttl > 0 {
 		cutoff := s.now().Add(-s.ttl).UnixNano()
-		for lo <= st.seq && st.at[(lo-1)%uint64(s.size)] < cutoff {
+		// The latest value is always kept (docs/PROTOCOL.md, "Recovered").
+		for lo < st.seq && st.at[(lo-1)%uint64(s.size)] < cutoff {
 			lo++
 		}
 	}

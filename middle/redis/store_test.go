@@ -14,6 +14,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/wspush/wspush/middle"
+	"github.com/wspush/wspush/middle/storetest"
 	"github.com/wspush/wspush/proto"
 )
 
@@ -67,6 +68,23 @@ func seqRange(lo, hi uint64) []uint64 {
 		out = append(out, s)
 	}
 	return out
+}
+
+// TestStoreConformance runs the middle.Store conformance suite on Redis.
+func TestStoreConformance(t *testing.T) {
+	c := newTestClient(t)
+	storetest.Run(t, func(t *testing.T, idemWindow time.Duration) middle.Store {
+		return newTestStore(t, c, testPrefix(t, c), func(cfg *StoreConfig) { cfg.IdempotencyWindow = idemWindow })
+	})
+}
+
+// TestStoreConformanceCluster runs it on the Redis Cluster of
+// WSPUSH_REDIS_CLUSTER_URL.
+func TestStoreConformanceCluster(t *testing.T) {
+	c := newTestClusterClient(t)
+	storetest.Run(t, func(t *testing.T, idemWindow time.Duration) middle.Store {
+		return newTestStore(t, c, testPrefix(t, c), func(cfg *StoreConfig) { cfg.IdempotencyWindow = idemWindow })
+	})
 }
 
 func TestStoreConfigValidate(t *testing.T) {

@@ -51,12 +51,31 @@ ensure_redis() {
 }
 
 ensure_rabbitmq() {
-  if port_open 5672; then return 0; fi
-  if ! command -v rabbitmq-server >/dev/null 2>&1; then
-    log "installing RabbitMQ"
-    apt_install rabbitmq-server
+  if ! port_open 5672; then
+    if ! command -v rabbitmq-server >/dev/null 2>&1; then
+      log "installing RabbitMQ"
+      apt_install rabbitmq-server
+    fi
+    log "starting RabbitMQ on 127.0.0.1:5672"
+    rabbitmq-server -detached
+    wait_port 5672 120 RabbitMQ || return 1
   fi
-  log "starting RabbitMQ on 127.0.0.1:5672"
-  rabbitmq-server -detached
-  wait_port 5672 120 RabbitMQ
+  ensure_rabbitmq_hash_plugin
+}
+
+# The partitioned ingest (--ingest-partitions above 1) routes through an
+# exchange of the consistent-hash plugin, which ships with RabbitMQ but is
+# off by default (docs/PROTOCOL.md, "Topology"). Enabling it needs the
+# broker's own rabbitmq-plugins (and root for a system install); a broker
+# elsewhere (a container, another host) is left to its operator.
+ensure_rabbitmq_hash_plugin() {
+  local plugin=rabbitmq_consistent_hash_exchange
+  if ! command -v rabbitmq-plugins >/dev/null 2>&1; then
+    log "rabbitmq-plugins not found: make sure the broker has $plugin enabled (rabbitmq-plugins enable $plugin)"
+    return 0
+  fi
+  if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
+  if $SUDO rabbitmq-plugins list -e -m 2>/dev/null | grep -qx "$plugin"; then return 0; fi
+  log "enabling $plugin"
+  $SUDO rabbitmq-plugins enable "$plugin" >/dev/null
 }

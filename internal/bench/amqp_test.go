@@ -12,7 +12,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/wspush/wspush/internal/wstest"
-	"github.com/wspush/wspush/middle"
+	wsamqp "github.com/wspush/wspush/middle/amqp"
 )
 
 // uniqueName is prefix and a random suffix, a valid app, key or node ID:
@@ -23,8 +23,8 @@ func uniqueName(prefix string) string {
 }
 
 func TestIngestExchangeIsTheServers(t *testing.T) {
-	if IngestExchange != middle.DefaultAMQPIngestExchange {
-		t.Fatalf("wsbench publishes to %q, wspush consumes %q", IngestExchange, middle.DefaultAMQPIngestExchange)
+	if want := (wsamqp.Topology{}).WithDefaults().Exchange(); IngestExchange != want {
+		t.Fatalf("wsbench publishes to %q, wspush consumes %q", IngestExchange, want)
 	}
 }
 

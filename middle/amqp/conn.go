@@ -1,4 +1,4 @@
-package middle
+package amqp
 
 import (
 	"context"
@@ -6,92 +6,29 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	amqp "github.com/rabbitmq/amqp091-go"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/wspush/wspush/internal/retry"
+	"github.com/wspush/wspush/middle"
 )
 
-// AMQPTopology names the RabbitMQ objects of the cluster mode (see
-// DESIGN.md, "AMQP topology"). The zero value of a field means its default;
-// only tests and brokers shared by several deployments set other names.
-type AMQPTopology struct {
-	// FanoutExchange carries sequenced publications between nodes (topic,
-	// durable; default "wspush.fanout").
-	FanoutExchange string
-	// NodeQueuePrefix followed by the node ID names each node's fan-out
-	// queue (default "wspush.node.").
-	NodeQueuePrefix string
-	// IngestExchange is where integrators publish (topic, durable; default
-	// "wspush.ingest").
-	IngestExchange string
-	// IngestQueue is bound to IngestExchange with "#" and consumed by every
-	// node (durable; default "wspush.ingest").
-	IngestQueue string
-	// DeadLetterExchange receives the messages the ingest rejects (fanout,
-	// durable; default "wspush.dlx").
-	DeadLetterExchange string
-	// DeadQueue keeps them for an operator to inspect (durable; default
-	// "wspush.dead").
-	DeadQueue string
-}
-
-// Defaults of AMQPTopology, as in DESIGN.md.
-const (
-	DefaultAMQPFanoutExchange     = "wspush.fanout"
-	DefaultAMQPNodeQueuePrefix    = "wspush.node."
-	DefaultAMQPIngestExchange     = "wspush.ingest"
-	DefaultAMQPIngestQueue        = "wspush.ingest"
-	DefaultAMQPDeadLetterExchange = "wspush.dlx"
-	DefaultAMQPDeadQueue          = "wspush.dead"
-)
-
-func (t AMQPTopology) withDefaults() AMQPTopology {
-	def := func(s *string, v string) {
-		if *s == "" {
-			*s = v
-		}
-	}
-	def(&t.FanoutExchange, DefaultAMQPFanoutExchange)
-	def(&t.NodeQueuePrefix, DefaultAMQPNodeQueuePrefix)
-	def(&t.IngestExchange, DefaultAMQPIngestExchange)
-	def(&t.IngestQueue, DefaultAMQPIngestQueue)
-	def(&t.DeadLetterExchange, DefaultAMQPDeadLetterExchange)
-	def(&t.DeadQueue, DefaultAMQPDeadQueue)
-	return t
-}
-
-// maxAMQPName is the longest exchange or queue name (an AMQP short string).
-const maxAMQPName = 255
-
-func (t AMQPTopology) validate() error {
-	for _, n := range []struct{ field, name string }{
-		{"fanout exchange", t.FanoutExchange},
-		{"node queue prefix", t.NodeQueuePrefix},
-		{"ingest exchange", t.IngestExchange},
-		{"ingest queue", t.IngestQueue},
-		{"dead-letter exchange", t.DeadLetterExchange},
-		{"dead queue", t.DeadQueue},
-	} {
-		if len(n.name) > maxAMQPName {
-			return fmt.Errorf("%s %q: longer than %d bytes", n.field, n.name, maxAMQPName)
-		}
-	}
-	return nil
-}
-
-// AMQPConfig configures the connection shared by the AMQP bus and ingest.
-// The zero value of every field but URL means its default.
-type AMQPConfig struct {
+// Config configures a node's connection to RabbitMQ. The zero value of
+// every field but URL means its default.
+type Config struct {
 	// URL of the broker, amqp://user:pass@host:port/vhost (required).
 	URL string
-	// Name is the connection name RabbitMQ shows its operators (default
-	// "wspush"; the node ID is a good choice).
+	// Name is the connection name RabbitMQ shows its operators, the
+	// connection_name client property (default "wspush"; "wspush <node ID>"
+	// is a good choice).
 	Name string
-	// Topology names the exchanges and queues (defaults: DESIGN.md names).
-	Topology AMQPTopology
+	// Topology names the exchanges and queues and sets the partitions.
+	Topology Topology
 	// DialTimeout bounds the TCP dial and the AMQP handshake (default 10s).
 	DialTimeout time.Duration
 	// Heartbeat is the AMQP heartbeat interval: a dead peer is noticed after
@@ -107,31 +44,31 @@ type AMQPConfig struct {
 	Registerer prometheus.Registerer // nil: metrics are not registered
 }
 
-// Defaults of AMQPConfig.
+// Defaults of Config.
 const (
-	DefaultAMQPName        = "wspush"
-	DefaultAMQPDialTimeout = 10 * time.Second
-	DefaultAMQPHeartbeat   = 10 * time.Second
-	DefaultAMQPMinBackoff  = 100 * time.Millisecond
-	DefaultAMQPMaxBackoff  = 10 * time.Second
+	DefaultName        = "wspush"
+	DefaultDialTimeout = 10 * time.Second
+	DefaultHeartbeat   = 10 * time.Second
+	DefaultMinBackoff  = 100 * time.Millisecond
+	DefaultMaxBackoff  = 10 * time.Second
 )
 
-func (c AMQPConfig) withDefaults() AMQPConfig {
+func (c Config) withDefaults() Config {
 	if c.Name == "" {
-		c.Name = DefaultAMQPName
+		c.Name = DefaultName
 	}
-	c.Topology = c.Topology.withDefaults()
+	c.Topology = c.Topology.WithDefaults()
 	if c.DialTimeout == 0 {
-		c.DialTimeout = DefaultAMQPDialTimeout
+		c.DialTimeout = DefaultDialTimeout
 	}
 	if c.Heartbeat == 0 {
-		c.Heartbeat = DefaultAMQPHeartbeat
+		c.Heartbeat = DefaultHeartbeat
 	}
 	if c.MinBackoff == 0 {
-		c.MinBackoff = DefaultAMQPMinBackoff
+		c.MinBackoff = DefaultMinBackoff
 	}
 	if c.MaxBackoff == 0 {
-		c.MaxBackoff = max(DefaultAMQPMaxBackoff, c.MinBackoff)
+		c.MaxBackoff = max(DefaultMaxBackoff, c.MinBackoff)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -140,12 +77,12 @@ func (c AMQPConfig) withDefaults() AMQPConfig {
 }
 
 // Validate reports the first invalid field.
-func (c AMQPConfig) Validate() error {
+func (c Config) Validate() error {
 	if c.URL == "" {
 		return errors.New("amqp URL: required")
 	}
-	if _, err := amqp.ParseURI(c.URL); err != nil {
-		return fmt.Errorf("amqp URL %s: %w", redactURL(c.URL), err)
+	if _, err := amqp091.ParseURI(c.URL); err != nil {
+		return fmt.Errorf("amqp URL %s: %w", retry.RedactURL(c.URL), err)
 	}
 	switch {
 	case c.DialTimeout < 0:
@@ -159,25 +96,24 @@ func (c AMQPConfig) Validate() error {
 	case c.MaxBackoff > 0 && c.MaxBackoff < c.MinBackoff:
 		return fmt.Errorf("max backoff %s: below min backoff %s", c.MaxBackoff, c.MinBackoff)
 	}
-	if err := c.Topology.validate(); err != nil {
+	if err := c.Topology.Validate(); err != nil {
 		return fmt.Errorf("topology: %w", err)
 	}
 	return nil
 }
 
-// amqpStillDownEvery spaces the reminders that the broker is still
-// unreachable.
-const amqpStillDownEvery = time.Minute
+// stillDownEvery spaces the reminders that the broker is still unreachable.
+const stillDownEvery = time.Minute
 
-// AMQPConn is the one connection of a node to RabbitMQ, shared by the bus
-// and the ingest. Run dials it, declares the topology, and whenever the
-// connection (or a channel of one of its users) closes, dials again with
-// exponential backoff and declares the topology again; each user then
-// opens its own channels on the new connection (see serve).
-type AMQPConn struct {
-	cfg      AMQPConfig
+// Conn is the one connection of a node to RabbitMQ. Run dials it, declares
+// the topology (docs/PROTOCOL.md, "Topology"), and whenever the connection
+// closes (or a user asks for a fresh one, see session.fail) dials again
+// with exponential backoff and declares the topology again; the ingest
+// then opens its channels on the new connection.
+type Conn struct {
+	cfg      Config
 	log      *slog.Logger
-	topo     AMQPTopology
+	topo     Topology
 	redacted string // the URL without its password, for logs
 	running  atomic.Bool
 	// dial opens the TCP connection; tests wrap it to cut the connection
@@ -185,7 +121,7 @@ type AMQPConn struct {
 	dial func(network, addr string) (net.Conn, error)
 
 	mu      sync.Mutex
-	sess    *amqpSession  // nil while disconnected
+	sess    *session      // nil while disconnected
 	changed chan struct{} // closed and replaced whenever sess changes
 	lastErr error         // why the last attempt or session failed
 
@@ -193,19 +129,19 @@ type AMQPConn struct {
 	connected  prometheus.Gauge
 }
 
-// NewAMQPConn validates cfg and returns a connection manager; call Run to
+// NewConn validates cfg and returns a connection manager; call Run to
 // connect.
-func NewAMQPConn(cfg AMQPConfig) (*AMQPConn, error) {
+func NewConn(cfg Config) (*Conn, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("amqp config: %w", err)
 	}
 	cfg = cfg.withDefaults()
-	c := &AMQPConn{
+	c := &Conn{
 		cfg:      cfg,
 		log:      cfg.Logger,
 		topo:     cfg.Topology,
-		redacted: redactURL(cfg.URL),
-		dial:     amqp.DefaultDial(cfg.DialTimeout),
+		redacted: retry.RedactURL(cfg.URL),
+		dial:     amqp091.DefaultDial(cfg.DialTimeout),
 		changed:  make(chan struct{}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wspush_amqp_reconnects_total", Help: "Times the AMQP connection was re-established after it was lost.",
@@ -221,31 +157,33 @@ func NewAMQPConn(cfg AMQPConfig) (*AMQPConn, error) {
 }
 
 // Topology returns the names in use, defaults filled in.
-func (c *AMQPConn) Topology() AMQPTopology { return c.topo }
+func (c *Conn) Topology() Topology { return c.topo }
 
 // Ready reports whether the connection is up, for /readyz; the error wraps
-// ErrUnavailable and says why it is not.
-func (c *AMQPConn) Ready() error {
+// middle.ErrUnavailable and says why it is not.
+func (c *Conn) Ready() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch {
 	case c.sess != nil:
 		return nil
 	case c.lastErr != nil:
-		return fmt.Errorf("amqp %s: %w: %w", c.redacted, ErrUnavailable, c.lastErr)
+		return fmt.Errorf("amqp %s: %w: %w", c.redacted, middle.ErrUnavailable, c.lastErr)
 	default:
-		return fmt.Errorf("amqp %s: %w: not connected yet", c.redacted, ErrUnavailable)
+		return fmt.Errorf("amqp %s: %w: not connected yet", c.redacted, middle.ErrUnavailable)
 	}
 }
 
 // Run keeps the connection up until ctx ends, then closes it. It logs one
 // line when the connection is lost and one when it is back, not one per
-// attempt.
-func (c *AMQPConn) Run(ctx context.Context) error {
+// attempt. It returns an error wrapping ErrNoHashPlugin when the broker
+// lacks the consistent-hash plugin the partitions need: retrying would not
+// help.
+func (c *Conn) Run(ctx context.Context) error {
 	if !c.running.CompareAndSwap(false, true) {
 		return errors.New("amqp connection: Run called twice")
 	}
-	bo := backoff{min: c.cfg.MinBackoff, max: c.cfg.MaxBackoff}
+	bo := retry.Backoff{Min: c.cfg.MinBackoff, Max: c.cfg.MaxBackoff}
 	var (
 		everUp   bool
 		failures int          // failed attempts since the last session
@@ -254,6 +192,11 @@ func (c *AMQPConn) Run(ctx context.Context) error {
 	)
 	for ctx.Err() == nil {
 		conn, err := c.connect()
+		if errors.Is(err, ErrNoHashPlugin) {
+			c.setDown(nil, err)
+			c.log.Error("AMQP ingest cannot start", "url", c.redacted, "error", err)
+			return err
+		}
 		if err != nil {
 			c.setDown(nil, err)
 			failures++
@@ -262,28 +205,29 @@ func (c *AMQPConn) Run(ctx context.Context) error {
 				warnedAt = now
 				c.log.Warn("AMQP broker unreachable; retrying with backoff until it answers",
 					"url", c.redacted, "error", err)
-			case now.Sub(warnedAt) >= amqpStillDownEvery:
+			case now.Sub(warnedAt) >= stillDownEvery:
 				warnedAt = now
 				c.log.Warn("AMQP broker still unreachable; retrying", "url", c.redacted,
 					"down_for", now.Sub(downAt).Round(time.Second), "attempts", failures, "error", err)
 			default:
 				c.log.Debug("AMQP connection attempt failed", "url", c.redacted, "attempt", failures, "error", err)
 			}
-			if !sleepCtx(ctx, bo.next()) {
+			if !retry.Sleep(ctx, bo.Next()) {
 				break
 			}
 			continue
 		}
-		s := &amqpSession{conn: conn, failed: make(chan struct{}), done: make(chan struct{})}
-		closed := conn.NotifyClose(make(chan *amqp.Error, 1))
-		blocked := conn.NotifyBlocked(make(chan amqp.Blocking, 1))
+		s := &session{conn: conn, failed: make(chan struct{}), done: make(chan struct{})}
+		closed := conn.NotifyClose(make(chan *amqp091.Error, 1))
+		blocked := conn.NotifyBlocked(make(chan amqp091.Blocking, 1))
 		upAt := time.Now()
 		if everUp {
 			c.reconnects.Inc()
 			c.log.Info("AMQP connection restored", "url", c.redacted,
 				"down_for", upAt.Sub(downAt).Round(time.Millisecond), "attempts", failures+1)
 		} else {
-			c.log.Info("AMQP connected", "url", c.redacted, "name", c.cfg.Name, "attempts", failures+1)
+			c.log.Info("AMQP connected", "url", c.redacted, "name", c.cfg.Name, "attempts", failures+1,
+				"prefix", c.topo.Prefix, "partitions", c.topo.Partitions)
 		}
 		everUp, failures = true, 0
 		c.setUp(s)
@@ -295,10 +239,7 @@ func (c *AMQPConn) Run(ctx context.Context) error {
 			case <-ctx.Done():
 				break session
 			case e, ok := <-closed:
-				cause = errors.New("connection closed")
-				if ok && e != nil {
-					cause = e
-				}
+				cause = closeReason(e, ok)
 				break session
 			case <-s.failed:
 				cause = s.failErr
@@ -308,7 +249,7 @@ func (c *AMQPConn) Run(ctx context.Context) error {
 				case !ok:
 					blocked = nil // closed with the connection
 				case b.Active:
-					c.log.Warn("AMQP broker blocks publishing (resource alarm); bus sends and ingestion stall until it lifts",
+					c.log.Warn("AMQP broker blocks publishing (resource alarm); integrators' publishing stalls until it lifts",
 						"url", c.redacted, "reason", b.Reason)
 				default:
 					c.log.Info("AMQP broker accepts publishing again", "url", c.redacted)
@@ -327,12 +268,12 @@ func (c *AMQPConn) Run(ctx context.Context) error {
 			break
 		}
 		downAt, warnedAt = time.Now(), time.Now()
-		c.log.Warn("AMQP connection lost; reconnecting (publishing and fan-out pause meanwhile)",
+		c.log.Warn("AMQP connection lost; reconnecting (ingestion pauses meanwhile)",
 			"url", c.redacted, "error", cause)
 		if downAt.Sub(upAt) >= c.cfg.MaxBackoff {
-			bo.reset() // a connection that lived a while earns a quick retry
+			bo.Reset() // a connection that lived a while earns a quick retry
 		}
-		if !sleepCtx(ctx, bo.next()) {
+		if !retry.Sleep(ctx, bo.Next()) {
 			break
 		}
 	}
@@ -340,10 +281,10 @@ func (c *AMQPConn) Run(ctx context.Context) error {
 }
 
 // connect dials and declares the topology.
-func (c *AMQPConn) connect() (*amqp.Connection, error) {
-	props := amqp.NewConnectionProperties()
+func (c *Conn) connect() (*amqp091.Connection, error) {
+	props := amqp091.NewConnectionProperties()
 	props.SetClientConnectionName(c.cfg.Name)
-	conn, err := amqp.DialConfig(c.cfg.URL, amqp.Config{
+	conn, err := amqp091.DialConfig(c.cfg.URL, amqp091.Config{
 		Heartbeat:  c.cfg.Heartbeat,
 		Locale:     "en_US",
 		Properties: props,
@@ -356,54 +297,135 @@ func (c *AMQPConn) connect() (*amqp.Connection, error) {
 		_ = conn.CloseDeadline(time.Now().Add(c.cfg.DialTimeout))
 		return nil, err
 	}
+	c.checkLegacy(conn)
 	return conn, nil
 }
 
-// declare declares the exchanges and the shared queues. The node queues are
-// the bus's: only it knows the node ID.
-func (c *AMQPConn) declare(conn *amqp.Connection) error {
+// declare declares the topology of docs/PROTOCOL.md, "Topology".
+func (c *Conn) declare(conn *amqp091.Connection) error {
 	ch, err := conn.Channel()
 	if err != nil {
 		return fmt.Errorf("open channel: %w", err)
 	}
 	defer ch.Close()
 	t := c.topo
-	for _, x := range []struct{ name, kind string }{
-		{t.FanoutExchange, amqp.ExchangeTopic},
-		{t.IngestExchange, amqp.ExchangeTopic},
-		{t.DeadLetterExchange, amqp.ExchangeFanout},
-	} {
+	exchanges := []struct{ name, kind string }{
+		{t.Exchange(), amqp091.ExchangeTopic},
+		{t.DeadLetterExchange(), amqp091.ExchangeFanout},
+	}
+	if t.Partitions > 1 {
+		exchanges = append(exchanges, struct{ name, kind string }{t.HashExchange(), "x-consistent-hash"})
+	}
+	for _, x := range exchanges {
 		if err := ch.ExchangeDeclare(x.name, x.kind, true, false, false, false, nil); err != nil {
-			return fmt.Errorf("declare exchange %s (%s, durable): %w%s", x.name, x.kind, err, amqpDeclareHint(err))
+			return fmt.Errorf("declare exchange %s (%s, durable): %w%s", x.name, x.kind, declareErr(err), declareHint(err))
 		}
 	}
-	if _, err := ch.QueueDeclare(t.DeadQueue, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare queue %s (durable): %w%s", t.DeadQueue, err, amqpDeclareHint(err))
+	if _, err := ch.QueueDeclare(t.DeadQueue(), true, false, false, false, nil); err != nil {
+		return fmt.Errorf("declare queue %s (durable): %w%s", t.DeadQueue(), err, declareHint(err))
 	}
-	if err := ch.QueueBind(t.DeadQueue, "", t.DeadLetterExchange, false, nil); err != nil {
-		return fmt.Errorf("bind queue %s to %s: %w", t.DeadQueue, t.DeadLetterExchange, err)
+	if err := ch.QueueBind(t.DeadQueue(), "", t.DeadLetterExchange(), false, nil); err != nil {
+		return fmt.Errorf("bind queue %s to %s: %w", t.DeadQueue(), t.DeadLetterExchange(), err)
 	}
-	args := amqp.Table{"x-dead-letter-exchange": t.DeadLetterExchange}
-	if _, err := ch.QueueDeclare(t.IngestQueue, true, false, false, false, args); err != nil {
-		return fmt.Errorf("declare queue %s (durable, x-dead-letter-exchange %s): %w%s", t.IngestQueue, t.DeadLetterExchange, err, amqpDeclareHint(err))
+	args := amqp091.Table{
+		"x-single-active-consumer": true,
+		"x-dead-letter-exchange":   t.DeadLetterExchange(),
 	}
-	if err := ch.QueueBind(t.IngestQueue, "#", t.IngestExchange, false, nil); err != nil {
-		return fmt.Errorf("bind queue %s to %s: %w", t.IngestQueue, t.IngestExchange, err)
+	for n := range t.Partitions {
+		q := t.Queue(n)
+		if _, err := ch.QueueDeclare(q, true, false, false, false, args); err != nil {
+			return fmt.Errorf("declare queue %s (durable, x-single-active-consumer, x-dead-letter-exchange %s): %w%s",
+				q, t.DeadLetterExchange(), err, declareHint(err))
+		}
+	}
+	if t.Partitions == 1 {
+		if err := ch.QueueBind(t.Queue(0), "#", t.Exchange(), false, nil); err != nil {
+			return fmt.Errorf("bind queue %s to %s: %w", t.Queue(0), t.Exchange(), err)
+		}
+		c.unbindHash(conn)
+		return nil
+	}
+	if err := ch.ExchangeBind(t.HashExchange(), "#", t.Exchange(), false, nil); err != nil {
+		return fmt.Errorf("bind exchange %s to %s: %w", t.HashExchange(), t.Exchange(), err)
+	}
+	for n := range t.Partitions {
+		// The routing key of a consistent-hash binding is the weight.
+		if err := ch.QueueBind(t.Queue(n), "1", t.HashExchange(), false, nil); err != nil {
+			return fmt.Errorf("bind queue %s to %s: %w", t.Queue(n), t.HashExchange(), err)
+		}
+	}
+	// Partition 0 of a deployment that ran with one partition is still
+	// bound directly: it would get a second copy of every message.
+	if err := ch.QueueUnbind(t.Queue(0), "#", t.Exchange(), nil); err != nil {
+		return fmt.Errorf("unbind queue %s from %s: %w", t.Queue(0), t.Exchange(), err)
 	}
 	return nil
 }
 
-// amqpDeclareHint explains the usual cause of a declaration refused by the
+// unbindHash undoes, for one partition, the hash exchange's binding left by
+// a deployment that ran with more: queue 0, bound to it too, would get a
+// second copy of every message. The exchange may not exist, and a failed
+// unbind closes its channel: a throwaway one.
+func (c *Conn) unbindHash(conn *amqp091.Connection) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return
+	}
+	defer ch.Close()
+	t := c.topo
+	if err := ch.ExchangeDeclarePassive(t.HashExchange(), "x-consistent-hash", true, false, false, false, nil); err != nil {
+		return
+	}
+	if err := ch.ExchangeUnbind(t.HashExchange(), "#", t.Exchange(), false, nil); err == nil {
+		c.log.Info("AMQP ingest: one partition: unbound the hash exchange of an earlier configuration",
+			"exchange", t.HashExchange(), "from", t.Exchange())
+	}
+}
+
+// checkLegacy warns about the queue of the competing-consumer ingest of
+// earlier versions: it still receives a copy of every message (it is bound
+// to the ingest exchange) and nothing consumes it.
+func (c *Conn) checkLegacy(conn *amqp091.Connection) {
+	ch, err := conn.Channel() // a failed passive declare closes its channel
+	if err != nil {
+		return
+	}
+	defer ch.Close()
+	q, err := ch.QueueDeclarePassive(c.topo.LegacyQueue(), true, false, false, false, nil)
+	if err != nil {
+		return // absent: the usual case
+	}
+	if q.Messages > 0 {
+		c.log.Warn("AMQP: the queue of the old competing-consumer ingest still holds messages that no node consumes; "+
+			"move them to the ingest exchange (a shovel, or a republish), then delete the queue (while it exists it receives a copy of every message)",
+			"queue", q.Name, "messages", q.Messages, "exchange", c.topo.Exchange())
+		return
+	}
+	c.log.Warn("AMQP: the queue of the old competing-consumer ingest is unused; delete it (while it exists it receives a copy of every message)",
+		"queue", q.Name)
+}
+
+// declareErr maps a broker without the consistent-hash exchange type to
+// ErrNoHashPlugin.
+func declareErr(err error) error {
+	var e *amqp091.Error
+	if errors.As(err, &e) && e.Code == amqp091.CommandInvalid && strings.Contains(e.Reason, "x-consistent-hash") {
+		return fmt.Errorf("%w (%w)", ErrNoHashPlugin, err)
+	}
+	return err
+}
+
+// declareHint explains the usual cause of a declaration refused by the
 // broker.
-func amqpDeclareHint(err error) string {
-	var e *amqp.Error
-	if errors.As(err, &e) && e.Code == amqp.PreconditionFailed {
-		return " (it exists with other properties or arguments: delete it, or configure other topology names)"
+func declareHint(err error) string {
+	var e *amqp091.Error
+	if errors.As(err, &e) && e.Code == amqp091.PreconditionFailed {
+		return " (it exists with other properties or arguments: delete it, or use another --amqp-prefix)"
 	}
 	return ""
 }
 
-func (c *AMQPConn) setUp(s *amqpSession) {
+func (c *Conn) setUp(s *session) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.sess, c.lastErr = s, nil
@@ -413,7 +435,7 @@ func (c *AMQPConn) setUp(s *amqpSession) {
 }
 
 // setDown records err; when s is the current session, it is over.
-func (c *AMQPConn) setDown(s *amqpSession, err error) {
+func (c *Conn) setDown(s *session, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.lastErr = err
@@ -426,7 +448,7 @@ func (c *AMQPConn) setDown(s *amqpSession, err error) {
 }
 
 // session waits for the connection to be up and returns it.
-func (c *AMQPConn) session(ctx context.Context) (*amqpSession, error) {
+func (c *Conn) session(ctx context.Context) (*session, error) {
 	for {
 		c.mu.Lock()
 		s, changed := c.sess, c.changed
@@ -442,35 +464,9 @@ func (c *AMQPConn) session(ctx context.Context) (*amqpSession, error) {
 	}
 }
 
-// serve runs fn on every connection until ctx ends: fn opens its channels
-// on s and returns when one of them closes (nil error only when ctx ended).
-// An fn that fails makes the whole connection start over, so that every
-// user re-establishes its state on one fresh connection.
-func (c *AMQPConn) serve(ctx context.Context, who string, fn func(ctx context.Context, s *amqpSession) error) {
-	for {
-		s, err := c.session(ctx)
-		if err != nil {
-			return
-		}
-		err = fn(ctx, s)
-		if ctx.Err() != nil {
-			return
-		}
-		if err == nil {
-			err = errors.New("stopped")
-		}
-		s.fail(fmt.Errorf("%s: %w", who, err))
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.done:
-		}
-	}
-}
-
-// amqpSession is one live connection.
-type amqpSession struct {
-	conn *amqp.Connection
+// session is one live connection.
+type session struct {
+	conn *amqp091.Connection
 
 	failOnce sync.Once
 	failErr  error         // written before failed is closed
@@ -478,18 +474,19 @@ type amqpSession struct {
 	done     chan struct{} // closed by the manager once conn is closed
 }
 
-// fail asks the manager to drop this connection and dial a new one.
-func (s *amqpSession) fail(err error) {
+// fail asks the manager to drop this connection and dial a new one, which
+// declares the topology again (a queue deleted under a consumer, say).
+func (s *session) fail(err error) {
 	s.failOnce.Do(func() {
 		s.failErr = err
 		close(s.failed)
 	})
 }
 
-// amqpCloseReason turns what a channel's NotifyClose delivered into an error.
-func amqpCloseReason(e *amqp.Error, ok bool) error {
+// closeReason turns what a NotifyClose delivered into an error.
+func closeReason(e *amqp091.Error, ok bool) error {
 	if ok && e != nil {
 		return e
 	}
-	return amqp.ErrClosed
+	return amqp091.ErrClosed
 }

@@ -1,4 +1,4 @@
-package middle
+package amqp
 
 import (
 	"context"
@@ -6,177 +6,243 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
+	amqp091 "github.com/rabbitmq/amqp091-go"
 
+	"github.com/wspush/wspush/middle"
 	"github.com/wspush/wspush/proto"
 )
 
-// ingestTest is an embedded node fed by an AMQPIngest, and an integrator's
-// channel to publish with.
-type ingestTest struct {
-	url    string
-	topo   AMQPTopology
-	conn   *testAMQPConn
-	node   *Node
-	ingest *AMQPIngest
-	pub    *amqp.Channel
+// testTTL is the claims' TTL in tests: the balancer runs every TTL/3.
+const testTTL = 300 * time.Millisecond
+
+// node is one ingesting node of a test.
+type node struct {
+	name   string
+	conn   *testConn
+	claims *fakeClaims
+	ingest *Ingest
+	stop   func()
 }
 
-// newIngestTest connects; the ingest is started by start, so that tests can
-// queue messages before it consumes.
-func newIngestTest(t testing.TB, nodeCfg Config, cfg AMQPIngestConfig) *ingestTest {
+// startNode runs a Conn and an Ingest named name over the shared claims and
+// store.
+func startNode(t *testing.T, url string, topo Topology, name string, st *claimsState, store *fakeStore, cfg IngestConfig) *node {
 	t.Helper()
-	it := &ingestTest{url: amqpURLForTest(t)}
-	it.topo = amqpTestTopology(t, it.url)
-	it.conn = startAMQPConn(t, it.url, it.topo, "ingest")
-	nodeCfg.Logger = amqpTestLogger(t)
-	it.node = newTestNode(t, nodeCfg)
-	cfg.Conn = it.conn.AMQPConn
+	n := &node{name: name, conn: startConn(t, url, topo, name, nil), claims: st.node(name)}
+	cfg.Conn, cfg.Claims, cfg.Logger = n.conn.Conn, n.claims, testLogger(t).With("node", name)
 	if cfg.Publisher == nil {
-		cfg.Publisher = it.node.Source("amqp")
+		cfg.Publisher = store.publisher(name)
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = amqpTestLogger(t)
-	}
-	in, err := NewAMQPIngest(cfg)
+	in, err := NewIngest(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	it.ingest = in
-	it.pub = testAMQPChannel(t, it.url)
-	return it
+	n.ingest = in
+	n.stop = runUntilCleanup(t, in.Run)
+	return n
 }
 
-func (it *ingestTest) start(t testing.TB) { amqpRunUntilCleanup(t, it.ingest.Run) }
-
-func (it *ingestTest) publish(t testing.TB, rk, contentType string, body []byte) {
+// waitHeld waits until the node holds want partitions.
+func (n *node) waitHeld(t *testing.T, want int) {
 	t.Helper()
-	amqpPublishConfirmed(t, it.pub, it.topo.IngestExchange, rk, amqp.Publishing{ContentType: contentType, Body: body})
-}
-
-func ingestJSONBody(v int) []byte { return []byte(`{"v":` + strconv.Itoa(v) + `}`) }
-
-// ingestValues are the "v" of every JSON data message of key r received.
-func ingestValues(t testing.TB, r *recorder, key string) []int {
-	t.Helper()
-	var out []int
-	for _, m := range r.messages(t) {
-		if !m.data || m.pub.Key != key {
-			continue
-		}
-		v, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(string(m.pub.Data), `{"v":`), "}"))
-		if err != nil {
-			t.Fatalf("data %q: not {\"v\":n}", m.pub.Data)
-		}
-		out = append(out, v)
-	}
-	return out
-}
-
-// deadMessages waits for n messages in the dead queue and returns them.
-func (it *ingestTest) deadMessages(t testing.TB, n int) []amqp.Delivery {
-	t.Helper()
-	var got []amqp.Delivery
-	amqpWaitFor(t, 10*time.Second, fmt.Sprintf("%d dead-lettered messages", n), func() error {
-		for {
-			d, ok, err := it.pub.Get(it.topo.DeadQueue, true)
-			if err != nil {
-				t.Fatalf("get from %s: %v", it.topo.DeadQueue, err)
-			}
-			if !ok {
-				break
-			}
-			got = append(got, d)
-		}
-		if len(got) < n {
-			return fmt.Errorf("%d so far", len(got))
+	waitFor(t, 10*time.Second, fmt.Sprintf("%s holding %d partitions", n.name, want), func() error {
+		if got := metricValue(t, n.ingest.held); int(got) != want {
+			return fmt.Errorf("holds %v", got)
 		}
 		return nil
 	})
-	if len(got) > n {
-		t.Fatalf("%d dead-lettered messages, want %d", len(got), n)
-	}
-	return got
 }
 
-func TestAMQPIngest(t *testing.T) {
-	it := newIngestTest(t, Config{}, AMQPIngestConfig{})
-	it.start(t)
-	rec := newRecorder()
-	subscribe(t, it.node, rec, SubscribeRequest{ID: 1, App: "plant-7", Keys: []string{"001"}})
-
-	ts := time.Unix(1763812345, 0)
-	amqpPublishConfirmed(t, it.pub, it.topo.IngestExchange, "plant-7.001", amqp.Publishing{
-		ContentType: "application/json", Timestamp: ts, Body: []byte(`{"temp":21.5}`),
-	})
-	it.publish(t, "plant-7.001", "application/octet-stream", []byte{1, 2, 3})
-	it.publish(t, "plant-7.001", "application/json; charset=utf-8", []byte(`[1,2]`))
-	it.publish(t, "plant-7.001", "", []byte(`{"untyped":true}`)) // valid JSON: JSON
-	it.publish(t, "plant-7.001", "", []byte(`not json`))         // binary
-	it.publish(t, "plant-7.001", "text/plain", []byte(`"text"`)) // binary, JSON or not
-
-	waitBusSeqs(t, "subscriber", rec, "001", seqRange(1, 6))
-	want := []struct {
-		data string
-		json bool
-	}{
-		{`{"temp":21.5}`, true},
-		{"\x01\x02\x03", false},
-		{`[1,2]`, true},
-		{`{"untyped":true}`, true},
-		{`not json`, false},
-		{`"text"`, false},
+func TestTopology(t *testing.T) {
+	topo := Topology{}.WithDefaults()
+	if topo.Prefix != "wspush" || topo.Partitions != 8 {
+		t.Fatalf("defaults: %+v", topo)
 	}
-	ms := rec.messages(t)[1:]
-	for i, w := range want {
-		p := ms[i].pub
-		if string(p.Data) != w.data || p.JSON != w.json {
-			t.Errorf("seq %d: data %q json %v, want %q json %v", p.Seq, p.Data, p.JSON, w.data, w.json)
+	if got := fmt.Sprint(topo.Exchanges()); got != "[wspush.ingest wspush.ingest.hash wspush.dlx]" {
+		t.Errorf("exchanges %s", got)
+	}
+	if got := topo.Queues(); len(got) != 9 || got[0] != "wspush.ingest.0" || got[7] != "wspush.ingest.7" || got[8] != "wspush.dead" {
+		t.Errorf("queues %v", got)
+	}
+	one := Topology{Prefix: "p", Partitions: 1}
+	if got := fmt.Sprint(one.Exchanges(), one.Queues()); got != "[p.ingest p.dlx] [p.ingest.0 p.dead]" {
+		t.Errorf("one partition: %s", got)
+	}
+	for _, bad := range []Topology{{Partitions: -1}, {Partitions: MaxPartitions + 1}, {Prefix: strings.Repeat("x", 250)}} {
+		if err := bad.Validate(); err == nil {
+			t.Errorf("%+v: valid", bad)
 		}
 	}
-	if got := ms[0].pub.TS; got != ts.UnixMilli() {
-		t.Errorf("ts from the AMQP timestamp: %d, want %d", got, ts.UnixMilli())
+	if err := (Topology{Prefix: "x", Partitions: MaxPartitions}).Validate(); err != nil {
+		t.Error(err)
 	}
-	if got := ms[1].pub.TS; got == 0 {
-		t.Errorf("no AMQP timestamp: ts 0, want the time of sequencing")
-	}
-	wantMetric(t, "ingested", amqpMetricValue(t, it.ingest.ingested), 6)
 }
 
-// Malformed messages go to the dead queue, counted by reason, and the ones
-// after them are delivered.
-func TestAMQPIngestDeadLetters(t *testing.T) {
-	// The node's limit is below the ingest's: its refusal is "rejected".
-	it := newIngestTest(t, Config{MaxPayload: 50}, AMQPIngestConfig{MaxPayload: 100})
-	it.start(t)
-	rec := newRecorder()
-	subscribe(t, it.node, rec, SubscribeRequest{ID: 1, App: "app", Keys: []string{"k"}})
+func TestDeclareErrNoPlugin(t *testing.T) {
+	err := declareErr(&amqp091.Error{Code: amqp091.CommandInvalid, Reason: "COMMAND_INVALID - unknown exchange type 'x-consistent-hash'"})
+	if !errors.Is(err, ErrNoHashPlugin) || !strings.Contains(err.Error(), "rabbitmq-plugins enable rabbitmq_consistent_hash_exchange") {
+		t.Fatalf("%v", err)
+	}
+	if err := declareErr(errors.New("other")); errors.Is(err, ErrNoHashPlugin) {
+		t.Fatal("other errors mapped to ErrNoHashPlugin")
+	}
+}
 
+// The partitions are fed through the hash exchange: all of a key's
+// messages land in one queue, and the keys spread.
+func TestConnDeclaresPartitions(t *testing.T) {
+	url := testURL(t)
+	topo := testTopology(t, url, 4)
+	startConn(t, url, topo, "declare", nil)
+	in := newIntegrator(t, url, topo)
+	const keys, per = 40, 3
+	for v := range per {
+		for k := range keys {
+			in.json(t, "app.k"+strconv.Itoa(k), v, "")
+		}
+	}
+	total, nonEmpty := 0, 0
+	for n := range 4 {
+		l := in.queueLen(t, topo.Queue(n))
+		total += l
+		if l > 0 {
+			nonEmpty++
+		}
+		if l%per != 0 {
+			t.Errorf("queue %d holds %d messages: a key's messages split across queues", n, l)
+		}
+	}
+	if total != keys*per || nonEmpty < 2 {
+		t.Fatalf("%d messages in %d queues, want %d spread over several", total, nonEmpty, keys*per)
+	}
+	// A second node declares the same topology without complaint.
+	startConn(t, url, topo, "declare-2", nil)
+}
+
+// One partition needs no plugin: no hash exchange, the queue bound
+// directly.
+func TestConnSinglePartition(t *testing.T) {
+	url := testURL(t)
+	topo := testTopology(t, url, 1)
+	startConn(t, url, topo, "single", nil)
+	in := newIntegrator(t, url, topo)
+	in.json(t, "app.k", 1, "")
+	if l := in.queueLen(t, topo.Queue(0)); l != 1 {
+		t.Fatalf("queue 0 holds %d, want 1", l)
+	}
+	ch, err := in.conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	if err := ch.ExchangeDeclarePassive(topo.HashExchange(), "x-consistent-hash", true, false, false, false, nil); err == nil {
+		t.Fatal("hash exchange declared with one partition")
+	}
+}
+
+// A queue of the old competing-consumer ingest that still holds messages
+// gets a warning with its count.
+func TestConnLegacyQueueWarning(t *testing.T) {
+	url := testURL(t)
+	topo := testTopology(t, url, 2)
+	in := newIntegrator(t, url, topo)
+	if _, err := in.ch.QueueDeclare(topo.LegacyQueue(), true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := in.ch.Publish("", topo.LegacyQueue(), false, false, amqp091.Publishing{Body: []byte("old")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Second, "legacy messages", func() error {
+		if l := in.queueLen(t, topo.LegacyQueue()); l != 2 {
+			return fmt.Errorf("%d", l)
+		}
+		return nil
+	})
+	var buf syncBuffer
+	log := slogText(&buf)
+	startConn(t, url, topo, "legacy", log)
+	if out := buf.String(); !strings.Contains(out, "old competing-consumer ingest still holds messages") || !strings.Contains(out, "messages=2") {
+		t.Fatalf("no warning with the count in:\n%s", out)
+	}
+}
+
+// Messages of many keys over four partitions: every key's values are
+// sequenced once each, in the order published, with the message-id as
+// idempotency id and the AMQP timestamp as ts.
+func TestIngestOrderPerKey(t *testing.T) {
+	url := testURL(t)
+	topo := testTopology(t, url, 4)
+	st, store := newClaimsState(testTTL), newFakeStore()
+	n := startNode(t, url, topo, "a", st, store, IngestConfig{BatchSize: 7})
+	n.waitHeld(t, 4)
+	in := newIntegrator(t, url, topo)
+	const keys, per = 12, 25
+	ts := time.Unix(1700000000, 0)
+	for v := 1; v <= per; v++ {
+		for k := range keys {
+			in.publish(t, "app.k"+strconv.Itoa(k), amqp091.Publishing{
+				ContentType: "application/json", Body: fmt.Appendf(nil, `{"v":%d}`, v),
+				MessageId: fmt.Sprintf("k%d-%d", k, v), Timestamp: ts,
+			})
+		}
+	}
+	// A repeat of an id is acked, not sequenced again.
+	in.json(t, "app.k0", 1, "k0-1")
+	for k := range keys {
+		waitValues(t, store, "app", "k"+strconv.Itoa(k), seq1(per))
+	}
+	for i, p := range store.pubs("app", "k3") {
+		if want := fmt.Sprintf("k3-%d", i+1); p.id != want || !p.json || p.ts != ts.UnixMilli() {
+			t.Fatalf("pub %d: id %q json %v ts %d, want id %q, JSON, ts %d", i, p.id, p.json, p.ts, want, ts.UnixMilli())
+		}
+	}
+	waitFor(t, 5*time.Second, "every message acked", func() error {
+		if got := metricValue(t, n.ingest.ingested); got != keys*per+1 {
+			return fmt.Errorf("ingested %v", got)
+		}
+		return nil
+	})
+	for q := range 4 {
+		if l := in.queueLen(t, topo.Queue(q)); l != 0 {
+			t.Errorf("queue %d: %d messages left", q, l)
+		}
+	}
+}
+
+// Malformed messages and those the publisher refuses go to the dead queue,
+// counted by reason; the ones after them are sequenced.
+func TestIngestDeadLetters(t *testing.T) {
+	url := testURL(t)
+	topo := testTopology(t, url, 1)
+	st, store := newClaimsState(testTTL), newFakeStore()
+	n := startNode(t, url, topo, "a", st, store, IngestConfig{MaxPayload: 100})
+	n.waitHeld(t, 1)
+	in := newIntegrator(t, url, topo)
 	bad := []struct {
-		rk, contentType string
-		body            []byte
-		reason          string
+		rk, contentType, id string
+		body                []byte
+		reason              string
 	}{
-		{"a.b.c", "application/json", ingestJSONBody(1), DeadReasonRoutingKey},
-		{"bad key", "application/json", ingestJSONBody(2), DeadReasonRoutingKey},
-		{"app.k", "application/json", []byte(`{"v":`), DeadReasonInvalidJSON},
-		{"app.k", "application/octet-stream", make([]byte, 101), DeadReasonOversized},
-		{"app.k", "application/octet-stream", make([]byte, 60), DeadReasonRejected},
+		{"a.b.c", "application/json", "", []byte(`1`), DeadReasonRoutingKey},
+		{"bad key", "application/json", "", []byte(`1`), DeadReasonRoutingKey},
+		{"app.k", "application/json", "", []byte(`{"v":`), DeadReasonInvalidJSON},
+		{"app.k", "application/octet-stream", "", make([]byte, 101), DeadReasonOversized},
+		{"app.k", "application/json", "has space", []byte(`1`), DeadReasonBadMessageID},
+		{"app.k", "application/json", strings.Repeat("x", proto.MaxIdempotencyIDLen+1), []byte(`1`), DeadReasonBadMessageID},
+		{"app.k", "application/json", "", []byte(`"reject"`), DeadReasonRejected},
 	}
+	in.json(t, "app.k", 1, "")
 	for _, b := range bad {
-		it.publish(t, b.rk, b.contentType, b.body)
+		in.publish(t, b.rk, amqp091.Publishing{ContentType: b.contentType, MessageId: b.id, Body: b.body})
 	}
-	it.publish(t, "app.k", "application/json", ingestJSONBody(7))
-	waitBusSeqs(t, "subscriber", rec, "k", []uint64{1})
-	if v := ingestValues(t, rec, "k"); len(v) != 1 || v[0] != 7 {
-		t.Fatalf("delivered %v, want the valid message only", v)
-	}
-
-	dead := it.deadMessages(t, len(bad))
+	in.json(t, "app.k", 2, "")
+	waitValues(t, store, "app", "k", []int{1, 2})
+	dead := in.dead(t, len(bad))
 	for i, d := range dead {
 		if d.RoutingKey != bad[i].rk || len(d.Body) != len(bad[i].body) {
 			t.Errorf("dead message %d: %q with %d bytes, want %q with %d", i, d.RoutingKey, len(d.Body), bad[i].rk, len(bad[i].body))
@@ -185,201 +251,220 @@ func TestAMQPIngestDeadLetters(t *testing.T) {
 			t.Errorf("dead message %d: no x-death header: not dead-lettered by the broker", i)
 		}
 	}
-	wantReasons := map[string]float64{DeadReasonRoutingKey: 2, DeadReasonInvalidJSON: 1, DeadReasonOversized: 1, DeadReasonRejected: 1}
-	for reason, n := range wantReasons {
-		wantMetric(t, "dead-lettered "+reason, amqpMetricValue(t, it.ingest.deadLettered.WithLabelValues(reason)), n)
-	}
-	wantMetric(t, "ingested", amqpMetricValue(t, it.ingest.ingested), 1)
-}
-
-// Messages queued before the ingest starts arrive in batches; the ones
-// the node refuses are dead-lettered and the others published, in order.
-func TestAMQPIngestBatchWithRejected(t *testing.T) {
-	var calls, biggest atomic.Int64
-	var it *ingestTest
-	counting := ingestPublisherFunc(func(ctx context.Context, pubs []proto.Publication) ([]uint64, error) {
-		calls.Add(1)
-		if n := int64(len(pubs)); n > biggest.Load() {
-			biggest.Store(n)
+	want := map[string]float64{DeadReasonRoutingKey: 2, DeadReasonInvalidJSON: 1, DeadReasonOversized: 1, DeadReasonBadMessageID: 2, DeadReasonRejected: 1}
+	for reason, w := range want {
+		if got := metricValue(t, n.ingest.deadLettered.WithLabelValues(reason)); got != w {
+			t.Errorf("dead-lettered %s: %v, want %v", reason, got, w)
 		}
-		return it.node.Publish(ctx, "amqp", pubs)
-	})
-	it = newIngestTest(t, Config{MaxPayload: 20}, AMQPIngestConfig{Publisher: counting})
-	rec := newRecorder()
-	subscribe(t, it.node, rec, SubscribeRequest{ID: 1, App: "app", Keys: []string{"k"}})
-	const n = 100
-	var want []int
-	for v := 1; v <= n; v++ {
-		if v%10 == 5 {
-			it.publish(t, "app.k", "application/json", []byte(`{"v":`+strconv.Itoa(v)+`,"pad":"`+strings.Repeat("x", 20)+`"}`))
-			continue
-		}
-		it.publish(t, "app.k", "application/json", ingestJSONBody(v))
-		want = append(want, v)
-	}
-	it.start(t)
-	waitBusSeqs(t, "subscriber", rec, "k", seqRange(1, uint64(len(want))))
-	if got := ingestValues(t, rec, "k"); fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("delivered %v, want %v", got, want)
-	}
-	it.deadMessages(t, n-len(want))
-	t.Logf("%d publish calls, largest batch %d", calls.Load(), biggest.Load())
-}
-
-// ingestPublisherFunc adapts a function to Publisher.
-type ingestPublisherFunc func(ctx context.Context, pubs []proto.Publication) ([]uint64, error)
-
-func (f ingestPublisherFunc) Publish(ctx context.Context, pubs []proto.Publication) ([]uint64, error) {
-	return f(ctx, pubs)
-}
-
-// While publishing fails with ErrUnavailable (Redis down), messages are
-// requeued after a pause and delivered once it works again.
-func TestAMQPIngestRequeue(t *testing.T) {
-	var failures atomic.Int64
-	failures.Store(3)
-	var it *ingestTest
-	flaky := ingestPublisherFunc(func(ctx context.Context, pubs []proto.Publication) ([]uint64, error) {
-		if failures.Add(-1) >= 0 {
-			return nil, fmt.Errorf("publish %s.%s: %w: store down", pubs[0].App, pubs[0].Key, ErrUnavailable)
-		}
-		return it.node.Publish(ctx, "amqp", pubs)
-	})
-	it = newIngestTest(t, Config{}, AMQPIngestConfig{Publisher: flaky, RequeueDelay: 20 * time.Millisecond})
-	it.start(t)
-	rec := newRecorder()
-	subscribe(t, it.node, rec, SubscribeRequest{ID: 1, App: "app", Keys: []string{"k"}})
-	it.publish(t, "app.k", "application/json", ingestJSONBody(1))
-	waitBusSeqs(t, "subscriber", rec, "k", []uint64{1})
-	wantMetric(t, "requeued", amqpMetricValue(t, it.ingest.requeued), 3)
-	wantMetric(t, "ingested", amqpMetricValue(t, it.ingest.ingested), 1)
-	wantMetric(t, "dead-lettered", amqpMetricValue(t, it.ingest.deadLettered.WithLabelValues(DeadReasonRejected)), 0)
-}
-
-// When Publish fails part way through a batch, the publications that went
-// through are acked and only the rest requeued: nothing twice.
-func TestAMQPIngestPartialFailure(t *testing.T) {
-	var tripped atomic.Bool
-	var it *ingestTest
-	partial := ingestPublisherFunc(func(ctx context.Context, pubs []proto.Publication) ([]uint64, error) {
-		if len(pubs) >= 2 && tripped.CompareAndSwap(false, true) {
-			seqs, err := it.node.Publish(ctx, "amqp", pubs[:1])
-			if err != nil {
-				return nil, err
-			}
-			return seqs, fmt.Errorf("publish %s.%s: %w: bus down", pubs[1].App, pubs[1].Key, ErrUnavailable)
-		}
-		return it.node.Publish(ctx, "amqp", pubs)
-	})
-	it = newIngestTest(t, Config{}, AMQPIngestConfig{Publisher: partial, RequeueDelay: 10 * time.Millisecond})
-	rec := newRecorder()
-	subscribe(t, it.node, rec, SubscribeRequest{ID: 1, App: "app", Keys: []string{"k"}})
-	const n = 50
-	for v := 1; v <= n; v++ {
-		it.publish(t, "app.k", "application/json", ingestJSONBody(v))
-	}
-	it.start(t)
-	waitBusSeqs(t, "subscriber", rec, "k", seqRange(1, n))
-	if !tripped.Load() {
-		t.Fatal("no batch of two or more: the partial failure was not exercised")
-	}
-	seen := map[int]int{}
-	for _, v := range ingestValues(t, rec, "k") {
-		seen[v]++
-	}
-	for v := 1; v <= n; v++ {
-		if seen[v] != 1 {
-			t.Fatalf("value %d delivered %d times, want once (all: %v)", v, seen[v], ingestValues(t, rec, "k"))
-		}
-	}
-	if r := amqpMetricValue(t, it.ingest.requeued); r < 1 {
-		t.Fatalf("requeued %v, want at least 1", r)
 	}
 }
 
-// Nodes consume the ingest queue as competing consumers: each message is
-// published once, by one of them.
-func TestAMQPIngestCompetingConsumers(t *testing.T) {
-	it := newIngestTest(t, Config{}, AMQPIngestConfig{Prefetch: 1})
-	second := startAMQPConn(t, it.url, it.topo, "ingest-2")
-	in2, err := NewAMQPIngest(AMQPIngestConfig{Conn: second.AMQPConn, Publisher: it.node.Source("amqp"), Prefetch: 1, Logger: amqpTestLogger(t)})
-	if err != nil {
-		t.Fatal(err)
+// While the store is unavailable, messages are requeued after a delay and
+// sequenced once it is back, in order: the ones a failed batch published
+// are acked, not sequenced twice.
+func TestIngestRequeueOnUnavailable(t *testing.T) {
+	url := testURL(t)
+	topo := testTopology(t, url, 2)
+	st, store := newClaimsState(testTTL), newFakeStore()
+	in := newIntegrator(t, url, topo)
+	startConn(t, url, topo, "declare", nil) // declare before publishing
+	const per = 30
+	for v := 1; v <= per; v++ {
+		in.json(t, "app.x", v, "")
+		in.json(t, "app.y", v, "")
 	}
-	rec := newRecorder()
-	subscribe(t, it.node, rec, SubscribeRequest{ID: 1, App: "app", Keys: []string{"k"}})
-	const n = 200
-	for v := 1; v <= n; v++ {
-		it.publish(t, "app.k", "application/json", ingestJSONBody(v))
-	}
-	it.start(t)
-	amqpRunUntilCleanup(t, in2.Run)
-	waitBusSeqs(t, "subscriber", rec, "k", seqRange(1, n))
-	seen := map[int]bool{}
-	for _, v := range ingestValues(t, rec, "k") {
-		if seen[v] {
-			t.Fatalf("value %d delivered twice", v)
+	var failures int
+	store.hook = func(_ string, p *proto.Publication) error {
+		// Fail on the third publication of a batch, three times: the
+		// first two of it went through.
+		if failures < 3 && strings.Contains(string(p.Data), `"v":3}`) {
+			failures++
+			return fmt.Errorf("%w: store down", middle.ErrUnavailable)
 		}
-		seen[v] = true
+		return nil
 	}
-	one, two := amqpMetricValue(t, it.ingest.ingested), amqpMetricValue(t, in2.ingested)
-	if one+two != n || one == 0 || two == 0 {
-		t.Fatalf("ingested %v and %v, want %d shared by both", one, two, n)
+	n := startNode(t, url, topo, "a", st, store, IngestConfig{RequeueDelay: 20 * time.Millisecond})
+	waitValues(t, store, "app", "x", seq1(per))
+	waitValues(t, store, "app", "y", seq1(per))
+	if got := metricValue(t, n.ingest.requeued); got < 1 {
+		t.Fatalf("requeued %v, want some", got)
 	}
 }
 
-// A consumer the broker cancels (its queue deleted) makes the connection
-// start over: the topology is declared again and ingestion resumes.
-func TestAMQPIngestQueueDeleted(t *testing.T) {
-	it := newIngestTest(t, Config{}, AMQPIngestConfig{})
-	it.start(t)
-	rec := newRecorder()
-	subscribe(t, it.node, rec, SubscribeRequest{ID: 1, App: "app", Keys: []string{"k"}})
-	it.publish(t, "app.k", "application/json", ingestJSONBody(1))
-	waitBusSeqs(t, "subscriber", rec, "k", []uint64{1})
-
-	if _, err := it.pub.QueueDelete(it.topo.IngestQueue, false, false, false); err != nil {
-		t.Fatal(err)
+// A publication refused with ErrFenced (another node holds the partition
+// now) stops this node's consumer without acking: the messages go to the
+// new holder, none is lost or sequenced twice, and the fenced node leaves
+// the partition alone.
+func TestIngestFenced(t *testing.T) {
+	url := testURL(t)
+	topo := testTopology(t, url, 1)
+	st, store := newClaimsState(testTTL), newFakeStore()
+	a := startNode(t, url, topo, "a", st, store, IngestConfig{})
+	a.waitHeld(t, 1)
+	in := newIntegrator(t, url, topo)
+	for v := 1; v <= 5; v++ {
+		in.json(t, "app.k", v, "")
 	}
-	amqpWaitFor(t, 10*time.Second, "a reconnect", func() error {
-		if r := amqpMetricValue(t, it.conn.reconnects); r < 1 {
+	waitValues(t, store, "app", "k", seq1(5))
+
+	// a freezes: its claim expires, but it keeps consuming. b claims the
+	// partition; the broker keeps a as the active consumer.
+	a.claims.freeze()
+	st.expire("a")
+	b := startNode(t, url, topo, "b", st, store, IngestConfig{})
+	b.waitHeld(t, 1)
+	_, token := st.holder(0)
+	// b's token reached the key (as if b had been the active consumer for
+	// a moment): a's next publication is refused.
+	store.setFence("app", "k", token)
+	for v := 6; v <= 10; v++ {
+		in.json(t, "app.k", v, "")
+	}
+	waitValues(t, store, "app", "k", seq1(10))
+	for _, p := range store.pubs("app", "k")[5:] {
+		if p.node != "b" {
+			t.Fatalf("seq %d sequenced by %s after the fence, want b", p.seq, p.node)
+		}
+	}
+	a.waitHeld(t, 0)
+	if got := metricValue(t, a.ingest.lost.WithLabelValues(lostFenced)); got != 1 {
+		t.Fatalf("a lost %v claims to fencing, want 1", got)
+	}
+	// Thawed, a stays away while b holds the claim.
+	a.claims.thaw()
+	time.Sleep(2 * testTTL)
+	if node, _ := st.holder(0); node != "b" {
+		t.Fatalf("partition held by %q, want b", node)
+	}
+	in.json(t, "app.k", 11, "")
+	waitValues(t, store, "app", "k", seq1(11))
+}
+
+// Two nodes share the partitions, ceil(P/2) each; when one stops, the
+// other takes them all. Every message is sequenced once, in order.
+func TestIngestBalance(t *testing.T) {
+	url := testURL(t)
+	topo := testTopology(t, url, 4)
+	st, store := newClaimsState(testTTL), newFakeStore()
+	a := startNode(t, url, topo, "a", st, store, IngestConfig{})
+	a.waitHeld(t, 4)
+	b := startNode(t, url, topo, "b", st, store, IngestConfig{})
+	a.waitHeld(t, 2)
+	b.waitHeld(t, 2)
+	in := newIntegrator(t, url, topo)
+	const keys, per = 10, 20
+	for v := 1; v <= per; v++ {
+		for k := range keys {
+			in.json(t, "app.k"+strconv.Itoa(k), v, "")
+		}
+	}
+	for k := range keys {
+		waitValues(t, store, "app", "k"+strconv.Itoa(k), seq1(per))
+	}
+	if ai, bi := metricValue(t, a.ingest.ingested), metricValue(t, b.ingest.ingested); ai == 0 || bi == 0 || ai+bi != keys*per {
+		t.Fatalf("ingested %v and %v, want %d shared", ai, bi, keys*per)
+	}
+
+	b.stop() // releases its claims at shutdown
+	a.waitHeld(t, 4)
+	for k := range keys {
+		in.json(t, "app.k"+strconv.Itoa(k), per+1, "")
+	}
+	for k := range keys {
+		waitValues(t, store, "app", "k"+strconv.Itoa(k), seq1(per+1))
+	}
+	if got := metricValue(t, b.ingest.released); got != 2 {
+		t.Errorf("b released %v claims, want 2", got)
+	}
+	st.mu.Lock()
+	left := fmt.Sprint(st.left)
+	st.mu.Unlock()
+	if left != "[b]" {
+		t.Errorf("left the members: %s, want [b]", left)
+	}
+}
+
+// A node whose claim renewal says another node holds the partition stops
+// consuming it at once.
+func TestIngestClaimTaken(t *testing.T) {
+	url := testURL(t)
+	topo := testTopology(t, url, 1)
+	st, store := newClaimsState(testTTL), newFakeStore()
+	a := startNode(t, url, topo, "a", st, store, IngestConfig{})
+	a.waitHeld(t, 1)
+	// Another node takes the claim (a's expired unnoticed, say).
+	st.expire("a")
+	if _, ok, _ := st.node("z").Claim(context.Background(), 0); !ok {
+		t.Fatal("z could not claim")
+	}
+	a.waitHeld(t, 0)
+	if got := metricValue(t, a.ingest.lost.WithLabelValues(lostTaken)); got != 1 {
+		t.Fatalf("lost %v, want 1", got)
+	}
+}
+
+// After the connection is cut, the node reconnects, claims again, and
+// ingests what was published meanwhile.
+func TestIngestReconnect(t *testing.T) {
+	url := testURL(t)
+	topo := testTopology(t, url, 2)
+	st, store := newClaimsState(testTTL), newFakeStore()
+	a := startNode(t, url, topo, "a", st, store, IngestConfig{})
+	a.waitHeld(t, 2)
+	in := newIntegrator(t, url, topo)
+	in.json(t, "app.k", 1, "")
+	waitValues(t, store, "app", "k", seq1(1))
+	a.conn.cut(t)
+	in.json(t, "app.k", 2, "")
+	waitFor(t, 10*time.Second, "a reconnect", func() error {
+		if metricValue(t, a.conn.reconnects) < 1 {
 			return errors.New("none yet")
 		}
-		return it.conn.Ready()
+		return nil
 	})
-	it.publish(t, "app.k", "application/json", ingestJSONBody(2))
-	waitBusSeqs(t, "subscriber", rec, "k", []uint64{1, 2})
+	waitValues(t, store, "app", "k", seq1(2))
+	a.waitHeld(t, 2)
 }
 
-func TestAMQPIngestConfigValidate(t *testing.T) {
-	conn, err := NewAMQPConn(AMQPConfig{URL: "amqp://guest:guest@127.0.0.1:5672/"})
+func TestIngestConfigValidate(t *testing.T) {
+	conn, err := NewConn(Config{URL: "amqp://guest:guest@127.0.0.1:5672/"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub := ingestPublisherFunc(func(context.Context, []proto.Publication) ([]uint64, error) { return nil, nil })
-	for _, cfg := range []AMQPIngestConfig{
-		{Publisher: pub},
-		{Conn: conn},
-		{Conn: conn, Publisher: pub, Prefetch: -1},
-		{Conn: conn, Publisher: pub, Prefetch: 1 << 16},
-		{Conn: conn, Publisher: pub, MaxBatch: -1},
-		{Conn: conn, Publisher: pub, MaxPayload: -1},
-		{Conn: conn, Publisher: pub, PublishTimeout: -1},
-		{Conn: conn, Publisher: pub, RequeueDelay: -1},
+	pub, claims := newFakeStore().publisher("x"), newClaimsState(time.Second).node("x")
+	for _, cfg := range []IngestConfig{
+		{Publisher: pub, Claims: claims},
+		{Conn: conn, Claims: claims},
+		{Conn: conn, Publisher: pub},
+		{Conn: conn, Publisher: pub, Claims: newClaimsState(0).node("x")},
+		{Conn: conn, Publisher: pub, Claims: claims, Prefetch: -1},
+		{Conn: conn, Publisher: pub, Claims: claims, Prefetch: 1 << 16},
+		{Conn: conn, Publisher: pub, Claims: claims, BatchSize: -1},
+		{Conn: conn, Publisher: pub, Claims: claims, MaxPayload: -1},
+		{Conn: conn, Publisher: pub, Claims: claims, PublishTimeout: -1},
+		{Conn: conn, Publisher: pub, Claims: claims, RequeueDelay: -1},
 	} {
-		if _, err := NewAMQPIngest(cfg); err == nil {
-			t.Errorf("NewAMQPIngest(%+v): no error", cfg)
+		if _, err := NewIngest(cfg); err == nil {
+			t.Errorf("NewIngest(%+v): no error", cfg)
+		}
+	}
+	if _, err := NewIngest(IngestConfig{Conn: conn, Publisher: pub, Claims: claims}); err != nil {
+		t.Error(err)
+	}
+	for _, cfg := range []Config{{}, {URL: "http://x"}, {URL: "amqp://x", MinBackoff: time.Second, MaxBackoff: time.Millisecond}, {URL: "amqp://x", Topology: Topology{Partitions: 2000}}} {
+		if _, err := NewConn(cfg); err == nil {
+			t.Errorf("NewConn(%+v): no error", cfg)
 		}
 	}
 }
 
-func TestAMQPIngestDecode(t *testing.T) {
-	in := &AMQPIngest{cfg: AMQPIngestConfig{MaxPayload: 10}}
+func TestIngestDecode(t *testing.T) {
+	in := &Ingest{cfg: IngestConfig{MaxPayload: 10}}
 	for _, tc := range []struct {
-		rk, ct, body string
-		ts           time.Time
-		reason       string
-		json         bool
+		rk, ct, body, id string
+		ts               time.Time
+		reason           string
+		json             bool
 	}{
 		{rk: "a.k", ct: "application/json", body: `1`, json: true},
 		{rk: "a.k", ct: "Application/JSON; charset=utf-8", body: `"x"`, json: true},
@@ -395,18 +480,21 @@ func TestAMQPIngestDecode(t *testing.T) {
 		{rk: ".k", body: `1`, reason: DeadReasonRoutingKey},
 		{rk: "a.k.x", body: `1`, reason: DeadReasonRoutingKey},
 		{rk: "a.k", ct: "application/json", body: `1`, ts: time.Unix(5, 0), json: true},
+		{rk: "a.k", body: `1`, id: "dev-7", json: true},
+		{rk: "a.k", body: `1`, id: "a b", reason: DeadReasonBadMessageID},
+		{rk: "a.k", body: `1`, id: "é", reason: DeadReasonBadMessageID},
 	} {
-		d := &amqp.Delivery{RoutingKey: tc.rk, ContentType: tc.ct, Body: []byte(tc.body), Timestamp: tc.ts}
+		d := &amqp091.Delivery{RoutingKey: tc.rk, ContentType: tc.ct, Body: []byte(tc.body), Timestamp: tc.ts, MessageId: tc.id}
 		p, reason, err := in.decode(d)
 		if reason != tc.reason || (err != nil) != (tc.reason != "") {
-			t.Errorf("%q %q %q: reason %q (%v), want %q", tc.rk, tc.ct, tc.body, reason, err, tc.reason)
+			t.Errorf("%q %q %q %q: reason %q (%v), want %q", tc.rk, tc.ct, tc.body, tc.id, reason, err, tc.reason)
 			continue
 		}
 		if err != nil {
 			continue
 		}
-		if p.App != "a" || p.Key != "k" || p.JSON != tc.json || string(p.Data) != tc.body {
-			t.Errorf("%q %q %q: got %+v, want a.k json %v", tc.rk, tc.ct, tc.body, p, tc.json)
+		if p.App != "a" || p.Key != "k" || p.JSON != tc.json || string(p.Data) != tc.body || p.ID != tc.id {
+			t.Errorf("%q %q %q: got %+v, want a.k json %v id %q", tc.rk, tc.ct, tc.body, p, tc.json, tc.id)
 		}
 		wantTS := int64(0) // the node stamps it
 		if !tc.ts.IsZero() {
@@ -418,92 +506,5 @@ func TestAMQPIngestDecode(t *testing.T) {
 	}
 }
 
-// ingestBenchSub is a Subscriber that counts its frames.
-type ingestBenchSub struct {
-	id     uint64
-	frames atomic.Int64
-}
-
-func (s *ingestBenchSub) Enqueue(*proto.Frame) bool { s.frames.Add(1); return true }
-func (s *ingestBenchSub) ConnID() uint64            { return s.id }
-
-// BenchmarkIngest measures messages per second from an integrator's
-// publish to the subscriber's queue: consumed from the ingest queue,
-// sequenced, fanned out and acked, the messages spread over 16 keys.
-// "embedded" hands publications to the local hub; "bus" sends them through
-// the AMQP fan-out with publisher confirms and receives them back, as a
-// cluster node does; "cluster" also sequences them in Redis, and
-// "cluster-hotkey" publishes to one key only.
-func BenchmarkIngest(b *testing.B) {
-	b.Run("embedded", func(b *testing.B) { benchmarkIngest(b, nil, 16) })
-	b.Run("bus", func(b *testing.B) { benchmarkIngest(b, NewMemoryStore(32, time.Minute), 16) })
-	redisStore := func(b *testing.B) Store {
-		c := redisForTest(b)
-		return newTestRedisStore(b, c, redisTestPrefix(b, c), DefaultHistorySize, 0)
-	}
-	b.Run("cluster", func(b *testing.B) { benchmarkIngest(b, redisStore(b), 16) })
-	b.Run("cluster-hotkey", func(b *testing.B) { benchmarkIngest(b, redisStore(b), 1) })
-	b.Run("cluster-1000keys", func(b *testing.B) { benchmarkIngest(b, redisStore(b), 1000) })
-}
-
-// benchmarkIngest runs a node with a bus and busStore, or an embedded node
-// when busStore is nil, and publishes to that many keys.
-func benchmarkIngest(b *testing.B, busStore Store, keys int) {
-	url := amqpURLForTest(b)
-	topo := amqpTestTopology(b, url)
-	var node *Node
-	var conn *testAMQPConn
-	if busStore != nil {
-		tn := startBusNode(b, url, topo, "bench", busStore)
-		node, conn = tn.node, tn.conn
-	} else {
-		conn = startAMQPConn(b, url, topo, "bench")
-		node = newTestNode(b, Config{})
-	}
-	in, err := NewAMQPIngest(AMQPIngestConfig{Conn: conn.AMQPConn, Publisher: node.Source("amqp")})
-	if err != nil {
-		b.Fatal(err)
-	}
-	amqpRunUntilCleanup(b, in.Run)
-	sub := &ingestBenchSub{id: 1}
-	var names []string
-	for k := range keys {
-		names = append(names, "k"+strconv.Itoa(k))
-	}
-	subscribe(b, node, sub, SubscribeRequest{ID: 1, App: "bench", Keys: names})
-
-	// The integrator publishes without confirms, as fast as it can.
-	pc, err := amqp.Dial(url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer pc.Close()
-	ch, err := pc.Channel()
-	if err != nil {
-		b.Fatal(err)
-	}
-	body := []byte(`{"temp":21.53,"humidity":40.1}`)
-	want := int64(b.N) + sub.frames.Load()
-	b.ResetTimer()
-	pubErr := make(chan error, 1)
-	go func() {
-		for i := range b.N {
-			msg := amqp.Publishing{ContentType: "application/json", Body: body}
-			if err := ch.Publish(topo.IngestExchange, "bench."+names[i%keys], false, false, msg); err != nil {
-				pubErr <- err
-				return
-			}
-		}
-		pubErr <- nil
-	}()
-	if err := <-pubErr; err != nil {
-		b.Fatal(err)
-	}
-	amqpWaitFor(b, 5*time.Minute, "every message delivered", func() error {
-		if got := sub.frames.Load(); got < want {
-			return fmt.Errorf("%d of %d", got, want)
-		}
-		return nil
-	})
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
-}
+// middle.SourcePublisher is a Publisher.
+var _ Publisher = middle.SourcePublisher{}

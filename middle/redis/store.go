@@ -442,17 +442,16 @@ func (s *Store) read(ctx context.Context, app, key, mode, start string) ([]any, 
 
 // History implements middle.Store in one round trip.
 func (s *Store) History(ctx context.Context, app, key string, since uint64) (middle.History, error) {
-	start := "0-" + strconv.FormatUint(since+1, 10)
-	if since == math.MaxUint64 {
-		start = "+" // no seq follows: an empty range
-		// XRANGE + + is the last entry: exclude it below.
+	start := "+" // since+1 would overflow: no seq follows since
+	if since < math.MaxUint64 {
+		start = "0-" + strconv.FormatUint(since+1, 10)
 	}
 	h, err := s.history(ctx, app, key, "h", start)
 	if err != nil {
 		return middle.History{}, s.fail(fmt.Sprintf("history of %s.%s since %d", app, key, since), err)
 	}
 	if since == math.MaxUint64 {
-		h.Pubs = nil
+		h.Pubs = nil // XRANGE + + may return an entry of the highest ID
 	}
 	return h, nil
 }

@@ -119,6 +119,9 @@ type Conn struct {
 	// dial opens the TCP connection; tests wrap it to cut the connection
 	// the hard way.
 	dial func(network, addr string) (net.Conn, error)
+	// legacyChecked: the warning about the old ingest queue is given once
+	// per Run; owned by its goroutine.
+	legacyChecked bool
 
 	mu      sync.Mutex
 	sess    *session      // nil while disconnected
@@ -297,7 +300,10 @@ func (c *Conn) connect() (*amqp091.Connection, error) {
 		_ = conn.CloseDeadline(time.Now().Add(c.cfg.DialTimeout))
 		return nil, err
 	}
-	c.checkLegacy(conn)
+	if !c.legacyChecked {
+		c.legacyChecked = true
+		c.checkLegacy(conn)
+	}
 	return conn, nil
 }
 

@@ -507,6 +507,7 @@ type partition struct {
 	done      chan struct{} // closed when its goroutine ends
 	renewed   time.Time     // the last successful renewal; balancer only
 	releasing bool          // stopping to be released; balancer only
+	failing   bool          // the last publish failed; its goroutine only
 
 	mu      sync.Mutex
 	ch      *amqp091.Channel // the current channel
@@ -699,6 +700,10 @@ func (in *Ingest) process(ctx context.Context, p *partition, batch []amqp091.Del
 			return resFailed, fmt.Errorf("ack %d messages: %w", n, err)
 		}
 		in.ingested.Add(float64(n))
+		if p.failing && len(o.retry) == 0 {
+			p.failing = false
+			in.log.Info("AMQP ingest: publishing again", "partition", p.n)
+		}
 	}
 	switch {
 	case len(o.retry) == 0:
@@ -706,7 +711,11 @@ func (in *Ingest) process(ctx context.Context, p *partition, batch []amqp091.Del
 	case errors.Is(o.err, middle.ErrFenced):
 		return resFenced, nil
 	}
-	in.log.Warn("AMQP ingest: cannot publish; requeueing the partition's messages after a delay",
+	level := slog.LevelDebug
+	if !p.failing {
+		p.failing, level = true, slog.LevelWarn
+	}
+	in.log.Log(ctx, level, "AMQP ingest: cannot publish; requeueing the partition's messages after a delay, until the store is back",
 		"partition", p.n, "queue", p.queue, "messages", len(o.retry), "retry_in", in.cfg.RequeueDelay, "error", o.err)
 	if !retry.Sleep(ctx, in.cfg.RequeueDelay) {
 		return resStopped, nil // closing the channel requeues them

@@ -6,7 +6,7 @@ import (
 )
 
 // Lease decides which node of a cluster polls an app, so that the data
-// center is asked once per tick however many nodes run (middle.RedisLease
+// center is asked once per tick however many nodes run (redis.Lease in middle/redis
 // implements it).
 type Lease interface {
 	// Acquire reports whether this node may poll app now: it holds the

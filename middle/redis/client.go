@@ -38,6 +38,7 @@ func NewClient(ctx context.Context, rawURL, name string) (goredis.UniversalClien
 			return nil, fmt.Errorf("redis URL %s: %w", retry.RedactURL(rawURL), err)
 		}
 		opt.ClientName = name
+		opt.MaxRetries = noRetries
 		// Maintenance notifications are a Redis Cloud feature; asking a
 		// plain Redis for them only adds a failing command to every new
 		// connection.
@@ -68,6 +69,13 @@ func NewClient(ctx context.Context, rawURL, name string) (goredis.UniversalClien
 	}
 	return c, nil
 }
+
+// noRetries turns off go-redis's own retries. After a failed read of a
+// pipeline's replies it would send the whole pipeline again, and the
+// scripts that had already run would sequence their publications a second
+// time. Every caller here retries at its own level, where it knows what is
+// safe to repeat.
+const noRetries = -1
 
 // ValidatePrefix checks a key prefix: empty (the default), or a name without
 // white space or braces (braces would break the hash tags).

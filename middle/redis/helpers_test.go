@@ -23,8 +23,8 @@ import (
 
 // redisURLForTest is the Redis the tests use: WSPUSH_REDIS_URL, else the
 // local default that scripts/services.sh starts. When it does not answer,
-// the test fails if the environment variable CI is set, and is skipped
-// otherwise.
+// the test fails if WSPUSH_REQUIRE_SERVICES=1 (.ci/run sets it), and is
+// skipped otherwise.
 func redisURLForTest(t testing.TB) string {
 	t.Helper()
 	u := os.Getenv("WSPUSH_REDIS_URL")
@@ -36,12 +36,16 @@ func redisURLForTest(t testing.TB) string {
 }
 
 // redisClusterURLForTest is the Redis Cluster of WSPUSH_REDIS_CLUSTER_URL
-// (comma-separated seed URLs). Without it the test is skipped: a cluster is
-// the only service the tests may do without, even in CI.
+// (comma-separated seed URLs; scripts/test.sh starts one and sets it).
+// Without it the test fails if WSPUSH_REQUIRE_SERVICES=1, and is skipped
+// otherwise.
 func redisClusterURLForTest(t testing.TB) string {
 	t.Helper()
 	u := os.Getenv("WSPUSH_REDIS_CLUSTER_URL")
 	if u == "" {
+		if servicesRequired() {
+			t.Fatal("WSPUSH_REDIS_CLUSTER_URL not set (scripts/test.sh starts a Redis Cluster and sets it)")
+		}
 		t.Skip("WSPUSH_REDIS_CLUSTER_URL not set: no Redis Cluster to test against")
 	}
 	requireRedis(t, u)
@@ -56,13 +60,17 @@ func requireRedis(t testing.TB, rawURL string) {
 	defer cancel()
 	c, err := NewClient(ctx, rawURL, "wspush-test-probe")
 	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("Redis is required (CI is set): %v", err)
+		if servicesRequired() {
+			t.Fatalf("Redis is required (WSPUSH_REQUIRE_SERVICES=1): %v", err)
 		}
-		t.Skipf("Redis not reachable (set CI to fail instead): %v", err)
+		t.Skipf("Redis not reachable (set WSPUSH_REQUIRE_SERVICES=1 to fail instead): %v", err)
 	}
 	_ = c.Close()
 }
+
+// servicesRequired reports whether the integration tests must fail, not
+// skip, without their services (.ci/run sets WSPUSH_REQUIRE_SERVICES=1).
+func servicesRequired() bool { return os.Getenv("WSPUSH_REQUIRE_SERVICES") == "1" }
 
 var unsafeNameChars = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
 

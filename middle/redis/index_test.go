@@ -30,8 +30,7 @@ import (
 // claims.
 
 // idxRedisURL is the Redis the tests use: WSPUSH_REDIS_URL, else the local
-// default. When it does not answer, the test fails if CI is set and is
-// skipped otherwise.
+// default.
 func idxRedisURL(t testing.TB) string {
 	t.Helper()
 	u := os.Getenv("WSPUSH_REDIS_URL")
@@ -51,11 +50,7 @@ func idxClient(t testing.TB) goredis.UniversalClient {
 // WSPUSH_REDIS_CLUSTER_URL; without it the test is skipped.
 func idxClusterClient(t testing.TB) goredis.UniversalClient {
 	t.Helper()
-	u := os.Getenv("WSPUSH_REDIS_CLUSTER_URL")
-	if u == "" {
-		t.Skip("WSPUSH_REDIS_CLUSTER_URL not set: no Redis Cluster to test against")
-	}
-	return idxClientOf(t, u, true)
+	return idxClientOf(t, redisClusterURLForTest(t), true)
 }
 
 func idxClientOf(t testing.TB, rawURL string, cluster bool) goredis.UniversalClient {
@@ -64,10 +59,10 @@ func idxClientOf(t testing.TB, rawURL string, cluster bool) goredis.UniversalCli
 	defer cancel()
 	c, err := NewClient(ctx, rawURL, "wspush-test-idx")
 	if err != nil {
-		if cluster || os.Getenv("CI") != "" {
+		if cluster || servicesRequired() {
 			t.Fatalf("Redis is required: %v", err)
 		}
-		t.Skipf("Redis not reachable (set CI to fail instead): %v", err)
+		t.Skipf("Redis not reachable (set WSPUSH_REQUIRE_SERVICES=1 to fail instead): %v", err)
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	return c

@@ -88,6 +88,7 @@ type App struct {
 	index  *redis.Index
 	amqp   *amqp.Conn
 	ingest *amqp.Ingest
+	claims *redis.Claims
 }
 
 // New validates cfg and builds the tiers; nothing runs until Run.
@@ -131,6 +132,7 @@ func New(cfg Config) (*App, error) {
 			a.close()
 			return nil, err
 		}
+		a.claims = claims
 		if a.ingest, err = amqp.NewIngest(amqp.IngestConfig{
 			Conn: a.amqp, Publisher: node.Source("amqp"), Claims: claims, MaxPayload: cfg.Middle.MaxPayload,
 			Logger: a.log.With("tier", "ingest"), Registerer: a.reg,
@@ -362,6 +364,13 @@ func (a *App) close() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		if err := a.lease.ReleaseAll(ctx); err != nil {
 			a.log.Warn("releasing poll leases failed; other nodes take over when they expire", "error", err)
+		}
+		cancel()
+	}
+	if a.claims != nil { // the other nodes re-balance the partitions at once
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := a.claims.Leave(ctx); err != nil {
+			a.log.Warn("leaving the ingest members failed; the other nodes re-balance when this node's heartbeat expires", "error", err)
 		}
 		cancel()
 	}

@@ -27,6 +27,7 @@ type channel struct {
 	dead        bool // removed from the hub; a subscriber must get a fresh one
 	initialized bool // pos was read from the Store
 	syncing     bool // an io holder is reading the store: park live publications
+	catchingUp  bool // a catch-up goroutine runs for this channel
 	pos         proto.Position
 	// latest is the publication at pos when hasLatest (the store may no
 	// longer retain one, after a gap or in a new epoch).

@@ -69,6 +69,10 @@ func (n *Node) deliverLocked(ch *channel, p *proto.Publication) {
 // background until ch is in step with it again.
 func (n *Node) startCatchUpLocked(ch *channel) {
 	ch.syncing = true
+	if ch.catchingUp {
+		return // the running one reads again before it stops
+	}
+	ch.catchingUp = true
 	n.catchUps.Add(1)
 	go func() {
 		defer n.catchUps.Done()
@@ -89,9 +93,10 @@ func (n *Node) catchUp(ch *channel) {
 }
 
 // syncOnce reads the store once and applies it to ch with what was parked.
-// It reports whether ch is in step (or gone); otherwise ch stays syncing and
-// the caller tries again.
-func (n *Node) syncOnce(ch *channel) bool {
+// It reports whether ch is in step (or gone), and then ends ch's catch-up
+// in the same critical section; otherwise ch stays syncing and the caller
+// tries again.
+func (n *Node) syncOnce(ch *channel) (done bool) {
 	select {
 	case n.catchUpSlots <- struct{}{}:
 		defer func() { <-n.catchUpSlots }()
@@ -102,7 +107,7 @@ func (n *Node) syncOnce(ch *channel) bool {
 	defer ch.io.Unlock()
 	ch.mu.Lock()
 	if ch.dead || !ch.initialized {
-		ch.syncing, ch.parked, ch.lostParked = false, nil, false
+		ch.syncing, ch.parked, ch.lostParked, ch.catchingUp = false, nil, false, false
 		ch.mu.Unlock()
 		return true
 	}
@@ -116,7 +121,12 @@ func (n *Node) syncOnce(ch *channel) bool {
 	n.metrics.catchUps.Inc()
 
 	ch.mu.Lock()
-	defer ch.mu.Unlock()
+	defer func() {
+		if done {
+			ch.catchingUp = false
+		}
+		ch.mu.Unlock()
+	}()
 	if err != nil {
 		n.log.Warn("cannot catch a key up with the store; its live publications wait until it answers",
 			"app", ch.app, "key", ch.key, "position", pos.Seq, "epoch", pos.Epoch, "parked", len(ch.parked), "error", err)

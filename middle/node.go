@@ -284,25 +284,24 @@ func (n *Node) sequence(ctx context.Context, chunk []proto.Publication, fence ui
 		return n.store.AppendBatch(ctx, chunk, fence)
 	}
 	for i := range chunk {
-		if err := n.publishLocal(ctx, &chunk[i], fence); err != nil {
+		if err := n.publishLocal(ctx, chunk[i:i+1], fence); err != nil {
 			return i, err
 		}
 	}
 	return len(chunk), nil
 }
 
-// publishLocal sequences and delivers p without a bus. While the key has a
-// live channel in step with the store, both happen under its lock, so that
-// concurrent publishers of one key cannot overtake each other between
+// publishLocal sequences and delivers one[0] without a bus. While the key
+// has a live channel in step with the store, both happen under its lock, so
+// that concurrent publishers of one key cannot overtake each other between
 // sequencing and delivery (which would cost a catch-up from the store).
-func (n *Node) publishLocal(ctx context.Context, p *proto.Publication, fence uint64) error {
-	one := []proto.Publication{*p}
+func (n *Node) publishLocal(ctx context.Context, one []proto.Publication, fence uint64) error {
+	p := &one[0]
 	if ch := n.hub.get(p.App, p.Key); ch != nil {
 		ch.mu.Lock()
 		if !ch.dead && ch.initialized && !ch.syncing && len(ch.parked) == 0 {
 			_, err := n.store.AppendBatch(ctx, one, fence)
 			if err == nil {
-				*p = one[0]
 				n.deliverLocked(ch, p)
 			}
 			ch.mu.Unlock()
@@ -313,7 +312,6 @@ func (n *Node) publishLocal(ctx context.Context, p *proto.Publication, fence uin
 	if _, err := n.store.AppendBatch(ctx, one, fence); err != nil {
 		return err
 	}
-	*p = one[0]
 	n.deliver(p)
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -638,4 +639,29 @@ func TestBusConcurrentPublishers(t *testing.T) {
 	if strings.Contains(fmt.Sprint(events(t, s, "k0")), "r") {
 		t.Fatal("reset")
 	}
+}
+
+// TestOneCatchUpPerKey: during a store outage, subscribes to a key that is
+// behind (each one fails) do not start a catch-up each: the key keeps one.
+func TestOneCatchUpPerKey(t *testing.T) {
+	b := newBusNode(t, 32, Config{StoreTimeout: 20 * time.Millisecond})
+	s := newRecorder()
+	subscribe(t, b.Node, s, SubscribeRequest{App: "a", Keys: []string{"k"}})
+	b.st.failRead.Store(true)
+	b.st.noFanout.Store(true)
+	b.publish(t, "k", 1, 1)
+	b.st.noFanout.Store(false)
+	b.publish(t, "k", 2, 2) // a gap: the catch-up waits for the store
+	b.settle()
+	before := runtime.NumGoroutine()
+	for range 200 {
+		if err := b.Subscribe(context.Background(), newRecorder(), SubscribeRequest{App: "a", Keys: []string{"k"}}); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("subscribe with the store down: %v", err)
+		}
+	}
+	if after := runtime.NumGoroutine(); after > before+20 {
+		t.Fatalf("%d goroutines after 200 failed subscribes, %d before", after, before)
+	}
+	b.st.failRead.Store(false)
+	waitEvents(t, s, "k", "d1", "d2")
 }

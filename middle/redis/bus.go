@@ -129,8 +129,11 @@ const (
 var (
 	errBusIdle     = errors.New("no watched key left on this primary")
 	errBusPingLost = errors.New("no answer to pings")
-	errBusStopped  = errors.New("bus stopped")
-	errUnwatched   = errors.New("unwatched")
+	// errBusSlotMoved: the connection is re-established, and its channels
+	// routed again, when Redis unsubscribed a watched channel.
+	errBusSlotMoved = errors.New("Redis unsubscribed a watched channel (its slot moved)")
+	errBusStopped   = errors.New("bus stopped")
+	errUnwatched    = errors.New("unwatched")
 )
 
 // NewBus returns a Bus; it connects when Run runs.
@@ -544,8 +547,14 @@ func (b *Bus) receive(ctx context.Context, s *shard, ps *goredis.PubSub, out cha
 		s.lastSeen.Store(time.Now().UnixNano())
 		switch m := msg.(type) {
 		case *goredis.Subscription:
-			if m.Kind == "ssubscribe" {
+			switch m.Kind {
+			case "ssubscribe":
 				b.confirm(s, m.Channel)
+			case "sunsubscribe":
+				if b.dropped(s, m.Channel) {
+					_ = ps.Close()
+					return fmt.Errorf("%w: %s", errBusSlotMoved, m.Channel)
+				}
 			}
 		case *goredis.Message:
 			b.m.received.Inc()
@@ -580,6 +589,18 @@ func (b *Bus) confirm(s *shard, ch string) {
 		w.resub = false
 		b.resubDoneLocked()
 	}
+}
+
+// dropped reports whether Redis unsubscribed this node from a channel it
+// still watches: on Redis Cluster, the channel's slot moved to another
+// primary. (The reply to Unwatch's SUNSUBSCRIBE is for a channel no longer
+// watched, or watched again and not yet confirmed: the replies come in
+// order.)
+func (b *Bus) dropped(s *shard, ch string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	w := s.chans[ch]
+	return w != nil && w.confirmed
 }
 
 // decode returns the publication m carries, if m is of a watched channel

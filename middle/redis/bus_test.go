@@ -583,13 +583,14 @@ func TestBusCluster(t *testing.T) {
 		h.publishSeqs("a", k, 1)
 		h.expect(k + "/1")
 	}
-	primaries := 0
+	var masters atomic.Int32 // ForEachMaster runs concurrently
 	if err := c.(*goredis.ClusterClient).ForEachMaster(context.Background(), func(context.Context, *goredis.Client) error {
-		primaries++
+		masters.Add(1)
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
+	primaries := int(masters.Load())
 	h.bus.mu.Lock()
 	shards := len(h.bus.shards)
 	h.bus.mu.Unlock()
@@ -612,5 +613,221 @@ func TestBusCluster(t *testing.T) {
 	// One resync per loss; losses that overlap share one.
 	if n := h.resyncs.Load(); n < 1 || int(n) > primaries {
 		t.Fatalf("resync called %d times, want 1 to %d", n, primaries)
+	}
+}
+
+// TestBusClusterSlotMove moves a watched key's slot to another primary of
+// the Redis Cluster (and back when the test ends): Redis unsubscribes the
+// node from the channel, and the bus routes it to the new primary,
+// re-subscribes and resyncs.
+func TestBusClusterSlotMove(t *testing.T) {
+	c := newTestClusterClient(t)
+	cc := c.(*goredis.ClusterClient)
+	h := startBusHarness(t, c)
+	h.watch("a", "k")
+	h.watch("a", "other")
+	h.publishSeqs("a", "k", 1)
+	h.expect("k/1")
+
+	ctx := context.Background()
+	ch := h.keys.pub("a", "k")
+	slot, err := cc.ClusterKeySlot(ctx, ch).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := cc.MasterForKey(ctx, ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcID, err := src.ClusterMyID(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := src.ClusterNodes(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type primary struct {
+		id string
+		c  *goredis.Client
+	}
+	var all []primary
+	var dst primary
+	for _, line := range strings.Split(nodes, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || !strings.Contains(f[2], "master") || strings.Contains(f[2], "fail") {
+			continue
+		}
+		addr, _, _ := strings.Cut(f[1], "@")
+		n := goredis.NewClient(&goredis.Options{Addr: addr, Username: src.Options().Username, Password: src.Options().Password})
+		t.Cleanup(func() { _ = n.Close() })
+		all = append(all, primary{f[0], n})
+		if f[0] != srcID && dst.c == nil {
+			dst = all[len(all)-1]
+		}
+	}
+	if dst.c == nil {
+		t.Skip("a Redis Cluster of one primary: no slot to move")
+	}
+	move := func(from, to primary) {
+		t.Helper()
+		for _, cmd := range [][]any{
+			{to.c, "importing", from.id}, {from.c, "migrating", to.id},
+		} {
+			if err := cmd[0].(*goredis.Client).Do(ctx, "cluster", "setslot", slot, cmd[1], cmd[2]).Err(); err != nil {
+				t.Fatalf("CLUSTER SETSLOT %d %s: %v", slot, cmd[1], err)
+			}
+		}
+		for _, n := range all {
+			if err := n.c.Do(ctx, "cluster", "setslot", slot, "node", to.id).Err(); err != nil {
+				t.Fatalf("CLUSTER SETSLOT %d NODE: %v", slot, err)
+			}
+		}
+	}
+	from := primary{srcID, src}
+	move(from, dst)
+	t.Cleanup(func() { move(dst, from) })
+
+	testutil.Eventually(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if h.resyncs.Load() == 0 {
+			return errNotYet
+		}
+		return nil
+	})
+	h.publishSeqs("a", "k", 2)
+	h.expect("k/2")
+	h.publishSeqs("a", "other", 1)
+	h.expect("other/1")
+	h.bus.mu.Lock()
+	w := h.bus.watches[ch]
+	addr := w.shard.addr
+	h.bus.mu.Unlock()
+	if addr != dst.c.Options().Addr {
+		t.Fatalf("channel on the connection to %s, want %s", addr, dst.c.Options().Addr)
+	}
+}
+
+// busSubscriber is a middle.Subscriber that keeps the data messages it is
+// sent.
+type busSubscriber struct {
+	mu   sync.Mutex
+	msgs []proto.ServerMessage
+	bad  error
+}
+
+func (s *busSubscriber) ConnID() uint64 { return 1 }
+
+func (s *busSubscriber) Enqueue(f *proto.Frame) bool {
+	b := f.Bytes
+	switch n := b[1] & 0x7f; n { // strip the WebSocket header
+	case 126:
+		b = b[4:]
+	case 127:
+		b = b[10:]
+	default:
+		b = b[2:]
+	}
+	m, err := proto.DecodeServerMessage(b)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil && s.bad == nil {
+		s.bad = err
+	}
+	if m.Op == proto.OpData {
+		s.msgs = append(s.msgs, m)
+	}
+	return true
+}
+
+// payloads returns the payloads of key's data messages, and whether their
+// seqs run 1, 2, 3...
+func (s *busSubscriber) payloads(key string) ([]string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, m := range s.msgs {
+		if m.Key == key {
+			if m.Seq != uint64(len(out)+1) {
+				return out, false
+			}
+			out = append(out, string(m.Data))
+		}
+	}
+	return out, true
+}
+
+// TestBusTwoNodes: two nodes sharing the Redis store, each with its bus;
+// a batch published on b, over several chunks with keys interleaved,
+// reaches a subscriber on a whole and in order.
+func TestBusTwoNodes(t *testing.T) {
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
+	newNode := func() *middle.Node {
+		store, err := NewStore(StoreConfig{Client: c, Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bus, err := NewBus(BusConfig{Client: c, Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := middle.NewNode(middle.Config{Store: store, Bus: bus})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := n.Run(ctx); err != nil {
+				t.Errorf("Node.Run: %v", err)
+			}
+		}()
+		t.Cleanup(func() {
+			cancel()
+			<-done
+		})
+		return n
+	}
+	a, b := newNode(), newNode()
+	sub := &busSubscriber{}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.Subscribe(ctx, sub, middle.SubscribeRequest{ID: 1, App: "app", Keys: []string{"k1", "k2"}}); err != nil {
+		t.Fatalf("Subscribe: %v", err)
+	}
+	const total = 600
+	pubs := make([]proto.Publication, total)
+	want := map[string][]string{}
+	for i := range pubs {
+		k := "k1"
+		if i%4 == 0 {
+			k = "k2"
+		}
+		pubs[i] = proto.Publication{App: "app", Key: k, JSON: true, Data: []byte(fmt.Sprintf(`{"v":%d}`, i))}
+		want[k] = append(want[k], string(pubs[i].Data))
+	}
+	if seqs, err := b.Publish(ctx, "test", pubs); err != nil || len(seqs) != total {
+		t.Fatalf("Publish: %d seqs, %v", len(seqs), err)
+	}
+	testutil.Eventually(t, 10*time.Second, 10*time.Millisecond, func() error {
+		for k, w := range want {
+			got, inOrder := sub.payloads(k)
+			if !inOrder {
+				return fmt.Errorf("%s: seqs out of order after %d", k, len(got))
+			}
+			if len(got) < len(w) {
+				return fmt.Errorf("%s: %d of %d delivered: %w", k, len(got), len(w), errNotYet)
+			}
+			if !slices.Equal(got, w) {
+				t.Fatalf("%s: payloads differ from what was published", k)
+			}
+		}
+		return nil
+	})
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	if sub.bad != nil {
+		t.Fatalf("undecodable frame: %v", sub.bad)
 	}
 }

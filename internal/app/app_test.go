@@ -174,6 +174,11 @@ func TestSinceBeyondHistoryIsNotRecovered(t *testing.T) {
 	if ack.Recovered == nil || *ack.Recovered {
 		t.Fatalf("ack: %+v", ack)
 	}
+	// PROTOCOL.md "Subscribe and resume": a failed resume is a reset to
+	// the seq before the latest value, then that latest value.
+	if m := c.Next(); m.Op != proto.OpReset || m.Seq != 9 || m.Reason != proto.ResetGap || m.Epoch != ack.Positions["k"].Epoch {
+		t.Fatalf("want reset to seq 9 (gap) in the ack's epoch, got %+v", m)
+	}
 	if m := c.Data(1)[0]; m.Seq != 10 {
 		t.Fatalf("want the latest value, got %+v", m)
 	}

@@ -13,13 +13,7 @@ cd "$(dirname "$0")/.."
 . scripts/services.sh
 ensure_go
 ensure_redis
-ensure_rabbitmq
-# the partitioned ingest needs the consistent-hash exchange (enabling it
-# twice is harmless)
-if ! rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_consistent_hash_exchange; then
-  log "enabling rabbitmq_consistent_hash_exchange"
-  rabbitmq-plugins enable rabbitmq_consistent_hash_exchange >/dev/null
-fi
+ensure_rabbitmq # with the consistent-hash exchange the partitioned ingest needs
 
 export WSPUSH_REQUIRE_SERVICES=1
 go test -count=1 -v -timeout 30m -run "${RUN:-.}" ./internal/chaos/ -args -chaos.long "$@"

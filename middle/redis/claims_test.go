@@ -55,8 +55,8 @@ func idxRedisTimeMicros(t testing.TB, c goredis.UniversalClient) uint64 {
 }
 
 func TestClaimsClaimRenewRelease(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	ctx := context.Background()
 	a := newIdxClaims(t, c, prefix, "node-a", time.Minute)
 	b := newIdxClaims(t, c, prefix, "node-b", time.Minute)
@@ -112,8 +112,8 @@ func TestClaimsClaimRenewRelease(t *testing.T) {
 // clock in µs, so that tokens stay monotonic across the loss of the
 // counter.
 func TestClaimsFenceStartsAtRedisTime(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	a := newIdxClaims(t, c, prefix, "node-a", time.Minute)
 
 	before := idxRedisTimeMicros(t, c)
@@ -153,8 +153,8 @@ func TestClaimsFenceStartsAtRedisTime(t *testing.T) {
 // TestClaimsExpiry: a holder that stops renewing loses the partition to
 // another node within TTL, and the new holder's token is higher.
 func TestClaimsExpiry(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	const ttl = 200 * time.Millisecond
 	a := newIdxClaims(t, c, prefix, "node-a", ttl)
 	b := newIdxClaims(t, c, prefix, "node-b", ttl)
@@ -189,8 +189,8 @@ func TestClaimsExpiry(t *testing.T) {
 // ID (a mistake, or a restart before the claim expired) does not share the
 // claims of the first.
 func TestClaimsSameNodeIDOtherInstance(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	first := newIdxClaims(t, c, prefix, "node-a", time.Minute)
 	second := newIdxClaims(t, c, prefix, "node-a", time.Minute)
 	if _, ok := idxClaim(t, first, 0); !ok {
@@ -210,8 +210,8 @@ func TestClaimsSameNodeIDOtherInstance(t *testing.T) {
 // TestClaimsRacers: of many nodes claiming at once, exactly one wins each
 // partition, and every claim gets its own token.
 func TestClaimsRacers(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	const nodes, partitions = 8, 4
 	var (
 		mu     sync.Mutex
@@ -249,8 +249,8 @@ func TestClaimsRacers(t *testing.T) {
 }
 
 func TestClaimsMembers(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	ctx := context.Background()
 	const ttl = 300 * time.Millisecond
 	a := newIdxClaims(t, c, prefix, "node-a", ttl)
@@ -296,8 +296,8 @@ func TestClaimsMembers(t *testing.T) {
 // TestClaimsKeysShareOneSlot: every key of the claims carries the hash tag
 // {ingest} (docs/PROTOCOL.md, "Redis schema").
 func TestClaimsKeysShareOneSlot(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	a := newIdxClaims(t, c, prefix, "node-a", time.Minute)
 	for p := range 3 {
 		idxClaim(t, a, p)
@@ -305,7 +305,7 @@ func TestClaimsKeysShareOneSlot(t *testing.T) {
 	if _, err := a.Members(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	keys := idxKeysUnder(t, c, prefix)
+	keys := mustKeysUnder(t, c, prefix)
 	if len(keys) != 5 { // 3 claims, fence, members
 		t.Errorf("keys %v, want 5", keys)
 	}
@@ -360,8 +360,8 @@ func TestClaimsConfigValidate(t *testing.T) {
 // TestClaimsCluster: claims, tokens and members on Redis Cluster
 // (WSPUSH_REDIS_CLUSTER_URL), and the poll lease with them.
 func TestClaimsCluster(t *testing.T) {
-	c := idxClusterClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClusterClient(t)
+	prefix := testPrefix(t, c)
 	ctx := context.Background()
 	a := newIdxClaims(t, c, prefix, "node-a", time.Minute)
 	b := newIdxClaims(t, c, prefix, "node-b", time.Minute)

@@ -3,15 +3,11 @@ package redis
 import (
 	"bytes"
 	"context"
-	crand "crypto/rand"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"math/rand/v2"
-	"net"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,207 +17,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	goredis "github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/wspush/wspush/internal/testutil"
 )
 
-// The helpers named idx* serve the tests of the index, the leases and the
-// claims.
-
-// idxRedisURL is the Redis the tests use: WSPUSH_REDIS_URL, else the local
-// default.
-func idxRedisURL(t testing.TB) string {
-	t.Helper()
-	u := os.Getenv("WSPUSH_REDIS_URL")
-	if u == "" {
-		u = "redis://127.0.0.1:6379/0"
-	}
-	return u
-}
-
-// idxClient returns a client of the test Redis, closed when the test ends.
-func idxClient(t testing.TB) goredis.UniversalClient {
-	t.Helper()
-	return idxClientOf(t, idxRedisURL(t), false)
-}
-
-// idxClusterClient returns a client of the Redis Cluster of
-// WSPUSH_REDIS_CLUSTER_URL; without it the test is skipped.
-func idxClusterClient(t testing.TB) goredis.UniversalClient {
-	t.Helper()
-	return idxClientOf(t, redisClusterURLForTest(t), true)
-}
-
-func idxClientOf(t testing.TB, rawURL string, cluster bool) goredis.UniversalClient {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := NewClient(ctx, rawURL, "wspush-test-idx")
-	if err != nil {
-		if cluster || servicesRequired() {
-			t.Fatalf("Redis is required: %v", err)
-		}
-		t.Skipf("Redis not reachable (set WSPUSH_REQUIRE_SERVICES=1 to fail instead): %v", err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
-
-// idxPrefix returns a key prefix of this test alone, and deletes every key
-// under it when the test ends.
-func idxPrefix(t testing.TB, c goredis.UniversalClient) string {
-	t.Helper()
-	p := "t-" + strings.ToLower(crand.Text()[:12])
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		for _, k := range idxKeysUnder(t, c, p) {
-			if err := c.Del(ctx, k).Err(); err != nil {
-				t.Errorf("clean up prefix %s: %v", p, err)
-				return
-			}
-		}
-	})
-	return p
-}
-
-// idxKeysUnder lists the keys under prefix, on every primary of a cluster.
-func idxKeysUnder(t testing.TB, c goredis.UniversalClient, prefix string) []string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var (
-		mu   sync.Mutex
-		keys []string
-	)
-	scan := func(ctx context.Context, n goredis.UniversalClient) error {
-		iter := n.Scan(ctx, 0, prefix+":*", 1000).Iterator()
-		for iter.Next(ctx) {
-			mu.Lock()
-			keys = append(keys, iter.Val())
-			mu.Unlock()
-		}
-		return iter.Err()
-	}
-	var err error
-	if cc, ok := c.(*goredis.ClusterClient); ok {
-		err = cc.ForEachMaster(ctx, func(ctx context.Context, n *goredis.Client) error { return scan(ctx, n) })
-	} else {
-		err = scan(ctx, c)
-	}
-	if err != nil {
-		t.Fatalf("scan %s:*: %v", prefix, err)
-	}
-	return keys
-}
-
-func idxMetric(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
-	t.Helper()
-	v, _ := testutil.Metric(t, reg, name, labels...)
-	return v
-}
+// The tests of the index, the leases and the claims share helpers_test.go
+// with the rest of the package; idx* names are theirs alone.
 
 var errIdxNotYet = errors.New("not yet")
-
-// idxProxy is a TCP proxy in front of the test Redis that a test can cut
-// (every connection dropped, new ones refused) and restore: a Redis outage
-// as the client sees it, without disturbing the tests that share Redis.
-type idxProxy struct {
-	t      testing.TB
-	ln     net.Listener
-	target string
-	db     int
-
-	mu    sync.Mutex
-	down  bool
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
-}
-
-func newIdxProxy(t testing.TB) *idxProxy {
-	t.Helper()
-	idxClient(t) // skip or fail when Redis does not answer
-	u := idxRedisURL(t)
-	opt, err := goredis.ParseURL(u)
-	if err != nil {
-		t.Fatalf("parse %s: %v", u, err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	p := &idxProxy{t: t, ln: ln, target: opt.Addr, db: opt.DB, conns: make(map[net.Conn]struct{})}
-	p.wg.Go(p.accept)
-	t.Cleanup(func() {
-		_ = ln.Close()
-		p.setDown(true)
-		p.wg.Wait()
-	})
-	return p
-}
-
-// client returns a client of the test Redis through the proxy, with short
-// timeouts so that an outage is noticed quickly.
-func (p *idxProxy) client() goredis.UniversalClient {
-	c := goredis.NewClient(&goredis.Options{
-		Addr:                     p.ln.Addr().String(),
-		DB:                       p.db,
-		DialTimeout:              time.Second,
-		ReadTimeout:              time.Second,
-		WriteTimeout:             time.Second,
-		MaxRetries:               -1,
-		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
-	})
-	p.t.Cleanup(func() { _ = c.Close() })
-	return c
-}
-
-func (p *idxProxy) accept() {
-	for {
-		in, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		if p.down {
-			p.mu.Unlock()
-			_ = in.Close()
-			continue
-		}
-		out, err := net.DialTimeout("tcp", p.target, time.Second)
-		if err != nil {
-			p.mu.Unlock()
-			_ = in.Close()
-			continue
-		}
-		p.conns[in], p.conns[out] = struct{}{}, struct{}{}
-		p.mu.Unlock()
-		pipe := func(dst, src net.Conn) {
-			_, _ = io.Copy(dst, src)
-			_ = dst.Close()
-			_ = src.Close()
-			p.mu.Lock()
-			delete(p.conns, dst)
-			delete(p.conns, src)
-			p.mu.Unlock()
-		}
-		p.wg.Go(func() { pipe(out, in) })
-		p.wg.Go(func() { pipe(in, out) })
-	}
-}
-
-// setDown cuts (true) or restores (false) the path to Redis.
-func (p *idxProxy) setDown(down bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = down
-	if down {
-		for c := range p.conns {
-			_ = c.Close()
-		}
-	}
-}
 
 // idxLogBuffer collects log lines across goroutines.
 type idxLogBuffer struct {
@@ -420,7 +223,7 @@ func readIndexState(t testing.TB, c goredis.UniversalClient, prefix string) inde
 		return m
 	}
 	idx := newKeys(prefix).idx()
-	for _, k := range idxKeysUnder(t, c, prefix) {
+	for _, k := range mustKeysUnder(t, c, prefix) {
 		rest, ok := strings.CutPrefix(k, idx)
 		if !ok {
 			continue
@@ -483,8 +286,8 @@ func waitIndexState(t *testing.T, c goredis.UniversalClient, prefix string, fs .
 }
 
 func TestIndexAddRemove(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	f := startIndex(t, c, prefix, "n1", nil)
 	ctx := context.Background()
 
@@ -517,10 +320,10 @@ func TestIndexAddRemove(t *testing.T) {
 	if keys, err := f.ix.Keys(ctx, "plant-7"); err != nil || len(keys) != 0 {
 		t.Errorf("Keys(plant-7) after every unsubscribe = %v, %v; want none", keys, err)
 	}
-	if n := idxMetric(t, f.reg, "wspush_index_flushes_total", "result", "ok"); n < 2 {
+	if n := metricValue(t, f.reg, "wspush_index_flushes_total", "result", "ok"); n < 2 {
 		t.Errorf("flushes_total{ok} = %v, want at least 2", n)
 	}
-	if n := idxMetric(t, f.reg, "wspush_index_rewrites_total"); n != 1 {
+	if n := metricValue(t, f.reg, "wspush_index_rewrites_total"); n != 1 {
 		t.Errorf("rewrites_total = %v, want 1 (the start)", n)
 	}
 }
@@ -529,12 +332,15 @@ func TestIndexAddRemove(t *testing.T) {
 // tag {index}, so that its scripts run on Redis Cluster
 // (docs/PROTOCOL.md, "Redis schema").
 func TestIndexKeysShareOneSlot(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	f := startIndex(t, c, prefix, "n1", nil)
 	f.sub("app", "k1", "k2")
 	waitIndexState(t, c, prefix, f)
-	keys := idxKeysUnder(t, c, prefix)
+	keys, err := keysUnder(context.Background(), c, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(keys) < 6 { // sub ×2, keys, apps, nodes, node, nodesubs
 		t.Fatalf("index keys %v, want at least 6", keys)
 	}
@@ -548,8 +354,8 @@ func TestIndexKeysShareOneSlot(t *testing.T) {
 // TestIndexBatching: changes wait for FlushInterval or BatchSize, and the
 // changes of one member coalesce.
 func TestIndexBatching(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	f := startIndex(t, c, prefix, "n1", func(cfg *IndexConfig) {
 		cfg.FlushInterval = time.Hour
 		cfg.BatchSize = 4
@@ -561,7 +367,7 @@ func TestIndexBatching(t *testing.T) {
 	ix.Add("app", "a", 1)
 	ix.Add("app", "b", 2)
 	ix.Remove("app", "c", 3)
-	if n := idxMetric(t, f.reg, "wspush_index_pending"); n != 3 {
+	if n := metricValue(t, f.reg, "wspush_index_pending"); n != 3 {
 		t.Errorf("pending = %v after 5 changes of 3 members, want 3", n)
 	}
 	if s := readIndexState(t, c, prefix); len(s.subs) != 0 {
@@ -583,8 +389,8 @@ func TestIndexBatching(t *testing.T) {
 
 // TestIndexTwoNodes: a key stays listed while any node has a subscriber.
 func TestIndexTwoNodes(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	a := startIndex(t, c, prefix, "node-a", nil)
 	b := startIndex(t, c, prefix, "node-b", nil)
 	ra := a.sub("app", "k")
@@ -605,8 +411,8 @@ func TestIndexTwoNodes(t *testing.T) {
 // TestIndexConcurrentChurn: two nodes subscribing and unsubscribing from
 // many goroutines end with exactly their local subscriptions in Redis.
 func TestIndexConcurrentChurn(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	fs := []*idxFixture{
 		startIndex(t, c, prefix, "node-a", func(cfg *IndexConfig) { cfg.BatchSize = 16 }),
 		startIndex(t, c, prefix, "node-b", func(cfg *IndexConfig) { cfg.BatchSize = 16 }),
@@ -648,9 +454,9 @@ func idxKeyNames(n int) []string {
 // When the cut-off node gets Redis back, it notices that its key had
 // expired and writes its share again, including what changed meanwhile.
 func TestIndexDeadNodeAndComeback(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
-	proxy := newIdxProxy(t)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
+	proxy := newRedisProxy(t)
 	const ttl = 300 * time.Millisecond
 	short := func(cfg *IndexConfig) { cfg.NodeTTL = ttl }
 	a := startIndex(t, proxy.client(), prefix, "node-a", short)
@@ -671,7 +477,7 @@ func TestIndexDeadNodeAndComeback(t *testing.T) {
 		}
 		return nil
 	})
-	if n := idxMetric(t, b.reg, "wspush_index_dead_nodes_cleaned_total"); n != 1 {
+	if n := metricValue(t, b.reg, "wspush_index_dead_nodes_cleaned_total"); n != 1 {
 		t.Errorf("node b dead_nodes_cleaned_total = %v, want 1", n)
 	}
 	if nodes := c.SMembers(context.Background(), newKeys(prefix).nodes()).Val(); !slices.Equal(nodes, []string{"node-b"}) {
@@ -684,7 +490,7 @@ func TestIndexDeadNodeAndComeback(t *testing.T) {
 	proxy.setDown(false)
 	waitIndexState(t, c, prefix, a, b)
 	a.waitReady(t)
-	if n := idxMetric(t, a.reg, "wspush_index_rewrites_total"); n < 2 {
+	if n := metricValue(t, a.reg, "wspush_index_rewrites_total"); n < 2 {
 		t.Errorf("node a rewrites_total = %v, want at least 2", n)
 	}
 	if n := a.logs.count("index: Redis write failed"); n != 1 {
@@ -699,8 +505,8 @@ func TestIndexDeadNodeAndComeback(t *testing.T) {
 // chunks of reapChunk, and entries wspush did not write are dropped
 // without touching the other sets.
 func TestIndexReapManyAndMalformed(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	ks := newKeys(prefix)
 	ctx := context.Background()
 	// What a node that crashed leaves: its entries, registered, without a
@@ -729,7 +535,7 @@ func TestIndexReapManyAndMalformed(t *testing.T) {
 		}
 		return nil
 	})
-	if got := idxMetric(t, b.reg, "wspush_index_dead_nodes_cleaned_total"); got != 1 {
+	if got := metricValue(t, b.reg, "wspush_index_dead_nodes_cleaned_total"); got != 1 {
 		t.Errorf("dead_nodes_cleaned_total = %v, want 1", got)
 	}
 	if !strings.Contains(b.logs.String(), fmt.Sprintf("entries=%d", n)) {
@@ -741,9 +547,9 @@ func TestIndexReapManyAndMalformed(t *testing.T) {
 // without persistence) while the node is cut off; once it is back, the
 // node's share is written again from its local subscriptions.
 func TestIndexRewriteAfterRedisLoss(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
-	proxy := newIdxProxy(t)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
+	proxy := newRedisProxy(t)
 	a := startIndex(t, proxy.client(), prefix, "node-a", nil)
 	r := a.sub("app", "k1", "k2")
 	waitIndexState(t, c, prefix, a)
@@ -757,7 +563,7 @@ func TestIndexRewriteAfterRedisLoss(t *testing.T) {
 		}
 		return nil
 	})
-	for _, k := range idxKeysUnder(t, c, prefix) {
+	for _, k := range mustKeysUnder(t, c, prefix) {
 		if err := c.Del(context.Background(), k).Err(); err != nil {
 			t.Fatal(err)
 		}
@@ -771,9 +577,9 @@ func TestIndexRewriteAfterRedisLoss(t *testing.T) {
 // up and restarts with the same ID before the others noticed replaces what
 // its previous run left.
 func TestIndexRestartReplacesPreviousRun(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
-	proxy := newIdxProxy(t)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
+	proxy := newRedisProxy(t)
 	old := startIndex(t, proxy.client(), prefix, "node-a", func(cfg *IndexConfig) {
 		cfg.NodeTTL = time.Hour
 		cfg.ShutdownTimeout = 50 * time.Millisecond
@@ -794,8 +600,8 @@ func TestIndexRestartReplacesPreviousRun(t *testing.T) {
 // TestIndexShutdownLeavesNothing: a node stopped cleanly removes its
 // entries and liveness key, and only those.
 func TestIndexShutdownLeavesNothing(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	a := startIndex(t, c, prefix, "node-a", nil)
 	b := startIndex(t, c, prefix, "node-b", nil)
 	a.sub("app", "k1", "k2")
@@ -814,14 +620,14 @@ func TestIndexShutdownLeavesNothing(t *testing.T) {
 	}
 
 	b.stop(t)
-	if left := idxKeysUnder(t, c, prefix); len(left) != 0 {
+	if left := mustKeysUnder(t, c, prefix); len(left) != 0 {
 		t.Errorf("keys left after both nodes stopped: %v", left)
 	}
 }
 
 func TestIndexRunNeedsSnapshotAndRunsOnce(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	ix, err := NewIndex(IndexConfig{Client: c, NodeID: "n1", Prefix: prefix})
 	if err != nil {
 		t.Fatal(err)
@@ -886,8 +692,8 @@ func TestIndexConfigValidate(t *testing.T) {
 // (here deleted; in life, a pause longer than NodeTTL), the others remove
 // its entries, and its next refresh notices and writes them again.
 func TestIndexLivenessLost(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	a := startIndex(t, c, prefix, "node-a", func(cfg *IndexConfig) { cfg.NodeTTL = 3 * time.Second })
 	b := startIndex(t, c, prefix, "node-b", func(cfg *IndexConfig) { cfg.NodeTTL = 100 * time.Millisecond })
 	a.sub("app", "k1", "k2")
@@ -898,7 +704,7 @@ func TestIndexLivenessLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, func() error {
-		if idxMetric(t, b.reg, "wspush_index_dead_nodes_cleaned_total") != 1 {
+		if metricValue(t, b.reg, "wspush_index_dead_nodes_cleaned_total") != 1 {
 			return fmt.Errorf("node b has not cleaned up node a")
 		}
 		return nil
@@ -912,8 +718,8 @@ func TestIndexLivenessLost(t *testing.T) {
 // TestIndexCluster: the index on Redis Cluster (WSPUSH_REDIS_CLUSTER_URL):
 // two nodes, a dead node's entries removed, a clean shutdown.
 func TestIndexCluster(t *testing.T) {
-	c := idxClusterClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClusterClient(t)
+	prefix := testPrefix(t, c)
 	a := startIndex(t, c, prefix, "node-a", func(cfg *IndexConfig) { cfg.NodeTTL = 3 * time.Second })
 	b := startIndex(t, c, prefix, "node-b", func(cfg *IndexConfig) { cfg.NodeTTL = 100 * time.Millisecond })
 	r := a.sub("app", "k1", "k2")
@@ -933,7 +739,7 @@ func TestIndexCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, func() error {
-		if idxMetric(t, b.reg, "wspush_index_dead_nodes_cleaned_total") != 1 {
+		if metricValue(t, b.reg, "wspush_index_dead_nodes_cleaned_total") != 1 {
 			return fmt.Errorf("node b has not cleaned up node a")
 		}
 		return nil
@@ -942,7 +748,7 @@ func TestIndexCluster(t *testing.T) {
 
 	a.stop(t)
 	b.stop(t)
-	if left := idxKeysUnder(t, c, prefix); len(left) != 0 {
+	if left := mustKeysUnder(t, c, prefix); len(left) != 0 {
 		t.Errorf("keys left after both nodes stopped: %v", left)
 	}
 }
@@ -955,8 +761,8 @@ func TestIndexCluster(t *testing.T) {
 func BenchmarkIndexAddRemove(b *testing.B) {
 	for _, batch := range []int{1, 64, 1024} {
 		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
-			c := idxClient(b)
-			prefix := idxPrefix(b, c)
+			c := newTestClient(b)
+			prefix := testPrefix(b, c)
 			reg := prometheus.NewRegistry()
 			ix, err := NewIndex(IndexConfig{
 				Client: c, NodeID: "bench", Prefix: prefix, Registerer: reg,
@@ -999,7 +805,7 @@ func BenchmarkIndexAddRemove(b *testing.B) {
 			ix.poke()
 			wait()
 			b.StopTimer()
-			flushes := idxMetric(b, reg, "wspush_index_flushes_total", "result", "ok")
+			flushes := metricValue(b, reg, "wspush_index_flushes_total", "result", "ok")
 			b.ReportMetric(float64(n)/max(flushes-1, 1), "changes/flush") // less the start's rewrite
 		})
 	}

@@ -34,8 +34,8 @@ func leaseAcquire(t testing.TB, l *Lease, app string) bool {
 }
 
 func TestLeaseOneHolder(t *testing.T) {
-	c1, c2 := idxClient(t), idxClient(t)
-	prefix := idxPrefix(t, c1)
+	c1, c2 := newTestClient(t), newTestClient(t)
+	prefix := testPrefix(t, c1)
 	a := newIdxLease(t, c1, prefix, "node-a", time.Minute)
 	b := newIdxLease(t, c2, prefix, "node-b", time.Minute)
 	if !leaseAcquire(t, a, "app") {
@@ -60,8 +60,8 @@ func TestLeaseOneHolder(t *testing.T) {
 
 // TestLeaseRacers: of many nodes asking at once, exactly one wins.
 func TestLeaseRacers(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	const n = 16
 	wins := make(chan string, n)
 	done := make(chan struct{})
@@ -95,8 +95,8 @@ func TestLeaseRacers(t *testing.T) {
 // TestLeaseTakeover: a holder that stops renewing loses the app to
 // another node within the TTL.
 func TestLeaseTakeover(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	const ttl = 300 * time.Millisecond
 	a := newIdxLease(t, c, prefix, "node-a", ttl)
 	b := newIdxLease(t, c, prefix, "node-b", ttl)
@@ -119,8 +119,8 @@ func TestLeaseTakeover(t *testing.T) {
 }
 
 func TestLeaseRelease(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	a := newIdxLease(t, c, prefix, "node-a", time.Minute)
 	b := newIdxLease(t, c, prefix, "node-b", time.Minute)
 	for _, app := range []string{"x", "y"} {
@@ -175,8 +175,8 @@ func (p idxCountingPublisher) Publish(_ context.Context, pubs []proto.Publicatio
 // TestLeasePollers: two nodes' pollers share one data center; only
 // the lease holder asks it.
 func TestLeasePollers(t *testing.T) {
-	c := idxClient(t)
-	prefix := idxPrefix(t, c)
+	c := newTestClient(t)
+	prefix := testPrefix(t, c)
 	sim := simulator.New(simulator.Config{})
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)

@@ -21,6 +21,10 @@ type PublishHandlerConfig struct {
 	MaxItems int
 	// MaxBody bounds the request body in bytes (default 8 MiB).
 	MaxBody int64
+	// AllowOrigin decides whether a browser request (one with an Origin
+	// header) may publish; refused ones get 403 (docs/PROTOCOL.md,
+	// "Origins"). Nil: requests with an Origin header are refused.
+	AllowOrigin func(*http.Request) bool
 }
 
 // publishItem is one publication of a request body. Exactly one of Data
@@ -61,6 +65,9 @@ func (n *Node) servePublish(w http.ResponseWriter, r *http.Request, cfg PublishH
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		return writeError(w, http.StatusMethodNotAllowed, proto.CodeBadRequest, "use POST")
+	}
+	if r.Header.Get("Origin") != "" && (cfg.AllowOrigin == nil || !cfg.AllowOrigin(r)) {
+		return writeError(w, http.StatusForbidden, proto.CodeForbidden, fmt.Sprintf("origin %q may not publish (see --allowed-origins)", r.Header.Get("Origin")))
 	}
 	if cfg.APIKey != "" {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,10 +30,10 @@ type Config struct {
 	WriteDelay       time.Duration
 	CommandTimeout   time.Duration // a subscribe's work in the middle tier (default 10s)
 	HandshakeTimeout time.Duration // the WebSocket upgrade (default 10s)
-	// AllowedOrigins lists the browser origins allowed to connect, e.g.
-	// "https://dash.example.com"; "*" allows any. Empty: same host only
-	// (requests without an Origin header, i.e. non-browsers, always pass).
-	AllowedOrigins []string
+	// CheckOrigin decides whether a browser (a request with an Origin
+	// header) may connect (docs/PROTOCOL.md, "Origins"); requests without
+	// one always may. Nil: every browser is refused.
+	CheckOrigin func(*http.Request) bool
 	// JWTSecret turns auth on: clients must present an HS256 JWT signed with
 	// it (?token= or Authorization: Bearer). A token may carry an "apps"
 	// claim listing the apps it may subscribe to.

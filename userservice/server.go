@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/url"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -81,12 +79,14 @@ func NewServer(cfg Config, r Router) (*Server, error) {
 }
 
 func (s *Server) checkOrigin(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
-	if origin == "" || slices.Contains(s.cfg.AllowedOrigins, "*") || slices.Contains(s.cfg.AllowedOrigins, origin) {
+	if r.Header.Get("Origin") == "" {
 		return true
 	}
-	u, err := url.Parse(origin)
-	return err == nil && strings.EqualFold(u.Host, r.Host)
+	if s.cfg.CheckOrigin != nil && s.cfg.CheckOrigin(r) {
+		return true
+	}
+	s.cfg.Logger.Debug("browser origin refused", "origin", r.Header.Get("Origin"), "remote", r.RemoteAddr)
+	return false
 }
 
 // ServeHTTP upgrades GET /ws requests.

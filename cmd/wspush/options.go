@@ -52,7 +52,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.DurationVar(&c.Middle.PositionCheck, "position-check", 0, "how often every served key's position is compared with the store's (default 5s)")
 
 	u := &c.Users
-	var origins, jwtSecret string
+	var origins, publicURLs, jwtSecret string
 	fs.IntVar(&u.MaxConnections, "max-connections", 0, "open connections per node (default 100000)")
 	fs.Int64Var(&u.MaxMessageSize, "max-message-size", 0, "largest client message in bytes (its fragments together); larger closes with 1009 (default 65536)")
 	fs.IntVar(&u.MaxKeysPerSubscribe, "max-keys-per-subscribe", 0, "keys in one subscribe (default 100)")
@@ -65,7 +65,8 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.DurationVar(&u.PingTimeout, "ping-timeout", 0, "silence after which a connection is reaped (default 60s)")
 	fs.DurationVar(&u.WriteTimeout, "write-timeout", 0, "timeout of one write to a client (default 10s)")
 	fs.DurationVar(&u.WriteDelay, "write-delay", 0, "a connection's writer waits this long before writing, so that frames queued meanwhile share one write (fewer syscalls for keys that change many times a second, at that much latency); 0: write at once")
-	fs.StringVar(&origins, "allowed-origins", "", `comma-separated browser origins allowed to connect, "*" for any; empty: same host`)
+	fs.StringVar(&origins, "allowed-origins", "", `comma-separated browser origins (https://dash.example) allowed to connect and publish besides --public-url's, "*" for any`)
+	fs.StringVar(&publicURLs, "public-url", "", "comma-separated URLs browsers reach this server at (https://push.example); their origins are allowed; empty: the listener's loopback names (http://localhost:<port>, http://127.0.0.1:<port>)")
 	fs.StringVar(&jwtSecret, "jwt-secret", "", "HS256 secret: when set, clients need a JWT (?token= or Authorization: Bearer)")
 
 	fs.Usage = func() {
@@ -100,15 +101,23 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	if envErr != nil {
 		return o, envErr
 	}
-	if origins != "" {
-		for _, s := range strings.Split(origins, ",") {
-			u.AllowedOrigins = append(u.AllowedOrigins, strings.TrimSpace(s))
-		}
-	}
+	c.AllowedOrigins = splitList(origins)
+	c.PublicURLs = splitList(publicURLs)
 	if jwtSecret != "" {
 		u.JWTSecret = []byte(jwtSecret)
 	}
 	return o, nil
+}
+
+// splitList splits a comma-separated flag value, dropping empty entries.
+func splitList(s string) []string {
+	var out []string
+	for _, e := range strings.Split(s, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 func envName(flagName string) string {

@@ -28,8 +28,8 @@ func TestEnvTwinsFillFlagsNotGiven(t *testing.T) {
 	if u.MaxConnections != 5 || u.PingInterval != 3*time.Second || !o.cfg.Demo {
 		t.Errorf("env twins not applied: %+v demo=%v", u, o.cfg.Demo)
 	}
-	if len(u.AllowedOrigins) != 2 || u.AllowedOrigins[1] != "https://b.example" {
-		t.Errorf("origins %q", u.AllowedOrigins)
+	if len(o.cfg.AllowedOrigins) != 2 || o.cfg.AllowedOrigins[1] != "https://b.example" {
+		t.Errorf("origins %q", o.cfg.AllowedOrigins)
 	}
 }
 

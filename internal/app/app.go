@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/wspush/wspush/dataservice"
 	"github.com/wspush/wspush/dataservice/simulator"
+	"github.com/wspush/wspush/internal/origin"
 	"github.com/wspush/wspush/middle"
 	"github.com/wspush/wspush/middle/amqp"
 	"github.com/wspush/wspush/middle/redis"
@@ -45,6 +47,14 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// DebugAddr, when set, serves /debug/pprof/ there (keep it private).
 	DebugAddr string
+	// AllowedOrigins lists the browser origins allowed to connect and to
+	// publish, besides the server's own public URLs; "*" allows any
+	// (docs/PROTOCOL.md, "Origins").
+	AllowedOrigins []string
+	// PublicURLs are the URLs browsers reach this server at
+	// (https://push.example); their origins are allowed. Empty: the
+	// listener's loopback names (http://localhost:<port>, ...).
+	PublicURLs []string
 	// Dashboard is served at / when set.
 	Dashboard fs.FS
 
@@ -81,6 +91,9 @@ type App struct {
 	poller *dataservice.Poller // nil: no data center
 	sim    *simulator.Simulator
 	mux    *http.ServeMux
+	// origins is the browser-origin policy, set by Run once the listener's
+	// port is known; nil before: browsers are refused.
+	origins atomic.Pointer[origin.Policy]
 
 	// Cluster mode; all nil when embedded.
 	redis  goredis.UniversalClient
@@ -102,6 +115,9 @@ func New(cfg Config) (*App, error) {
 	a := &App{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry()}
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	if _, err := origin.New(cfg.AllowedOrigins, cfg.PublicURLs); err != nil {
+		return nil, err
+	}
 	if cfg.AMQPURL != "" && cfg.RedisURL == "" {
 		return nil, errors.New("--amqp-url needs --redis-url: the nodes must share one sequencer")
 	}
@@ -143,6 +159,7 @@ func New(cfg Config) (*App, error) {
 	}
 
 	cfg.Users.Logger, cfg.Users.Registerer = a.log.With("tier", "userservice"), a.reg
+	cfg.Users.CheckOrigin = a.allowOrigin
 	if a.users, err = userservice.NewServer(cfg.Users, node); err != nil {
 		return nil, err
 	}
@@ -177,7 +194,7 @@ func New(cfg Config) (*App, error) {
 func (a *App) routes() {
 	a.mux = http.NewServeMux()
 	a.mux.Handle("GET /ws", a.users)
-	a.mux.Handle("/api/publish", a.node.PublishHandler(middle.PublishHandlerConfig{APIKey: a.cfg.APIKey}))
+	a.mux.Handle("/api/publish", a.node.PublishHandler(middle.PublishHandlerConfig{APIKey: a.cfg.APIKey, AllowOrigin: a.allowOrigin}))
 	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("ok\n"))
@@ -197,6 +214,12 @@ func (a *App) routes() {
 	}
 }
 
+// allowOrigin applies the origin policy to a browser request.
+func (a *App) allowOrigin(r *http.Request) bool {
+	p := a.origins.Load()
+	return p != nil && p.AllowRequest(r)
+}
+
 // Handler is the process's HTTP handler (for tests that bring their own
 // server).
 func (a *App) Handler() http.Handler { return a.mux }
@@ -211,6 +234,17 @@ func (a *App) Users() *userservice.Server { return a.users }
 // close clients with 1001 after what is queued to them, stop the poller and
 // the node.
 func (a *App) Run(ctx context.Context, ln net.Listener) error {
+	public := a.cfg.PublicURLs
+	if len(public) == 0 {
+		public = origin.LoopbackURLs(ln.Addr(), false)
+	}
+	policy, err := origin.New(a.cfg.AllowedOrigins, public)
+	if err != nil {
+		return err
+	}
+	a.origins.Store(policy)
+	a.log.Info("browser origins allowed", "origins", policy.Origins())
+
 	runCtx, stop := context.WithCancel(context.Background())
 	defer stop()
 	g, gctx := errgroup.WithContext(runCtx)
@@ -268,7 +302,7 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	stop()
 	errs = append(errs, g.Wait())
 	a.close()
-	err := errors.Join(errs...)
+	err = errors.Join(errs...)
 	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, context.Canceled) {
 		err = nil
 	}

@@ -11,6 +11,9 @@ const (
 	OpSubscribe   = "subscribe"
 	OpUnsubscribe = "unsubscribe"
 	OpPing        = "ping"
+	// OpRefresh renews the connection's token (docs/PROTOCOL.md, "Token
+	// expiry and refresh").
+	OpRefresh = "refresh"
 )
 
 // Ops the server sends.
@@ -73,7 +76,12 @@ type Command struct {
 	// Since maps keys to the position to resume after (docs/PROTOCOL.md,
 	// "Resuming").
 	Since map[string]Position `json:"since,omitempty"`
+	// Token is the new JWT of a refresh.
+	Token string `json:"token,omitempty"`
 }
+
+// MaxTokenLen is the longest token a refresh may carry.
+const MaxTokenLen = 8 << 10
 
 // CommandError is a command that could not be decoded or is invalid. ID is
 // the command's id when it could be read, so the error reply can carry it.
@@ -120,9 +128,14 @@ func peekID(b []byte) uint64 {
 
 // Validate checks the command's shape (see DecodeCommand).
 func (c *Command) Validate() error {
+	if c.Token != "" && c.Op != OpRefresh {
+		return fmt.Errorf("%s takes no token", c.Op)
+	}
 	switch c.Op {
 	case OpPing:
 		return nil
+	case OpRefresh:
+		return c.validateRefresh()
 	case OpSubscribe, OpUnsubscribe:
 	case "":
 		return errors.New("missing op")
@@ -158,6 +171,35 @@ func (c *Command) Validate() error {
 				return fmt.Errorf("since %q: %w", k, err)
 			}
 		}
+	}
+	return nil
+}
+
+// validateRefresh checks a refresh: a token of the JWT alphabet (three
+// base64url segments separated by dots) and no other field. Whether the
+// token is valid is the server's to decide.
+func (c *Command) validateRefresh() error {
+	if c.App != "" || c.Keys != nil || c.Format != "" || c.Since != nil {
+		return errors.New("refresh takes only a token")
+	}
+	if c.Token == "" {
+		return errors.New("refresh without a token")
+	}
+	if len(c.Token) > MaxTokenLen {
+		return fmt.Errorf("token of %d bytes: the limit is %d", len(c.Token), MaxTokenLen)
+	}
+	dots := 0
+	for i := 0; i < len(c.Token); i++ {
+		switch b := c.Token[i]; {
+		case b == '.':
+			dots++
+		case b >= 'A' && b <= 'Z', b >= 'a' && b <= 'z', b >= '0' && b <= '9', b == '-', b == '_':
+		default:
+			return fmt.Errorf("token: invalid character %q at %d", b, i)
+		}
+	}
+	if dots != 2 {
+		return errors.New("token: not a JWT (want three dot-separated parts)")
 	}
 	return nil
 }

@@ -100,6 +100,11 @@ func TestDecodeCommand(t *testing.T) {
 			want: Command{Op: OpPing, ID: 4},
 		},
 		{
+			name: "refresh",
+			in:   `{"op":"refresh","id":5,"token":"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJkYXNoIn0.c2ln-_0"}`,
+			want: Command{Op: OpRefresh, ID: 5, Token: "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJkYXNoIn0.c2ln-_0"},
+		},
+		{
 			name: "ping with whitespace and unknown field",
 			in:   " {\n\t\"op\": \"ping\", \"id\": 9, \"extra\": [1,2,{}] }\n",
 			want: Command{Op: OpPing, ID: 9},
@@ -142,6 +147,16 @@ func TestDecodeCommand(t *testing.T) {
 		{name: "since for a key not subscribed", in: `{"op":"subscribe","id":27,"app":"a","keys":["k1"],"since":{"k1":1,"k2":5}}`, wantErr: `since "k2": not among the keys`, wantID: 27},
 		{name: "unsubscribe with format", in: `{"op":"unsubscribe","id":28,"app":"a","keys":["k"],"format":"json"}`, wantErr: "unsubscribe takes no format or since", wantID: 28},
 		{name: "unsubscribe with since", in: `{"op":"unsubscribe","id":29,"app":"a","keys":["k"],"since":{"k":1}}`, wantErr: "unsubscribe takes no format or since", wantID: 29},
+
+		// refresh (docs/PROTOCOL.md, "Token expiry and refresh").
+		{name: "refresh without token", in: `{"op":"refresh","id":30}`, wantErr: "refresh without a token", wantID: 30},
+		{name: "refresh with app", in: `{"op":"refresh","id":31,"app":"a","token":"a.b.c"}`, wantErr: "refresh takes only a token", wantID: 31},
+		{name: "refresh with keys", in: `{"op":"refresh","id":32,"keys":["k"],"token":"a.b.c"}`, wantErr: "refresh takes only a token", wantID: 32},
+		{name: "refresh token not a JWT", in: `{"op":"refresh","id":33,"token":"abc"}`, wantErr: "not a JWT", wantID: 33},
+		{name: "refresh token bad character", in: `{"op":"refresh","id":34,"token":"a.b c.d"}`, wantErr: "invalid character ' '", wantID: 34},
+		{name: "refresh token too long", in: `{"op":"refresh","id":35,"token":"a.b.` + strings.Repeat("c", MaxTokenLen) + `"}`, wantErr: "the limit is", wantID: 35},
+		{name: "token on subscribe", in: `{"op":"subscribe","id":36,"app":"a","keys":["k"],"token":"a.b.c"}`, wantErr: "subscribe takes no token", wantID: 36},
+		{name: "token on ping", in: `{"op":"ping","id":37,"token":"a.b.c"}`, wantErr: "ping takes no token", wantID: 37},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

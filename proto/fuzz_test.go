@@ -38,7 +38,7 @@ func FuzzDecodeCommand(f *testing.F) {
 // commandsEqual compares commands as the wire sees them: a nil and an empty
 // Keys or Since are the same (both are omitted when encoded).
 func commandsEqual(a, b Command) bool {
-	if a.Op != b.Op || a.ID != b.ID || a.App != b.App || a.Format != b.Format ||
+	if a.Op != b.Op || a.ID != b.ID || a.App != b.App || a.Format != b.Format || a.Token != b.Token ||
 		len(a.Keys) != len(b.Keys) || len(a.Since) != len(b.Since) {
 		return false
 	}

@@ -9,10 +9,11 @@ import (
 // OpcodeContinuation continues a fragmented message (RFC 6455, section 5.4).
 const OpcodeContinuation byte = 0
 
-// FrameError is a violation of RFC 6455 by the client, or a message over
-// the size limit: the connection must be closed with Code.
+// FrameError is a violation of RFC 6455 by the client, a text message
+// that is not UTF-8, or a message over the size limit: the connection must
+// be closed with Code.
 type FrameError struct {
-	Code   int // CloseProtocolError or CloseTooLarge
+	Code   int // CloseProtocolError, CloseInvalidData or CloseTooLarge
 	Reason string
 }
 
@@ -35,7 +36,8 @@ type ClientFrameHeader struct {
 // whole header yet. A header no client may send is a *FrameError: reserved
 // bits set (no extension is negotiated), an unknown opcode, a missing mask,
 // a fragmented control frame or one over 125 bytes, or a length that is not
-// in its shortest form or over 2^63-1.
+// in its shortest form or over 2^63-1. Everything the first two bytes tell
+// is checked as soon as they are there.
 func ParseClientFrameHeader(b []byte) (h ClientFrameHeader, n int, err error) {
 	if len(b) < 2 {
 		return h, 0, nil
@@ -57,6 +59,9 @@ func ParseClientFrameHeader(b []byte) (h ClientFrameHeader, n int, err error) {
 	}
 	if b1&0x80 == 0 {
 		return h, 0, protocolError("client frame not masked")
+	}
+	if h.Opcode >= OpcodeClose && b1&0x7f > 125 {
+		return h, 0, protocolError("control frame over 125 bytes")
 	}
 	n = 2
 	switch l := b1 & 0x7f; l {
@@ -84,9 +89,6 @@ func ParseClientFrameHeader(b []byte) (h ClientFrameHeader, n int, err error) {
 	default:
 		h.Length = uint64(l)
 	}
-	if h.Opcode >= OpcodeClose && h.Length > 125 {
-		return h, 0, protocolError("control frame of %d bytes", h.Length)
-	}
 	if len(b) < n+4 {
 		return h, 0, nil
 	}
@@ -112,30 +114,55 @@ type ClientMessage struct {
 // no I/O: Feed it what the socket returns. While it is between frames it
 // holds no buffer; it keeps the bytes of an incomplete frame, and the
 // fragments of an unfinished message, and never more than MaxMessage of
-// payload.
+// payload. What it keeps is what has arrived: a header announcing a large
+// frame reserves nothing, the buffer grows with the bytes (to twice what
+// arrived at most, for amortized constant work per piece).
+//
+// A text message must be UTF-8 (checked once the message is complete, so a
+// character may straddle fragments).
 type ClientReader struct {
 	MaxMessage int // largest message payload in bytes
 
-	pending []byte // start of an incomplete frame
-	frag    []byte // the fragments of an unfinished message so far
-	fragOp  byte   // its opcode; 0 while there is none
+	pending  []byte // start of an incomplete frame
+	need     int    // that frame's size once its header is known, else 0
+	frag     []byte // the fragments of an unfinished message so far
+	fragOp   byte   // its opcode; 0 while there is none
+	finished uint64 // times the reader came back between messages
 }
+
+// minPending is the smallest buffer of an incomplete frame: a socket read
+// of the session brings at most 128 bytes.
+const minPending = 128
+
+// Idle reports whether r is between messages: it holds no part of a frame
+// and no fragment of an unfinished message.
+func (r *ClientReader) Idle() bool { return len(r.pending) == 0 && r.fragOp == 0 }
+
+// Finished counts the times r came back between messages: a data message
+// (with the control frames sent between its fragments) or a control frame
+// outside one was complete. A caller that times messages compares it across
+// a Feed: if it moved and r is not Idle, a new message began during that
+// Feed; if it did not, the message under way is the same one.
+func (r *ClientReader) Finished() uint64 { return r.finished }
 
 // Feed consumes b, which it may modify, and calls fn with every complete
 // message in order; fn returns false to stop reading (the rest is
 // dropped). An error is a *FrameError, after which the stream is unusable.
 //
 // A frame that arrives in many pieces costs amortized constant work per
-// piece: its bytes are appended to one buffer, sized for the whole frame
-// once its header is known.
+// piece: its bytes are appended to one buffer that doubles as they come,
+// never beyond the frame's size.
 func (r *ClientReader) Feed(b []byte, fn func(ClientMessage) bool) error {
 	fromPending := len(r.pending) > 0
 	if fromPending {
-		r.pending = append(r.pending, b...)
+		r.appendPending(b)
 		b = r.pending
 	}
 	need := 0 // size of the incomplete frame at the end of b, when known
-	for len(b) > 0 {
+	for len(b) >= 2 {
+		if err := r.checkSequence(b[0]); err != nil {
+			return err
+		}
 		h, n, err := ParseClientFrameHeader(b)
 		if err != nil {
 			return err
@@ -154,11 +181,17 @@ func (r *ClientReader) Feed(b []byte, fn func(ClientMessage) bool) error {
 		payload := b[n:end]
 		Unmask(payload, h.Mask, 0)
 		b = b[end:]
-		msg, complete, err := r.assemble(h, payload)
-		if err != nil {
-			return err
+		msg, complete := r.assemble(h, payload)
+		if r.fragOp == 0 {
+			r.finished++
 		}
-		if complete && !fn(msg) {
+		if !complete {
+			continue
+		}
+		if msg.Opcode == OpcodeText && !utf8.Valid(msg.Payload) {
+			return &FrameError{Code: CloseInvalidData, Reason: "text message is not UTF-8"}
+		}
+		if !fn(msg) {
 			return nil
 		}
 	}
@@ -166,18 +199,54 @@ func (r *ClientReader) Feed(b []byte, fn func(ClientMessage) bool) error {
 	return nil
 }
 
+// appendPending appends b to the incomplete frame, growing its buffer to
+// twice its size at most, and never beyond the frame once its size is
+// known.
+func (r *ClientReader) appendPending(b []byte) {
+	n := len(r.pending) + len(b)
+	if n > cap(r.pending) {
+		c := max(2*cap(r.pending), n)
+		if r.need > 0 {
+			c = max(min(c, r.need), n)
+		}
+		p := make([]byte, len(r.pending), c)
+		copy(p, r.pending)
+		r.pending = p
+	}
+	r.pending = append(r.pending, b...)
+}
+
 // keep saves rest, the start of an incomplete frame of need bytes (0:
 // unknown yet), for the next Feed; rest is a suffix of r.pending when
-// fromPending.
+// fromPending. A buffer much larger than rest (a large frame that ended
+// just before it) is not kept.
 func (r *ClientReader) keep(rest []byte, fromPending bool, need int) {
+	r.need = need
 	switch {
 	case len(rest) == 0:
 		r.pending = nil // between frames, no buffer
-	case fromPending:
+	case fromPending && cap(r.pending) <= max(2*len(rest), minPending):
 		r.pending = r.pending[:copy(r.pending, rest)]
 	default:
-		r.pending = append(make([]byte, 0, max(need, len(rest))), rest...)
+		c := max(len(rest), minPending)
+		if need > 0 {
+			c = max(min(c, need), len(rest))
+		}
+		r.pending = append(make([]byte, 0, c), rest...)
 	}
+}
+
+// checkSequence refuses a frame, from its first byte, that cannot come
+// next: a continuation with no message under way, or a new data message
+// before the last one's final fragment.
+func (r *ClientReader) checkSequence(b0 byte) error {
+	switch op := b0 & 0x0f; {
+	case op == OpcodeContinuation && r.fragOp == 0:
+		return protocolError("continuation frame without a message")
+	case (op == OpcodeText || op == OpcodeBinary) && r.fragOp != 0:
+		return protocolError("new message before the last one's final fragment")
+	}
+	return nil
 }
 
 // checkSize refuses a frame whose payload would take a message over
@@ -193,29 +262,25 @@ func (r *ClientReader) checkSize(h ClientFrameHeader) error {
 	return nil
 }
 
-// assemble joins fragments; it reports whether a message is complete.
-func (r *ClientReader) assemble(h ClientFrameHeader, payload []byte) (ClientMessage, bool, error) {
+// assemble joins fragments (checkSequence has allowed the frame); it
+// reports whether a message is complete.
+func (r *ClientReader) assemble(h ClientFrameHeader, payload []byte) (ClientMessage, bool) {
 	switch {
 	case h.Opcode >= OpcodeClose:
-		return ClientMessage{Opcode: h.Opcode, Payload: payload}, true, nil
+		return ClientMessage{Opcode: h.Opcode, Payload: payload}, true
 	case h.Opcode == OpcodeContinuation:
-		if r.fragOp == 0 {
-			return ClientMessage{}, false, protocolError("continuation frame without a message")
-		}
 		r.frag = append(r.frag, payload...)
 		if !h.Fin {
-			return ClientMessage{}, false, nil
+			return ClientMessage{}, false
 		}
 		msg := ClientMessage{Opcode: r.fragOp, Payload: r.frag}
 		r.frag, r.fragOp = nil, 0
-		return msg, true, nil
-	case r.fragOp != 0:
-		return ClientMessage{}, false, protocolError("new message before the last one's final fragment")
+		return msg, true
 	case !h.Fin:
 		r.frag, r.fragOp = append([]byte(nil), payload...), h.Opcode
-		return ClientMessage{}, false, nil
+		return ClientMessage{}, false
 	default:
-		return ClientMessage{Opcode: h.Opcode, Payload: payload}, true, nil
+		return ClientMessage{Opcode: h.Opcode, Payload: payload}, true
 	}
 }
 
@@ -240,10 +305,11 @@ func ParseClosePayload(p []byte) (code int, reason string, err error) {
 }
 
 // validCloseCode reports whether an endpoint may send code (RFC 6455,
-// section 7.4).
+// section 7.4, and the IANA registry's 1012 service restart and 1013 try
+// again later, as gorilla/websocket accepts them).
 func validCloseCode(code int) bool {
 	switch {
-	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1011:
+	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1013:
 		return true
 	default:
 		return code >= 3000 && code <= 4999

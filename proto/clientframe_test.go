@@ -140,16 +140,21 @@ func TestClientReaderErrors(t *testing.T) {
 		code   int
 		reason string
 	}{
-		"unmasked":                 {unmasked, CloseProtocolError, "not masked"},
-		"reserved bits":            {rsv, CloseProtocolError, "reserved"},
-		"unknown opcode":           {clientFrame(true, 3, nil, testMask), CloseProtocolError, "opcode 3"},
-		"fragmented control":       {clientFrame(false, OpcodePing, nil, testMask), CloseProtocolError, "fragmented"},
-		"long control":             {clientFrame(true, OpcodePing, make([]byte, 126), testMask), CloseProtocolError, "control frame"},
-		"non-minimal length":       {longForm, CloseProtocolError, "shortest"},
-		"stray continuation":       {clientFrame(true, OpcodeContinuation, []byte("a"), testMask), CloseProtocolError, "continuation"},
-		"interleaved messages":     {append(clientFrame(false, OpcodeText, []byte("a"), testMask), clientFrame(true, OpcodeText, []byte("b"), testMask)...), CloseProtocolError, "final fragment"},
-		"frame over the limit":     {clientFrame(true, OpcodeText, make([]byte, 101), testMask), CloseTooLarge, "over 100"},
-		"fragments over the limit": {append(clientFrame(false, OpcodeText, make([]byte, 60), testMask), clientFrame(true, OpcodeContinuation, make([]byte, 41), testMask)...), CloseTooLarge, "over 100"},
+		"unmasked":                  {unmasked, CloseProtocolError, "not masked"},
+		"reserved bits":             {rsv, CloseProtocolError, "reserved"},
+		"unknown opcode":            {clientFrame(true, 3, nil, testMask), CloseProtocolError, "opcode 3"},
+		"fragmented control":        {clientFrame(false, OpcodePing, nil, testMask), CloseProtocolError, "fragmented"},
+		"long control":              {clientFrame(true, OpcodePing, make([]byte, 126), testMask), CloseProtocolError, "control frame"},
+		"non-minimal length":        {longForm, CloseProtocolError, "shortest"},
+		"stray continuation":        {clientFrame(true, OpcodeContinuation, []byte("a"), testMask), CloseProtocolError, "continuation"},
+		"stray continuation header": {clientFrame(true, OpcodeContinuation, []byte("a"), testMask)[:2], CloseProtocolError, "continuation"},
+		"long control header":       {[]byte{0x89, 0x80 | 126}, CloseProtocolError, "control frame"},
+		"invalid UTF-8":             {clientFrame(true, OpcodeText, []byte("{\"op\":\"\xff\"}"), testMask), CloseInvalidData, "UTF-8"},
+		"surrogate half":            {clientFrame(true, OpcodeText, []byte("\xed\xa0\x80"), testMask), CloseInvalidData, "UTF-8"},
+		"invalid UTF-8 fragments":   {append(clientFrame(false, OpcodeText, []byte("ok"), testMask), clientFrame(true, OpcodeContinuation, []byte("\xc3"), testMask)...), CloseInvalidData, "UTF-8"},
+		"interleaved messages":      {append(clientFrame(false, OpcodeText, []byte("a"), testMask), clientFrame(true, OpcodeText, []byte("b"), testMask)...), CloseProtocolError, "final fragment"},
+		"frame over the limit":      {clientFrame(true, OpcodeText, make([]byte, 101), testMask), CloseTooLarge, "over 100"},
+		"fragments over the limit":  {append(clientFrame(false, OpcodeText, make([]byte, 60), testMask), clientFrame(true, OpcodeContinuation, make([]byte, 41), testMask)...), CloseTooLarge, "over 100"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := feedAll(t, tc.stream, len(tc.stream), 100)
@@ -159,6 +164,86 @@ func TestClientReaderErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A text message is checked whole: a character split between fragments is
+// fine, and binary messages are not checked.
+func TestClientReaderUTF8AcrossFragments(t *testing.T) {
+	var stream []byte
+	stream = append(stream, clientFrame(false, OpcodeText, []byte("caf\xc3"), testMask)...)
+	stream = append(stream, clientFrame(true, OpcodePing, nil, testMask)...)
+	stream = append(stream, clientFrame(true, OpcodeContinuation, []byte("\xa9"), testMask)...)
+	stream = append(stream, clientFrame(true, OpcodeBinary, []byte{0xff, 0xfe}, testMask)...)
+	got, err := feedAll(t, stream, 1, 100)
+	if err != nil || len(got) != 3 || string(got[1].Payload) != "café" || got[2].Opcode != OpcodeBinary {
+		t.Fatalf("err %v, messages %q", err, got)
+	}
+}
+
+// A header announcing a large frame reserves nothing: the reader holds at
+// most twice what arrived, and drops a large buffer once its frame is done.
+func TestClientReaderHoldsOnlyWhatArrived(t *testing.T) {
+	const size = 64 << 10
+	frame := clientFrame(true, OpcodeText, bytes.Repeat([]byte("x"), size), testMask)
+	r := ClientReader{MaxMessage: size}
+	noMsg := func(m ClientMessage) bool { t.Fatalf("unexpected message of %d bytes", len(m.Payload)); return false }
+	if err := r.Feed(bytes.Clone(frame[:14]), noMsg); err != nil {
+		t.Fatal(err)
+	}
+	if c := cap(r.pending); c > minPending {
+		t.Fatalf("a header announcing %d bytes holds a buffer of %d", size, c)
+	}
+	arrived := 14
+	for _, step := range []int{1, 100, 1000, 5000, 20000} {
+		if err := r.Feed(bytes.Clone(frame[arrived:arrived+step]), noMsg); err != nil {
+			t.Fatal(err)
+		}
+		arrived += step
+		if c := cap(r.pending); c > max(2*arrived, minPending) {
+			t.Fatalf("%d bytes arrived, buffer of %d", arrived, c)
+		}
+	}
+	// The rest, and the first bytes of a small frame that stalls.
+	next := clientFrame(true, OpcodeText, []byte("hello"), testMask)
+	n := 0
+	if err := r.Feed(append(bytes.Clone(frame[arrived:]), next[:4]...), func(m ClientMessage) bool { n = len(m.Payload); return true }); err != nil || n != size {
+		t.Fatalf("err %v, message of %d bytes", err, n)
+	}
+	if c := cap(r.pending); c > minPending {
+		t.Fatalf("4 bytes of a frame held in a buffer of %d", c)
+	}
+}
+
+// Finished and Idle tell a caller when a message begins and ends; a control
+// frame between fragments belongs to the message under way.
+func TestClientReaderFinished(t *testing.T) {
+	r := ClientReader{MaxMessage: 100}
+	feed := func(b []byte) {
+		t.Helper()
+		if err := r.Feed(b, func(ClientMessage) bool { return true }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(finished uint64, idle bool) {
+		t.Helper()
+		if r.Finished() != finished || r.Idle() != idle {
+			t.Fatalf("Finished %d, Idle %v; want %d, %v", r.Finished(), r.Idle(), finished, idle)
+		}
+	}
+	check(0, true)
+	feed(clientFrame(true, OpcodeText, []byte("a"), testMask))
+	check(1, true)
+	ping := clientFrame(true, OpcodePing, nil, testMask)
+	feed(ping[:1])
+	check(1, false)
+	feed(ping[1:])
+	check(2, true)
+	feed(clientFrame(false, OpcodeText, []byte("a"), testMask))
+	check(2, false)
+	feed(clientFrame(true, OpcodePing, nil, testMask))
+	check(2, false)
+	feed(clientFrame(true, OpcodeContinuation, []byte("b"), testMask))
+	check(3, true)
 }
 
 func TestParseClosePayload(t *testing.T) {
@@ -171,6 +256,8 @@ func TestParseClosePayload(t *testing.T) {
 		{nil, CloseNoStatus, "", true},
 		{CloseFramePayload(1000, "bye"), 1000, "bye", true},
 		{CloseFramePayload(4321, ""), 4321, "", true},
+		{CloseFramePayload(1013, ""), 1013, "", true},
+		{CloseFramePayload(1014, ""), 0, "", false},
 		{[]byte{3}, 0, "", false},
 		{CloseFramePayload(1005, ""), 0, "", false},
 		{CloseFramePayload(999, ""), 0, "", false},

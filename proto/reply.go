@@ -20,6 +20,7 @@ const (
 const (
 	CloseGoingAway     = 1001 // server shutting down: reconnect and resume
 	CloseProtocolError = 1002 // a frame that breaks RFC 6455
+	CloseInvalidData   = 1007 // a text message that is not UTF-8
 	ClosePolicy        = 1008 // rate limit, abuse, repeated garbage
 	CloseTooLarge      = 1009 // frame over the read limit
 	CloseInternal      = 1011

@@ -20,7 +20,7 @@ type metrics struct {
 	httpReqs       *prometheus.CounterVec // by status code
 }
 
-func newMetrics(reg prometheus.Registerer, h *hub, queues []chan proto.Publication) *metrics {
+func newMetrics(reg prometheus.Registerer, h *hub, queues []chan proto.Publication, store Store) *metrics {
 	m := &metrics{
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wspush_publications_total", Help: "Publications sequenced by this node, by source (http, amqp, poller).",
@@ -77,6 +77,16 @@ func newMetrics(reg prometheus.Registerer, h *hub, queues []chan proto.Publicati
 				}
 				return float64(total)
 			}),
+		)
+	}
+	if ms, ok := store.(*MemoryStore); ok && reg != nil {
+		reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "wspush_store_keys", Help: "Keys held by the embedded (memory) store; bounded by --max-keys.",
+			}, func() float64 { return float64(ms.Keys()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "wspush_store_evictions_total", Help: "Keys without local subscribers the embedded store evicted to make room for new ones (--max-keys); their next value starts a new epoch.",
+			}, func() float64 { return float64(ms.Evictions()) }),
 		)
 	}
 	return m

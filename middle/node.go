@@ -28,6 +28,11 @@ type Config struct {
 	// idempotency ids of publications (default 10m). Ignored when Store is
 	// set.
 	IdempotencyWindow time.Duration
+	// MaxKeys bounds the keys the memory store holds (default 100,000): a
+	// new key beyond it evicts the least recently published key that has
+	// no local subscriber (its next value starts a new epoch), or is
+	// refused when every one has. Ignored when Store is set.
+	MaxKeys int
 	// MaxPayload is the largest publication payload in bytes (default 64 KiB).
 	MaxPayload int
 	// StoreTimeout bounds one store read made to catch a key up (a gap, a
@@ -58,6 +63,7 @@ const (
 	DefaultHistorySize       = 32
 	DefaultHistoryTTL        = 5 * time.Minute
 	DefaultIdempotencyWindow = 10 * time.Minute
+	DefaultMaxKeys           = 100_000
 	DefaultMaxPayload        = 64 << 10
 	DefaultStoreTimeout      = 5 * time.Second
 	DefaultPositionCheck     = 5 * time.Second
@@ -76,6 +82,9 @@ func (c Config) withDefaults() Config {
 	}
 	def(&c.HistoryTTL, DefaultHistoryTTL)
 	def(&c.IdempotencyWindow, DefaultIdempotencyWindow)
+	if c.MaxKeys == 0 {
+		c.MaxKeys = DefaultMaxKeys
+	}
 	if c.MaxPayload == 0 {
 		c.MaxPayload = DefaultMaxPayload
 	}
@@ -102,6 +111,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("history TTL %s: must be positive", c.HistoryTTL)
 	case c.IdempotencyWindow < 0:
 		return fmt.Errorf("idempotency window %s: must be positive", c.IdempotencyWindow)
+	case c.MaxKeys < 0:
+		return fmt.Errorf("max keys %d: must be positive", c.MaxKeys)
 	case c.MaxPayload < 0:
 		return fmt.Errorf("max payload %d: must be positive", c.MaxPayload)
 	case c.StoreTimeout < 0:
@@ -155,13 +166,16 @@ func NewNode(cfg Config) (*Node, error) {
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	if n.store == nil {
-		n.store = NewMemoryStore(cfg.HistorySize, cfg.HistoryTTL, cfg.IdempotencyWindow)
+		// A key with a channel in the hub has local subscribers (or one
+		// subscribing): evicting it would cut their stream.
+		n.store = NewMemoryStore(cfg.HistorySize, cfg.HistoryTTL, cfg.IdempotencyWindow).
+			LimitKeys(cfg.MaxKeys, func(app, key string) bool { return n.hub.get(app, key) != nil })
 	}
 	n.queues = make([]chan proto.Publication, cfg.DeliveryWorkers)
 	for i := range n.queues {
 		n.queues[i] = make(chan proto.Publication, cfg.DeliveryQueue)
 	}
-	n.metrics = newMetrics(cfg.Registerer, n.hub, n.queues)
+	n.metrics = newMetrics(cfg.Registerer, n.hub, n.queues, n.store)
 	return n, nil
 }
 

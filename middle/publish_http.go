@@ -97,9 +97,15 @@ func (n *Node) servePublish(w http.ResponseWriter, r *http.Request, cfg PublishH
 		if errors.As(err, &perr) {
 			return writeError(w, http.StatusBadRequest, proto.CodeBadRequest, err.Error())
 		}
-		n.log.Error("http publish failed", "published", len(seqs), "of", len(pubs), "error", err)
+		code := proto.CodeUnavailable
+		if errors.Is(err, ErrKeyLimit) {
+			code = proto.CodeLimit // the store is full of subscribed keys (--max-keys)
+			n.log.Warn("http publish refused: the memory store holds --max-keys keys, all with local subscribers", "published", len(seqs), "of", len(pubs), "error", err)
+		} else {
+			n.log.Error("http publish failed", "published", len(seqs), "of", len(pubs), "error", err)
+		}
 		return writeJSON(w, http.StatusServiceUnavailable, map[string]any{
-			"error": proto.CodeUnavailable, "message": err.Error(), "seqs": seqs,
+			"error": code, "message": err.Error(), "seqs": seqs,
 		})
 	}
 	return writeJSON(w, http.StatusOK, map[string]any{"seqs": seqs})

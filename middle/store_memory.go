@@ -2,9 +2,11 @@ package middle
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wspush/wspush/proto"
@@ -15,6 +17,12 @@ import (
 // a new epoch), a sequence counter, a ring of the last HistorySize
 // publications trimmed of entries older than HistoryTTL, and the
 // idempotency ids seen within the window.
+//
+// With a key limit (LimitKeys), a key the store has no room for evicts the
+// least recently published key that has no local subscribers, so that a
+// publisher to ever new keys cannot grow the process without bound; an
+// evicted key published again starts a new epoch, so that a resume from
+// an old position gets a reset, never a wrong replay.
 type MemoryStore struct {
 	size       int
 	ttl        time.Duration
@@ -22,14 +30,29 @@ type MemoryStore struct {
 	now        func() time.Time
 	seed       maphash.Seed
 	shards     [64]memoryShard
+
+	// maxKeys bounds the keys held (0: no bound); inUse reports a key with
+	// local subscribers, never evicted (nil: none is). Set before use.
+	maxKeys   int64
+	inUse     func(app, key string) bool
+	keys      atomic.Int64  // keys held
+	evictions atomic.Uint64 // keys evicted to make room
+	rotor     atomic.Uint32 // the shard where a search for room starts
 }
 
+// memoryShard holds its keys in a map and in a list from the most recently
+// published (head) to the least (tail), the order of eviction.
 type memoryShard struct {
-	mu      sync.Mutex
-	streams map[StreamKey]*memoryStream
+	mu         sync.Mutex
+	idx        int // in MemoryStore.shards
+	streams    map[StreamKey]*memoryStream
+	head, tail *memoryStream
 }
 
 type memoryStream struct {
+	key        StreamKey
+	prev, next *memoryStream // the shard's recency list; prev is more recent
+
 	epoch string
 	seq   uint64
 	fence uint64              // the highest fencing token appended with
@@ -61,6 +84,7 @@ func NewMemoryStore(historySize int, ttl, idemWindow time.Duration) *MemoryStore
 	}
 	s := &MemoryStore{size: historySize, ttl: ttl, idemWindow: idemWindow, now: time.Now, seed: maphash.MakeSeed()}
 	for i := range s.shards {
+		s.shards[i].idx = i
 		s.shards[i].streams = make(map[StreamKey]*memoryStream)
 	}
 	return s
@@ -75,19 +99,144 @@ func (s *MemoryStore) shard(app, key string) *memoryShard {
 	return &s.shards[h.Sum64()%uint64(len(s.shards))]
 }
 
+// ErrKeyLimit is a key the memory store has no room for: it holds
+// --max-keys keys and every one it could evict has local subscribers.
+// Node.Publish wraps it in ErrUnavailable too: room comes back when
+// subscribers leave, so the publication may be retried.
+var ErrKeyLimit = errors.New("key limit reached: the keys held have local subscribers (see --max-keys)")
+
+// evictScan bounds the keys one eviction looks at in a shard, from its
+// least recently published end.
+const evictScan = 16
+
+// LimitKeys bounds the keys s holds to maxKeys (0: no bound). A new key
+// beyond it evicts the least recently published key for which inUse (nil:
+// none) is false, or is refused with ErrKeyLimit. Recency is kept per
+// shard (1/64th of the keys): the key evicted is the least recently
+// published of the new key's shard, or of another shard when that one has
+// none to spare. Call it before s is used; it returns s.
+func (s *MemoryStore) LimitKeys(maxKeys int, inUse func(app, key string) bool) *MemoryStore {
+	s.maxKeys, s.inUse = int64(max(maxKeys, 0)), inUse
+	return s
+}
+
+// Keys returns the number of keys held.
+func (s *MemoryStore) Keys() int { return int(s.keys.Load()) }
+
+// Evictions returns the number of keys evicted to make room for others.
+func (s *MemoryStore) Evictions() uint64 { return s.evictions.Load() }
+
 // stream returns the stream of (app, key), created in a new epoch when the
 // key has none. The caller holds sh.mu.
-func (sh *memoryShard) stream(app, key string) *memoryStream {
+func (s *MemoryStore) stream(sh *memoryShard, app, key string) (*memoryStream, error) {
 	k := StreamKey{app, key}
-	st := sh.streams[k]
-	if st == nil {
-		// The ring grows with the key's publications: a key published once
-		// (say, by a publisher to keys nobody watches) costs one entry, not
-		// HistorySize of them.
-		st = &memoryStream{epoch: proto.NewEpoch()}
-		sh.streams[k] = st
+	if st := sh.streams[k]; st != nil {
+		return st, nil
 	}
-	return st
+	if err := s.reserveKey(sh); err != nil {
+		return nil, fmt.Errorf("%s.%s: %w", app, key, err)
+	}
+	// The ring grows with the key's publications: a key published once
+	// (say, by a publisher to keys nobody watches) costs one entry, not
+	// HistorySize of them.
+	st := &memoryStream{key: k, epoch: proto.NewEpoch()}
+	sh.streams[k] = st
+	sh.pushFront(st)
+	return st, nil
+}
+
+// reserveKey counts one more key, evicting one first when the store is
+// full. The caller holds own.mu, the shard of the new key.
+func (s *MemoryStore) reserveKey(own *memoryShard) error {
+	for {
+		n := s.keys.Load()
+		if s.maxKeys == 0 || n < s.maxKeys {
+			if s.keys.CompareAndSwap(n, n+1) {
+				return nil
+			}
+			continue
+		}
+		if !s.makeRoom(own) {
+			return ErrKeyLimit
+		}
+	}
+}
+
+// makeRoom evicts one key: from own (whose mu the caller holds), else from
+// another shard. Shards are locked in index order (after own, blocking) or
+// tried (before it), so that two makers of room never wait for each other.
+func (s *MemoryStore) makeRoom(own *memoryShard) bool {
+	if s.evictLocked(own) {
+		return true
+	}
+	start := int(s.rotor.Add(1))
+	for i := range len(s.shards) {
+		sh := &s.shards[(start+i)%len(s.shards)]
+		switch {
+		case sh == own:
+			continue
+		case sh.idx > own.idx:
+			sh.mu.Lock()
+		case !sh.mu.TryLock():
+			continue
+		}
+		ok := s.evictLocked(sh)
+		sh.mu.Unlock()
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
+// evictLocked removes the least recently published key of sh that is not
+// in use, looking at up to evictScan keys; the keys in use it passes move
+// to the head, so that the next look sees others. The caller holds sh.mu.
+func (s *MemoryStore) evictLocked(sh *memoryShard) bool {
+	for range min(evictScan, len(sh.streams)) {
+		st := sh.tail
+		if s.inUse != nil && s.inUse(st.key.App, st.key.Key) {
+			sh.moveToFront(st)
+			continue
+		}
+		sh.unlink(st)
+		delete(sh.streams, st.key)
+		s.keys.Add(-1)
+		s.evictions.Add(1)
+		return true
+	}
+	return false
+}
+
+func (sh *memoryShard) pushFront(st *memoryStream) {
+	st.prev, st.next = nil, sh.head
+	if sh.head != nil {
+		sh.head.prev = st
+	} else {
+		sh.tail = st
+	}
+	sh.head = st
+}
+
+func (sh *memoryShard) unlink(st *memoryStream) {
+	if st.prev != nil {
+		st.prev.next = st.next
+	} else {
+		sh.head = st.next
+	}
+	if st.next != nil {
+		st.next.prev = st.prev
+	} else {
+		sh.tail = st.prev
+	}
+	st.prev, st.next = nil, nil
+}
+
+func (sh *memoryShard) moveToFront(st *memoryStream) {
+	if sh.head != st {
+		sh.unlink(st)
+		sh.pushFront(st)
+	}
 }
 
 // AppendBatch implements Store. It fails only when a fence is refused
@@ -106,7 +255,11 @@ func (s *MemoryStore) append(p *proto.Publication, fence uint64) error {
 	sh := s.shard(p.App, p.Key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	st := sh.stream(p.App, p.Key)
+	st, err := s.stream(sh, p.App, p.Key)
+	if err != nil {
+		return err
+	}
+	sh.moveToFront(st)
 	if fence > 0 {
 		if st.fence > fence {
 			return fmt.Errorf("%s.%s: fence %d is below %d: %w", p.App, p.Key, fence, st.fence, ErrFenced)
@@ -180,7 +333,10 @@ func (s *MemoryStore) History(_ context.Context, app, key string, since uint64) 
 	sh := s.shard(app, key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	st := sh.stream(app, key)
+	st, err := s.stream(sh, app, key)
+	if err != nil {
+		return History{}, err
+	}
 	h := History{Top: proto.Position{Seq: st.seq, Epoch: st.epoch}}
 	if since >= st.seq {
 		return h, nil
@@ -199,7 +355,10 @@ func (s *MemoryStore) Latest(_ context.Context, app, key string) (History, error
 	sh := s.shard(app, key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	st := sh.stream(app, key)
+	st, err := s.stream(sh, app, key)
+	if err != nil {
+		return History{}, err
+	}
 	h := History{Top: proto.Position{Seq: st.seq, Epoch: st.epoch}}
 	if st.seq > 0 {
 		h.Pubs = []proto.Publication{st.ring[(st.seq-1)%uint64(s.size)]}
@@ -213,7 +372,11 @@ func (s *MemoryStore) Tops(_ context.Context, keys []StreamKey) ([]proto.Positio
 	for i, k := range keys {
 		sh := s.shard(k.App, k.Key)
 		sh.mu.Lock()
-		st := sh.stream(k.App, k.Key)
+		st, err := s.stream(sh, k.App, k.Key)
+		if err != nil {
+			sh.mu.Unlock()
+			return nil, err
+		}
 		out[i] = proto.Position{Seq: st.seq, Epoch: st.epoch}
 		sh.mu.Unlock()
 	}

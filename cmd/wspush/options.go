@@ -47,6 +47,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 
 	fs.IntVar(&c.Middle.HistorySize, "history-size", 0, "publications kept per key for resume (default 32)")
 	fs.DurationVar(&c.Middle.HistoryTTL, "history-ttl", 0, "age after which history is trimmed (default 5m embedded; with --redis-url, unset means never)")
+	fs.IntVar(&c.Middle.MaxKeys, "max-keys", 0, "embedded mode: keys the memory store holds; beyond it the least recently published keys without local subscribers are evicted (default 100000)")
 	fs.IntVar(&c.Middle.MaxPayload, "max-payload", 0, "largest publication payload in bytes (default 65536)")
 	fs.DurationVar(&c.Middle.IdempotencyWindow, "idempotency-window", 0, "how long a publication's idempotency id (AMQP message-id, HTTP item id) is remembered (default 10m)")
 	fs.DurationVar(&c.Middle.PositionCheck, "position-check", 0, "how often every served key's position is compared with the store's (default 5s)")

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -209,6 +210,11 @@ type PublishError struct {
 func (e *PublishError) Error() string { return fmt.Sprintf("item %d: %v", e.Index, e.Err) }
 func (e *PublishError) Unwrap() error { return e.Err }
 
+// ErrInvalidUTF8 refuses a JSON payload that is not valid UTF-8 (binary
+// payloads are bytes and need not be): it would be sent in text frames,
+// which RFC 6455 requires to be UTF-8 (docs/PROTOCOL.md, "HTTP publish API").
+var ErrInvalidUTF8 = errors.New("payload is not valid UTF-8 (send bytes as b64)")
+
 // Validate checks one publication before it is sequenced.
 func (n *Node) Validate(p *proto.Publication) error {
 	if err := proto.ValidateName(p.App); err != nil {
@@ -220,8 +226,15 @@ func (n *Node) Validate(p *proto.Publication) error {
 	if len(p.Data) > n.cfg.MaxPayload {
 		return fmt.Errorf("payload of %d bytes is over the limit of %d", len(p.Data), n.cfg.MaxPayload)
 	}
-	if p.JSON && !json.Valid(p.Data) {
-		return errors.New("payload is not valid JSON")
+	if p.JSON {
+		if !json.Valid(p.Data) {
+			return errors.New("payload is not valid JSON")
+		}
+		// json.Valid lets invalid UTF-8 through; a text frame carrying it
+		// makes every browser subscriber fail its connection.
+		if !utf8.Valid(p.Data) {
+			return ErrInvalidUTF8
+		}
 	}
 	if p.ID != "" {
 		if err := proto.ValidateIdempotencyID(p.ID); err != nil {

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -74,22 +76,22 @@ func (n *Node) servePublish(w http.ResponseWriter, r *http.Request, cfg PublishH
 		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(cfg.APIKey)) != 1 {
 			return writeError(w, http.StatusUnauthorized, proto.CodeUnauthorized, "missing or wrong API key (Authorization: Bearer <key>)")
 		}
+	} else if !loopbackPeer(r.RemoteAddr) {
+		return writeError(w, http.StatusForbidden, proto.CodeForbidden, "without an API key this node accepts publications from loopback clients only; start it with --api-key to publish from elsewhere")
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, cfg.MaxBody))
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != contentJSON {
+		return writeError(w, http.StatusUnsupportedMediaType, proto.CodeBadRequest, fmt.Sprintf("Content-Type %q: send application/json", r.Header.Get("Content-Type")))
+	}
+	pubs, err := decodePublishBody(http.MaxBytesReader(w, r.Body, cfg.MaxBody), cfg.MaxItems)
 	if err != nil {
 		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
+		switch {
+		case errors.As(err, &tooBig):
 			return writeError(w, http.StatusRequestEntityTooLarge, proto.CodeLimit, fmt.Sprintf("body over %d bytes", cfg.MaxBody))
+		case errors.Is(err, errTooManyItems):
+			return writeError(w, http.StatusRequestEntityTooLarge, proto.CodeLimit, err.Error())
 		}
-		return writeError(w, http.StatusBadRequest, proto.CodeBadRequest, "reading body: "+err.Error())
-	}
-	pubs, err := decodePublishBody(body, cfg.MaxItems)
-	if err != nil {
-		status, code := http.StatusBadRequest, proto.CodeBadRequest
-		if errors.Is(err, errTooManyItems) {
-			status, code = http.StatusRequestEntityTooLarge, proto.CodeLimit
-		}
-		return writeError(w, status, code, err.Error())
+		return writeError(w, http.StatusBadRequest, proto.CodeBadRequest, err.Error())
 	}
 	seqs, err := n.Publish(r.Context(), "http", pubs)
 	if err != nil {
@@ -111,12 +113,31 @@ func (n *Node) servePublish(w http.ResponseWriter, r *http.Request, cfg PublishH
 	return writeJSON(w, http.StatusOK, map[string]any{"seqs": seqs})
 }
 
+// contentJSON is the one media type the publish API accepts: a form or
+// text/plain body is what a web page can send cross-origin without a
+// preflight (docs/PROTOCOL.md, "HTTP publish API").
+const contentJSON = "application/json"
+
+// loopbackPeer reports whether remoteAddr (host:port) is 127.0.0.0/8 or ::1.
+func loopbackPeer(remoteAddr string) bool {
+	ap, err := netip.ParseAddrPort(remoteAddr)
+	if err != nil {
+		return false
+	}
+	return ap.Addr().Unmap().IsLoopback()
+}
+
 var errTooManyItems = errors.New("too many items")
 
-func decodePublishBody(body []byte, maxItems int) ([]proto.Publication, error) {
-	var b publishBody
-	if err := json.Unmarshal(body, &b); err != nil {
-		return nil, fmt.Errorf("malformed JSON body: %w", err)
+// decodePublishBody decodes a body as it reads it: a batch is refused at
+// item maxItems+1, so an oversized one costs at most maxItems decoded items
+// (and the reader bounds the bytes). Field names match as json.Unmarshal
+// matches them (case-insensitively); unknown fields are ignored.
+func decodePublishBody(body io.Reader, maxItems int) ([]proto.Publication, error) {
+	dec := json.NewDecoder(body)
+	b, err := decodeTop(dec, maxItems)
+	if err != nil {
+		return nil, err
 	}
 	items := b.Items
 	switch {
@@ -128,8 +149,6 @@ func decodePublishBody(body []byte, maxItems int) ([]proto.Publication, error) {
 		return nil, errors.New(`give either one publication or "items", not both`)
 	case len(items) == 0:
 		return nil, errors.New(`"items" is empty`)
-	case len(items) > maxItems:
-		return nil, fmt.Errorf("%w: %d, the limit is %d", errTooManyItems, len(items), maxItems)
 	}
 	pubs := make([]proto.Publication, len(items))
 	for i, it := range items {
@@ -150,6 +169,104 @@ func decodePublishBody(body []byte, maxItems int) ([]proto.Publication, error) {
 		pubs[i] = p
 	}
 	return pubs, nil
+}
+
+// decodeTop decodes the body's one JSON object, token by token at the top
+// level and through "items", item by item.
+func decodeTop(dec *json.Decoder, maxItems int) (publishBody, error) {
+	var b publishBody
+	if err := expectDelim(dec, '{', "a JSON object"); err != nil {
+		return b, err
+	}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return b, malformed(err)
+		}
+		name, _ := t.(string)
+		var field any
+		switch {
+		case strings.EqualFold(name, "items"):
+			if b.Items, err = decodeItems(dec, maxItems); err != nil {
+				return b, err
+			}
+			continue
+		case strings.EqualFold(name, "app"):
+			field = &b.App
+		case strings.EqualFold(name, "key"):
+			field = &b.Key
+		case strings.EqualFold(name, "data"):
+			field = &b.Data
+		case strings.EqualFold(name, "b64"):
+			field = &b.B64
+		case strings.EqualFold(name, "ts"):
+			field = &b.TS
+		case strings.EqualFold(name, "id"):
+			field = &b.ID
+		default:
+			field = new(json.RawMessage)
+		}
+		if err := dec.Decode(field); err != nil {
+			return b, malformed(fmt.Errorf("field %q: %w", name, err))
+		}
+	}
+	if err := expectDelim(dec, '}', "the end of the object"); err != nil {
+		return b, err
+	}
+	if t, err := dec.Token(); err != io.EOF {
+		if err != nil {
+			return b, malformed(err)
+		}
+		return b, malformed(fmt.Errorf("data after the object: %v", t))
+	}
+	return b, nil
+}
+
+// decodeItems decodes the value of "items": null (no batch) or an array
+// of at most maxItems items.
+func decodeItems(dec *json.Decoder, maxItems int) ([]publishItem, error) {
+	t, err := dec.Token()
+	if err != nil {
+		return nil, malformed(err)
+	}
+	if t == nil {
+		return nil, nil
+	}
+	if d, ok := t.(json.Delim); !ok || d != '[' {
+		return nil, malformed(fmt.Errorf(`"items" is %v, want an array`, t))
+	}
+	items := []publishItem{}
+	for dec.More() {
+		if len(items) == maxItems {
+			return nil, fmt.Errorf("%w: more than %d, the limit is %d", errTooManyItems, maxItems, maxItems)
+		}
+		var it publishItem
+		if err := dec.Decode(&it); err != nil {
+			return nil, malformed(fmt.Errorf("item %d: %w", len(items), err))
+		}
+		items = append(items, it)
+	}
+	return items, expectDelim(dec, ']', `the end of "items"`)
+}
+
+func expectDelim(dec *json.Decoder, want json.Delim, what string) error {
+	t, err := dec.Token()
+	if err != nil {
+		return malformed(err)
+	}
+	if d, ok := t.(json.Delim); !ok || d != want {
+		return malformed(fmt.Errorf("got %v, want %s", t, what))
+	}
+	return nil
+}
+
+// malformed wraps a decoding error; a *http.MaxBytesError stays reachable
+// with errors.As.
+func malformed(err error) error {
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("malformed JSON body: %w", err)
 }
 
 func writeError(w http.ResponseWriter, status int, code, message string) int {

@@ -162,6 +162,12 @@ func TestHTTPPublishRejects(t *testing.T) {
 		{"invalid key in a batch", http.MethodPost, `{"items":[` + item + `,{"app":"a","key":"","data":1}]}`, http.StatusBadRequest, proto.CodeBadRequest},
 		{"payload over MaxPayload", http.MethodPost, `{"app":"a","key":"k","data":"` + strings.Repeat("x", 80) + `"}`, http.StatusBadRequest, proto.CodeBadRequest},
 		{"too many items", http.MethodPost, `{"items":[` + strings.Repeat(item+",", 3) + item + `]}`, http.StatusRequestEntityTooLarge, proto.CodeLimit},
+		{"too many items, the rest malformed", http.MethodPost, `{"items":[` + strings.Repeat(item+",", 4) + `{"app":`, http.StatusRequestEntityTooLarge, proto.CodeLimit},
+		{"items not an array", http.MethodPost, `{"items":{}}`, http.StatusBadRequest, proto.CodeBadRequest},
+		{"data after the object", http.MethodPost, item + `{}`, http.StatusBadRequest, proto.CodeBadRequest},
+		{"unterminated items", http.MethodPost, `{"items":[` + item, http.StatusBadRequest, proto.CodeBadRequest},
+		{"invalid UTF-8", http.MethodPost, "{\"app\":\"a\",\"key\":\"k\",\"data\":\"\xff\xfe\"}", http.StatusBadRequest, proto.CodeBadRequest},
+		{"invalid UTF-8 in a batch", http.MethodPost, `{"items":[` + item + ",{\"app\":\"a\",\"key\":\"k\",\"data\":{\"v\":\"caf\xe9\"}}]}", http.StatusBadRequest, proto.CodeBadRequest},
 		{"body over MaxBody", http.MethodPost, `{"app":"a","key":"k","b64":"` + strings.Repeat("A", 2048) + `"}`, http.StatusRequestEntityTooLarge, proto.CodeLimit},
 	}
 	for _, tt := range tests {
@@ -192,4 +198,179 @@ func TestHTTPPublishRejects(t *testing.T) {
 	if got := counterValue(t, reg, "wspush_http_publish_requests_total"); got != float64(len(tests)+2) {
 		t.Errorf("wspush_http_publish_requests_total = %v, want %d", got, len(tests)+2)
 	}
+}
+
+// The API takes application/json only: a form or text/plain body is what a
+// web page can send cross-origin without a preflight.
+func TestHTTPPublishContentType(t *testing.T) {
+	n := newTestNode(t, Config{})
+	srv := publishServer(t, n, PublishHandlerConfig{})
+	for _, tt := range []struct {
+		contentType string
+		status      int
+	}{
+		{"application/json", http.StatusOK},
+		{"application/json; charset=utf-8", http.StatusOK},
+		{"Application/JSON", http.StatusOK},
+		{"", http.StatusUnsupportedMediaType},
+		{"text/plain", http.StatusUnsupportedMediaType},
+		{"text/plain; charset=utf-8", http.StatusUnsupportedMediaType},
+		{"application/x-www-form-urlencoded", http.StatusUnsupportedMediaType},
+		{"multipart/form-data; boundary=x", http.StatusUnsupportedMediaType},
+		{"application/json-seq", http.StatusUnsupportedMediaType},
+		{"application/json; charset", http.StatusUnsupportedMediaType}, // malformed parameter
+	} {
+		req, err := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader(`{"app":"a","key":"k","data":1}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tt.contentType != "" {
+			req.Header.Set("Content-Type", tt.contentType)
+		}
+		r := do(t, srv.Client(), req)
+		if r.status != tt.status {
+			t.Errorf("Content-Type %q: %d %+v, want %d", tt.contentType, r.status, r, tt.status)
+		}
+		if tt.status == http.StatusUnsupportedMediaType && (r.Error != proto.CodeBadRequest || r.Seqs != nil) {
+			t.Errorf("Content-Type %q: %+v, want error %q and no seqs", tt.contentType, r, proto.CodeBadRequest)
+		}
+	}
+	if top := topSeq(t, n, "a", "k"); top != 3 {
+		t.Fatalf("seq %d after 3 accepted requests", top)
+	}
+}
+
+// A browser Origin is refused unless AllowOrigin allows it.
+func TestHTTPPublishOrigin(t *testing.T) {
+	n := newTestNode(t, Config{})
+	for _, tt := range []struct {
+		name   string
+		allow  func(*http.Request) bool
+		origin string
+		status int
+	}{
+		{"no policy, no Origin", nil, "", http.StatusOK},
+		{"no policy", nil, "https://evil.example", http.StatusForbidden},
+		{"refused", func(r *http.Request) bool { return r.Header.Get("Origin") == "https://good.example" }, "https://evil.example", http.StatusForbidden},
+		{"allowed", func(r *http.Request) bool { return r.Header.Get("Origin") == "https://good.example" }, "https://good.example", http.StatusOK},
+	} {
+		srv := publishServer(t, n, PublishHandlerConfig{AllowOrigin: tt.allow})
+		req, err := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader(`{"app":"a","key":"k","data":1}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		if tt.origin != "" {
+			req.Header.Set("Origin", tt.origin)
+		}
+		r := do(t, srv.Client(), req)
+		if r.status != tt.status || (tt.status == http.StatusForbidden && r.Error != proto.CodeForbidden) {
+			t.Errorf("%s: %d %+v, want %d", tt.name, r.status, r, tt.status)
+		}
+	}
+}
+
+// Without an API key the API answers loopback peers only; with one, any
+// peer that sends it.
+func TestHTTPPublishLoopbackOnly(t *testing.T) {
+	n := newTestNode(t, Config{})
+	open := n.PublishHandler(PublishHandlerConfig{})
+	keyed := n.PublishHandler(PublishHandlerConfig{APIKey: "s3cret"})
+	for _, tt := range []struct {
+		handler http.Handler
+		remote  string
+		auth    string
+		status  int
+	}{
+		{open, "127.0.0.1:5000", "", http.StatusOK},
+		{open, "127.3.4.5:5000", "", http.StatusOK},
+		{open, "[::1]:5000", "", http.StatusOK},
+		{open, "[::ffff:127.0.0.1]:5000", "", http.StatusOK},
+		{open, "192.0.2.1:5000", "", http.StatusForbidden},
+		{open, "10.0.0.1:5000", "", http.StatusForbidden},
+		{open, "[2001:db8::1]:5000", "", http.StatusForbidden},
+		{open, "[::ffff:192.0.2.1]:5000", "", http.StatusForbidden},
+		{open, "0.0.0.0:5000", "", http.StatusForbidden},
+		{open, "not an address", "", http.StatusForbidden},
+		{keyed, "192.0.2.1:5000", "Bearer s3cret", http.StatusOK},
+		{keyed, "192.0.2.1:5000", "", http.StatusUnauthorized},
+		{keyed, "127.0.0.1:5000", "", http.StatusUnauthorized},
+	} {
+		req := httptest.NewRequest(http.MethodPost, "/api/publish", strings.NewReader(`{"app":"a","key":"k","data":1}`))
+		req.RemoteAddr = tt.remote
+		req.Header.Set("Content-Type", "application/json")
+		if tt.auth != "" {
+			req.Header.Set("Authorization", tt.auth)
+		}
+		w := httptest.NewRecorder()
+		tt.handler.ServeHTTP(w, req)
+		var r httpReply
+		if err := json.Unmarshal(w.Body.Bytes(), &r); err != nil {
+			t.Fatalf("%s: reply %q: %v", tt.remote, w.Body.Bytes(), err)
+		}
+		if w.Code != tt.status {
+			t.Errorf("%s auth %q: %d %+v, want %d", tt.remote, tt.auth, w.Code, r, tt.status)
+		}
+		if w.Code == http.StatusForbidden && (r.Error != proto.CodeForbidden || !strings.Contains(r.Msg, "--api-key")) {
+			t.Errorf("%s: 403 %+v, want error %q and a message naming --api-key", tt.remote, r, proto.CodeForbidden)
+		}
+	}
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
+
+// An oversized batch is refused at item MaxItems+1: the handler reads
+// little more than MaxItems items of the body, and publishes nothing.
+func TestHTTPPublishBatchRefusedWhileDecoding(t *testing.T) {
+	n := newTestNode(t, Config{})
+	h := n.PublishHandler(PublishHandlerConfig{MaxItems: 1000, MaxBody: 64 << 20})
+	item := `{"app":"a","key":"k","data":{"v":1}},`
+	body := `{"items":[` + strings.Repeat(item, 200_000-1) + strings.TrimSuffix(item, ",") + `]}`
+	cr := &countingReader{r: strings.NewReader(body)}
+	req := httptest.NewRequest(http.MethodPost, "/api/publish", cr)
+	req.RemoteAddr = "127.0.0.1:5000"
+	req.Header.Set("Content-Type", "application/json")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	var r httpReply
+	if err := json.Unmarshal(w.Body.Bytes(), &r); err != nil {
+		t.Fatalf("reply %q: %v", w.Body.Bytes(), err)
+	}
+	if w.Code != http.StatusRequestEntityTooLarge || r.Error != proto.CodeLimit {
+		t.Fatalf("200,000 items: %d %+v, want 413 %q", w.Code, r, proto.CodeLimit)
+	}
+	// 1001 items and the decoder's read-ahead (it grows its buffer by
+	// doubling), far from the body's 7.4 MB.
+	if limit := 4 * 1001 * len(item); cr.n > limit {
+		t.Errorf("read %d bytes of a %d-byte body before the 413, want at most %d", cr.n, len(body), limit)
+	}
+	t.Logf("413 after reading %d of %d bytes: %s", cr.n, len(body), r.Msg)
+	if top := topSeq(t, n, "a", "k"); top != 0 {
+		t.Fatalf("the refused batch moved the seq to %d", top)
+	}
+}
+
+// do sends req and decodes the JSON reply.
+func do(t *testing.T, c *http.Client, req *http.Request) httpReply {
+	t.Helper()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	r := httpReply{status: resp.StatusCode, header: resp.Header}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		t.Fatalf("reply: %v", err)
+	}
+	return r
 }

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -487,13 +488,17 @@ type fakePublisher struct {
 }
 
 // PublishFenced is middle.Node.PublishFenced over the fake: a payload
-// containing "reject" is an invalid publication.
+// containing "reject" is an invalid publication, and a JSON payload that
+// is not UTF-8 is refused as the node refuses it.
 func (f fakePublisher) PublishFenced(ctx context.Context, fence uint64, pubs []proto.Publication) ([]uint64, error) {
 	s := f.s
 	s.calls.Add(1)
 	for i := range pubs {
 		if bytes.Contains(pubs[i].Data, []byte("reject")) {
 			return nil, &middle.PublishError{Index: i, Err: errors.New("rejected by the test")}
+		}
+		if pubs[i].JSON && !utf8.Valid(pubs[i].Data) {
+			return nil, &middle.PublishError{Index: i, Err: middle.ErrInvalidUTF8}
 		}
 	}
 	s.mu.Lock()

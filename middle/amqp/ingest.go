@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	amqp091 "github.com/rabbitmq/amqp091-go"
@@ -133,6 +134,7 @@ func (c IngestConfig) Validate() error {
 const (
 	DeadReasonRoutingKey   = "routing_key"    // not "<app>.<key>" with valid names
 	DeadReasonInvalidJSON  = "invalid_json"   // content type JSON, body not JSON
+	DeadReasonInvalidUTF8  = "invalid_utf8"   // content type JSON, body not UTF-8 (middle.ErrInvalidUTF8)
 	DeadReasonOversized    = "oversized"      // body over MaxPayload
 	DeadReasonBadMessageID = "bad_message_id" // message-id not a valid idempotency id
 	DeadReasonRejected     = "rejected"       // the Publisher refused it (*middle.PublishError)
@@ -215,7 +217,7 @@ func NewIngest(cfg IngestConfig) (*Ingest, error) {
 			Name: "wspush_amqp_requeued_total", Help: "AMQP ingest messages requeued because the store was unavailable.",
 		}),
 	}
-	for _, r := range []string{DeadReasonRoutingKey, DeadReasonInvalidJSON, DeadReasonOversized, DeadReasonBadMessageID, DeadReasonRejected} {
+	for _, r := range []string{DeadReasonRoutingKey, DeadReasonInvalidJSON, DeadReasonInvalidUTF8, DeadReasonOversized, DeadReasonBadMessageID, DeadReasonRejected} {
 		in.deadLettered.WithLabelValues(r)
 	}
 	for _, r := range []string{lostTaken, lostExpired, lostFenced} {
@@ -745,7 +747,11 @@ func (in *Ingest) publish(ctx context.Context, fence uint64, items []item) outco
 		var perr *middle.PublishError
 		if errors.As(err, &perr) && perr.Index >= 0 && perr.Index < len(items) {
 			// Nothing was published: drop the culprit, retry the rest.
-			out.rejected = append(out.rejected, deadItem{items[perr.Index].d, DeadReasonRejected, perr.Err})
+			reason := DeadReasonRejected
+			if errors.Is(perr.Err, middle.ErrInvalidUTF8) {
+				reason = DeadReasonInvalidUTF8
+			}
+			out.rejected = append(out.rejected, deadItem{items[perr.Index].d, reason, perr.Err})
 			items = append(items[:perr.Index:perr.Index], items[perr.Index+1:]...)
 			continue
 		}
@@ -786,7 +792,9 @@ func (in *Ingest) decode(d *amqp091.Delivery) (proto.Publication, string, error)
 		}
 		p.JSON = true
 	case mt == "":
-		p.JSON = json.Valid(d.Body)
+		// Invalid UTF-8 is not JSON (RFC 8259, section 8.1): such a body
+		// is bytes.
+		p.JSON = json.Valid(d.Body) && utf8.Valid(d.Body)
 	}
 	if !d.Timestamp.IsZero() {
 		p.TS = d.Timestamp.UnixMilli()

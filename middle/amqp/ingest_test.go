@@ -235,6 +235,8 @@ func TestIngestDeadLetters(t *testing.T) {
 		{"app.k", "application/json", "has space", []byte(`1`), DeadReasonBadMessageID},
 		{"app.k", "application/json", strings.Repeat("x", proto.MaxIdempotencyIDLen+1), []byte(`1`), DeadReasonBadMessageID},
 		{"app.k", "application/json", "", []byte(`"reject"`), DeadReasonRejected},
+		{"app.k", "application/json", "", []byte("\"\xff\xfe\""), DeadReasonInvalidUTF8},
+		{"app.k", "application/json; charset=utf-8", "", []byte("{\"v\":\"caf\xe9\"}"), DeadReasonInvalidUTF8},
 	}
 	in.json(t, "app.k", 1, "")
 	for _, b := range bad {
@@ -251,7 +253,7 @@ func TestIngestDeadLetters(t *testing.T) {
 			t.Errorf("dead message %d: no x-death header: not dead-lettered by the broker", i)
 		}
 	}
-	want := map[string]float64{DeadReasonRoutingKey: 2, DeadReasonInvalidJSON: 1, DeadReasonOversized: 1, DeadReasonBadMessageID: 2, DeadReasonRejected: 1}
+	want := map[string]float64{DeadReasonRoutingKey: 2, DeadReasonInvalidJSON: 1, DeadReasonOversized: 1, DeadReasonBadMessageID: 2, DeadReasonRejected: 1, DeadReasonInvalidUTF8: 2}
 	for reason, w := range want {
 		if got := metricValue(t, n.ingest.deadLettered.WithLabelValues(reason)); got != w {
 			t.Errorf("dead-lettered %s: %v, want %v", reason, got, w)
@@ -473,6 +475,10 @@ func TestIngestDecode(t *testing.T) {
 		{rk: "a.k", ct: "application/json", body: ``, reason: DeadReasonInvalidJSON},
 		{rk: "a.k", ct: "", body: `{}`, json: true},
 		{rk: "a.k", ct: "", body: `{`},
+		// Invalid UTF-8: not JSON when sniffed; with a JSON content type
+		// the node refuses it (DeadReasonInvalidUTF8, TestIngestDeadLetters).
+		{rk: "a.k", ct: "", body: "\"\xff\""},
+		{rk: "a.k", ct: "application/json", body: "\"\xff\"", json: true},
 		{rk: "a.k", ct: "application/octet-stream", body: `{}`},
 		{rk: "a.k", ct: "application/octet-stream", body: `01234567890`, reason: DeadReasonOversized},
 		{rk: "a", body: `1`, reason: DeadReasonRoutingKey},

@@ -58,8 +58,15 @@ type memoryStream struct {
 	fence uint64              // the highest fencing token appended with
 	ring  []proto.Publication // ring[(seq-1) % size] holds seq; grows to size
 	at    []int64             // unix nanos each entry was appended, for TTL
-	ids   map[string]uint64   // idempotency id → seq, within the window
-	order []idemEntry         // ids in the order seen, for expiry
+	ids   *memoryIDs          // nil while the key has no idempotency id
+}
+
+// memoryIDs are the idempotency ids of one key within the window: apart
+// from its stream, so that a key published without ids does not pay for
+// them.
+type memoryIDs struct {
+	seqs  map[string]uint64 // idempotency id → seq
+	order []idemEntry       // ids in the order seen, for expiry
 }
 
 type idemEntry struct {
@@ -270,22 +277,25 @@ func (s *MemoryStore) append(p *proto.Publication, fence uint64) error {
 	p.Epoch = st.epoch
 	if p.ID != "" {
 		s.expireIDs(st, now)
-		if seq, ok := st.ids[p.ID]; ok {
-			p.Seq = seq
-			return nil
+		if st.ids != nil {
+			if seq, ok := st.ids.seqs[p.ID]; ok {
+				p.Seq = seq
+				return nil
+			}
 		}
 	}
 	st.seq++
 	p.Seq = st.seq
 	if p.ID != "" {
 		if st.ids == nil {
-			st.ids = make(map[string]uint64)
+			st.ids = &memoryIDs{seqs: make(map[string]uint64)}
 		}
-		st.ids[p.ID] = p.Seq
-		st.order = append(st.order, idemEntry{p.ID, now})
-		if len(st.order) > MaxIdempotencyIDsPerKey {
-			delete(st.ids, st.order[0].id)
-			st.order = st.order[1:]
+		ids := st.ids
+		ids.seqs[p.ID] = p.Seq
+		ids.order = append(ids.order, idemEntry{p.ID, now})
+		if len(ids.order) > MaxIdempotencyIDsPerKey {
+			delete(ids.seqs, ids.order[0].id)
+			ids.order = ids.order[1:]
 		}
 	}
 	if len(st.ring) < s.size {
@@ -301,14 +311,21 @@ func (s *MemoryStore) append(p *proto.Publication, fence uint64) error {
 
 // expireIDs forgets the idempotency ids older than the window.
 func (s *MemoryStore) expireIDs(st *memoryStream, now int64) {
+	ids := st.ids
+	if ids == nil {
+		return
+	}
 	cutoff := now - s.idemWindow.Nanoseconds()
 	n := 0
-	for n < len(st.order) && st.order[n].at < cutoff {
-		delete(st.ids, st.order[n].id)
+	for n < len(ids.order) && ids.order[n].at < cutoff {
+		delete(ids.seqs, ids.order[n].id)
 		n++
 	}
-	if n > 0 {
-		st.order = append(st.order[:0:0], st.order[n:]...)
+	switch {
+	case n == len(ids.order):
+		st.ids = nil // every id expired: give their memory back
+	case n > 0:
+		ids.order = append(ids.order[:0:0], ids.order[n:]...)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 // Config configures a Server. Zero fields take the defaults below.
 type Config struct {
 	MaxConnections      int           // open connections per server (default 100000)
+	MaxConnectionsPerIP int           // open connections of one client address (TCP peer; IPv6 by /64), more get 429 (default 0: no limit)
 	MaxMessageSize      int64         // largest client message (fragments together); larger closes with 1009 (default 64 KiB)
 	MaxKeysPerSubscribe int           // keys in one subscribe (default 100)
 	MaxSubscriptions    int           // keys subscribed per connection (default 1000)
@@ -97,6 +98,9 @@ func (c Config) Validate() error {
 		}
 	}
 	positive("max connections", c.MaxConnections > 0)
+	if c.MaxConnectionsPerIP < 0 {
+		errs = append(errs, fmt.Errorf("max connections per IP %d must not be negative", c.MaxConnectionsPerIP))
+	}
 	positive("max message size", c.MaxMessageSize > 0)
 	positive("max keys per subscribe", c.MaxKeysPerSubscribe > 0)
 	positive("max subscriptions", c.MaxSubscriptions > 0)

@@ -38,6 +38,7 @@ type Server struct {
 	nextID   atomic.Uint64
 	conns    atomic.Int64
 	draining atomic.Bool
+	perIP    *perIP
 	sessions [sessionShards]sessionShard
 }
 
@@ -56,7 +57,7 @@ func NewServer(cfg Config, r Router) (*Server, error) {
 		return nil, fmt.Errorf("userservice config: %w", err)
 	}
 	cfg = cfg.withDefaults()
-	s := &Server{cfg: cfg, log: cfg.Logger, router: r, pingFrame: proto.NewFrame(proto.OpcodePing, nil)}
+	s := &Server{cfg: cfg, log: cfg.Logger, router: r, pingFrame: proto.NewFrame(proto.OpcodePing, nil), perIP: newPerIP(cfg.MaxConnectionsPerIP)}
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: cfg.HandshakeTimeout,
 		// Commands are small: a small read buffer keeps idle connections
@@ -103,10 +104,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "too many connections", http.StatusServiceUnavailable)
 		return
 	}
+	if !s.perIP.acquire(r.RemoteAddr) {
+		s.conns.Add(-1)
+		s.metrics.rejected.WithLabelValues("per_ip").Inc()
+		s.log.Info("connection refused: client address at its connection limit", "limit", s.cfg.MaxConnectionsPerIP, "remote", r.RemoteAddr)
+		http.Error(w, "too many connections from this address", http.StatusTooManyRequests)
+		return
+	}
 	apps, authErr := s.authenticate(r)
 	ws, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		s.conns.Add(-1)
+		s.perIP.release(r.RemoteAddr)
 		s.log.Debug("upgrade failed", "remote", r.RemoteAddr, "error", err)
 		return
 	}
@@ -131,6 +140,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // release forgets a session whose connection is over.
 func (s *Server) release(sess *session) {
 	s.remove(sess)
+	s.perIP.release(sess.conn.RemoteAddr().String())
 	s.conns.Add(-1)
 }
 
@@ -237,6 +247,13 @@ func (s *Server) heartbeat(sh *sessionShard, now time.Time) {
 		sess.Enqueue(s.pingFrame)
 	}
 }
+
+// Drain refuses new connections from now on (503), keeping those open;
+// Shutdown closes them.
+func (s *Server) Drain() { s.draining.Store(true) }
+
+// Draining reports whether Drain or Shutdown was called.
+func (s *Server) Draining() bool { return s.draining.Load() }
 
 // Shutdown stops accepting connections, closes every open one with 1001
 // (after what is already queued to it) and waits for them to end, until ctx

@@ -31,7 +31,16 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.APIKey, "api-key", "", "API key required by POST /api/publish (Authorization: Bearer <key>); empty: open")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 0, "graceful shutdown limit (default 10s)")
-	fs.StringVar(&c.DebugAddr, "debug-addr", "", "serve /debug/pprof on this address (keep it private); empty: off")
+	fs.StringVar(&c.AdminAddr, "admin-addr", "", "private listener for /metrics, /debug/pprof/, /healthz and /readyz (keep it private); /metrics then leaves --addr; empty: /metrics on --addr, no pprof")
+	var debugAddr string
+	fs.StringVar(&debugAddr, "debug-addr", "", "deprecated: --admin-addr")
+	fs.DurationVar(&c.DrainDelay, "drain-delay", 0, "on SIGTERM, answer /readyz with 503 this long, still serving clients, before closing them (time for a load balancer to stop sending new ones); 0: close at once")
+	fs.DurationVar(&c.HTTPHeaderTimeout, "http-header-timeout", 0, "time to read a request's headers and the TLS handshake (default 10s)")
+	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", 0, "keep-alive HTTP connections idle this long are closed (default 1m0s)")
+	fs.DurationVar(&c.HTTPBodyTimeout, "http-body-timeout", 0, "time to read the body of POST /api/publish; a slower one fails and its connection closes (default 30s)")
+	fs.IntVar(&c.MaxHTTPConnections, "max-http-connections", 0, "open plain HTTP connections (not upgraded to WebSocket: keep-alive, slow requests, handshakes in flight); more are closed at once (default 10000)")
+	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate (chain) file: serve HTTPS and wss:// (with --tls-key); reloaded when the file changes")
+	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM private key file of --tls-cert")
 
 	fs.StringVar(&c.RedisURL, "redis-url", "", "cluster: Redis for the sequencer, history, fan-out between nodes, index and leases (redis://host:6379/0; comma-separated seed URLs for a Redis Cluster)")
 	fs.StringVar(&c.Redis.Prefix, "redis-prefix", "", `cluster: prefix of every Redis key, so that deployments can share one Redis (default "wspush")`)
@@ -55,6 +64,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	u := &c.Users
 	var origins, publicURLs, jwtSecret string
 	fs.IntVar(&u.MaxConnections, "max-connections", 0, "open connections per node (default 100000)")
+	fs.IntVar(&u.MaxConnectionsPerIP, "max-connections-per-ip", 0, "open WebSocket connections per client address (IPv6: per /64); more get 429; 0: no limit (clients behind one NAT or proxy share an address)")
 	fs.Int64Var(&u.MaxMessageSize, "max-message-size", 0, "largest client message in bytes (its fragments together); larger closes with 1009 (default 65536)")
 	fs.IntVar(&u.MaxKeysPerSubscribe, "max-keys-per-subscribe", 0, "keys in one subscribe (default 100)")
 	fs.IntVar(&u.MaxSubscriptions, "max-subscriptions", 0, "keys per connection (default 1000)")
@@ -101,6 +111,13 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	})
 	if envErr != nil {
 		return o, envErr
+	}
+	if debugAddr != "" {
+		if c.AdminAddr != "" && c.AdminAddr != debugAddr {
+			return o, fmt.Errorf("--debug-addr %s and --admin-addr %s: --debug-addr is the deprecated name of --admin-addr, give one", debugAddr, c.AdminAddr)
+		}
+		c.AdminAddr = debugAddr
+		fmt.Fprintln(stderr, "wspush: --debug-addr is deprecated, use --admin-addr (it also moves /metrics off --addr)")
 	}
 	c.AllowedOrigins = splitList(origins)
 	c.PublicURLs = splitList(publicURLs)

@@ -8,6 +8,7 @@ package app
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -45,8 +46,32 @@ type Config struct {
 	APIKey string
 	// ShutdownTimeout bounds the graceful shutdown (default 10s).
 	ShutdownTimeout time.Duration
-	// DebugAddr, when set, serves /debug/pprof/ there (keep it private).
-	DebugAddr string
+	// DrainDelay is how long a stopping node answers /readyz with 503,
+	// still serving its clients, before it closes them: time for a load
+	// balancer to stop sending it new ones (default 0).
+	DrainDelay time.Duration
+	// AdminAddr, when set, serves /metrics and /debug/pprof/ on a listener
+	// of their own (keep it private), and /metrics leaves the main one.
+	// Empty: /metrics on the main listener, no pprof.
+	AdminAddr string
+	// HTTPHeaderTimeout bounds reading a request's headers (and the TLS
+	// handshake); HTTPIdleTimeout closes a keep-alive connection idle that
+	// long; HTTPBodyTimeout bounds reading the body of POST /api/publish.
+	// Defaults: DefaultHTTPHeaderTimeout, DefaultHTTPIdleTimeout,
+	// DefaultHTTPBodyTimeout.
+	HTTPHeaderTimeout time.Duration
+	HTTPIdleTimeout   time.Duration
+	HTTPBodyTimeout   time.Duration
+	// MaxHTTPConnections bounds the plain HTTP connections of the main
+	// listener (accepted and not upgraded to WebSocket: idle keep-alive
+	// ones, slow requests, handshakes in flight); more are closed as soon
+	// as accepted (default DefaultMaxHTTPConnections).
+	MaxHTTPConnections int
+	// TLSCert and TLSKey (PEM files) serve HTTPS and wss:// on the main
+	// listener; the pair is loaded again when either file changes, checked
+	// every TLSReloadInterval (default 10s).
+	TLSCert, TLSKey   string
+	TLSReloadInterval time.Duration
 	// AllowedOrigins lists the browser origins allowed to connect and to
 	// publish, besides the server's own public URLs; "*" allows any
 	// (docs/PROTOCOL.md, "Origins").
@@ -91,6 +116,10 @@ type App struct {
 	poller *dataservice.Poller // nil: no data center
 	sim    *simulator.Simulator
 	mux    *http.ServeMux
+	admin  *http.ServeMux // nil: no --admin-addr
+	certs  *certReloader  // nil: no TLS
+	// adminAddr is the admin listener's address once it listens.
+	adminAddr atomic.Value
 	// origins is the browser-origin policy, set by Run once the listener's
 	// port is known; nil before: browsers are refused.
 	origins atomic.Pointer[origin.Policy]
@@ -112,8 +141,18 @@ func New(cfg Config) (*App, error) {
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = 10 * time.Second
 	}
+	if err := cfg.httpDefaults(); err != nil {
+		return nil, err
+	}
 	a := &App{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry()}
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if cfg.TLSCert != "" {
+		certs, err := newCertReloader(cfg.TLSCert, cfg.TLSKey, a.reg, a.log.With("tier", "tls"))
+		if err != nil {
+			return nil, err
+		}
+		a.certs = certs
+	}
 
 	if _, err := origin.New(cfg.AllowedOrigins, cfg.PublicURLs); err != nil {
 		return nil, err
@@ -194,24 +233,39 @@ func New(cfg Config) (*App, error) {
 func (a *App) routes() {
 	a.mux = http.NewServeMux()
 	a.mux.Handle("GET /ws", a.users)
-	a.mux.Handle("/api/publish", a.node.PublishHandler(middle.PublishHandlerConfig{APIKey: a.cfg.APIKey, AllowOrigin: a.allowOrigin}))
-	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	a.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		if err := a.Ready(); err != nil {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte("not ready: " + err.Error() + "\n"))
-			return
-		}
-		_, _ = w.Write([]byte("ready\n"))
-	})
-	a.mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	a.mux.Handle("/api/publish", bodyDeadline(a.cfg.HTTPBodyTimeout,
+		a.node.PublishHandler(middle.PublishHandlerConfig{APIKey: a.cfg.APIKey, AllowOrigin: a.allowOrigin})))
+	a.mux.HandleFunc("GET /healthz", a.healthz)
+	a.mux.HandleFunc("GET /readyz", a.readyz)
+	metrics := promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{})
+	if a.cfg.AdminAddr == "" {
+		a.mux.Handle("GET /metrics", metrics)
+	} else {
+		a.admin = debugMux()
+		a.admin.Handle("GET /metrics", metrics)
+		a.admin.HandleFunc("GET /healthz", a.healthz)
+		a.admin.HandleFunc("GET /readyz", a.readyz)
+	}
 	if a.cfg.Dashboard != nil {
 		a.mux.Handle("/", http.FileServerFS(a.cfg.Dashboard))
 	}
+}
+
+func (a *App) healthz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain")
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+// readyz answers 503 while the node drains or a service it needs is
+// unreachable.
+func (a *App) readyz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain")
+	if err := a.Ready(); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte("not ready: " + err.Error() + "\n"))
+		return
+	}
+	_, _ = w.Write([]byte("ready\n"))
 }
 
 // allowOrigin applies the origin policy to a browser request.
@@ -223,6 +277,13 @@ func (a *App) allowOrigin(r *http.Request) bool {
 // Handler is the process's HTTP handler (for tests that bring their own
 // server).
 func (a *App) Handler() http.Handler { return a.mux }
+
+// AdminAddr is the address the admin listener listens on ("" before Run or
+// without --admin-addr).
+func (a *App) AdminAddr() string {
+	s, _ := a.adminAddr.Load().(string)
+	return s
+}
 
 // Node is the middle tier (for tests and tools).
 func (a *App) Node() *middle.Node { return a.node }
@@ -236,7 +297,7 @@ func (a *App) Users() *userservice.Server { return a.users }
 func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	public := a.cfg.PublicURLs
 	if len(public) == 0 {
-		public = origin.LoopbackURLs(ln.Addr(), false)
+		public = origin.LoopbackURLs(ln.Addr(), a.certs != nil)
 	}
 	policy, err := origin.New(a.cfg.AllowedOrigins, public)
 	if err != nil {
@@ -244,6 +305,12 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	}
 	a.origins.Store(policy)
 	a.log.Info("browser origins allowed", "origins", policy.Origins())
+	var adminLn net.Listener
+	if a.admin != nil {
+		if adminLn, err = net.Listen("tcp", a.cfg.AdminAddr); err != nil {
+			return fmt.Errorf("admin listener: %w", err)
+		}
+	}
 
 	runCtx, stop := context.WithCancel(context.Background())
 	defer stop()
@@ -278,27 +345,62 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	g.Go(func() error { return a.node.Run(gctx) })
 	g.Go(func() error { return a.users.Run(gctx) })
 
-	srv := &http.Server{Handler: a.mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
-	g.Go(func() error { return serve(srv, ln) })
-	if a.cfg.DebugAddr != "" {
-		dbgLn, err := net.Listen("tcp", a.cfg.DebugAddr)
-		if err != nil {
-			return fmt.Errorf("debug listener: %w", err)
-		}
-		dbg := &http.Server{Handler: debugMux(), ReadHeaderTimeout: 10 * time.Second}
-		g.Go(func() error { return serve(dbg, dbgLn) })
-		g.Go(func() error { <-gctx.Done(); return dbg.Close() })
+	// The main listener: plain HTTP connections counted and bounded, then
+	// TLS. No ReadTimeout or WriteTimeout: they would stay on the
+	// connections the WebSocket upgrade hijacks; the API's body has its
+	// own deadline (bodyDeadline), WebSocket connections theirs.
+	conns := newHTTPConns(ln, a.cfg.MaxHTTPConnections, a.reg, a.log.With("tier", "http"))
+	mainLn := net.Listener(conns)
+	scheme := "http"
+	if a.certs != nil {
+		mainLn, scheme = tls.NewListener(mainLn, a.certs.config()), "https"
+		g.Go(func() error { return a.certs.run(gctx, a.cfg.TLSReloadInterval) })
 	}
-	a.log.Info("wspush listening", "addr", ln.Addr().String())
+	srv := &http.Server{
+		Handler:           a.mux,
+		ReadHeaderTimeout: a.cfg.HTTPHeaderTimeout,
+		IdleTimeout:       a.cfg.HTTPIdleTimeout,
+		ConnState:         conns.track,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+	g.Go(func() error { return serve(srv, mainLn) })
+	var admin *http.Server
+	if adminLn != nil {
+		admin = &http.Server{Handler: a.admin, ReadHeaderTimeout: a.cfg.HTTPHeaderTimeout, IdleTimeout: a.cfg.HTTPIdleTimeout,
+			ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
+		g.Go(func() error { return serve(admin, adminLn) })
+		a.adminAddr.Store(adminLn.Addr().String())
+		a.log.Info("admin listener: /metrics, /debug/pprof/, /healthz, /readyz", "addr", adminLn.Addr().String())
+	}
+	a.log.Info("wspush listening", "addr", ln.Addr().String(), "scheme", scheme,
+		"max_http_connections", a.cfg.MaxHTTPConnections, "max_connections_per_ip", a.cfg.Users.MaxConnectionsPerIP)
 
+	failed := false
 	select {
 	case <-ctx.Done():
 	case <-gctx.Done(): // a component failed
+		failed = true
+	}
+	// Draining first: /readyz answers 503 and upgrades are refused while
+	// the connected clients are still served, for DrainDelay, so that a
+	// load balancer stops sending clients here before they are closed.
+	a.users.Drain()
+	a.log.Info("draining", "connections", a.users.Connections(), "delay", a.cfg.DrainDelay)
+	if !failed && a.cfg.DrainDelay > 0 {
+		select {
+		case <-time.After(a.cfg.DrainDelay):
+		case <-gctx.Done():
+		}
 	}
 	a.log.Info("shutting down", "connections", a.users.Connections())
 	sctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
 	defer cancel()
-	errs := []error{srv.Shutdown(sctx), a.users.Shutdown(sctx)}
+	// Clients are closed with 1001 while the listener still answers
+	// /readyz (503); then it stops, after the requests in flight.
+	errs := []error{a.users.Shutdown(sctx), srv.Shutdown(sctx)}
+	if admin != nil {
+		errs = append(errs, admin.Shutdown(sctx))
+	}
 	stop()
 	errs = append(errs, g.Wait())
 	a.close()
@@ -316,6 +418,7 @@ func serve(srv *http.Server, ln net.Listener) error {
 	return nil
 }
 
+// debugMux serves pprof (and, on the admin listener, /metrics).
 func debugMux() *http.ServeMux {
 	m := http.NewServeMux()
 	m.HandleFunc("/debug/pprof/", pprof.Index)
@@ -373,10 +476,13 @@ func (a *App) cluster(cfg *Config) error {
 	return err
 }
 
-// Ready reports whether the node can serve: Redis and RabbitMQ reachable
-// when configured.
+// Ready reports whether the node can serve: not draining, Redis and
+// RabbitMQ reachable when configured.
 func (a *App) Ready() error {
 	var errs []error
+	if a.users.Draining() {
+		errs = append(errs, errors.New("draining: the node is shutting down"))
+	}
 	if a.index != nil {
 		if err := a.index.Ready(); err != nil {
 			errs = append(errs, fmt.Errorf("redis: %w", err))

@@ -215,3 +215,31 @@ func TestNodeKeyLimit(t *testing.T) {
 		t.Fatalf("store holds %d keys, want 2", got)
 	}
 }
+
+// BenchmarkMemoryStoreNewKeys publishes each time to a key never seen:
+// "unbounded" grows the store, "evicting" holds it at 10,000 keys, so that
+// every publication beyond them evicts one.
+func BenchmarkMemoryStoreNewKeys(b *testing.B) {
+	for _, bc := range []struct {
+		name    string
+		maxKeys int
+	}{{"unbounded", 0}, {"evicting", 10_000}} {
+		b.Run(bc.name, func(b *testing.B) {
+			s := NewMemoryStore(DefaultHistorySize, DefaultHistoryTTL, 0).
+				LimitKeys(bc.maxKeys, func(string, string) bool { return false })
+			keys := make([]string, b.N)
+			for i := range keys {
+				keys[i] = fmt.Sprintf("k%d", i)
+			}
+			p := make([]proto.Publication, 1)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				p[0] = proto.Publication{App: "a", Key: keys[i], Data: []byte(`1`), JSON: true}
+				if _, err := s.AppendBatch(context.Background(), p, 0); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -29,7 +29,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.BoolVar(&c.Demo, "demo", false, "start the simulated data center in-process and poll it (app demo, keys s001..s100)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.StringVar(&c.APIKey, "api-key", "", "API key required by POST /api/publish (Authorization: Bearer <key>); empty: open")
+	fs.StringVar(&c.APIKey, "api-key", "", "API key required by POST /api/publish (Authorization: Bearer <key>); empty: loopback clients only")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 0, "graceful shutdown limit (default 10s)")
 	fs.StringVar(&c.AdminAddr, "admin-addr", "", "private listener for /metrics, /debug/pprof/, /healthz and /readyz (keep it private); /metrics then leaves --addr; empty: /metrics on --addr, no pprof")
 	var debugAddr string

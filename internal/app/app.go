@@ -42,7 +42,8 @@ type Config struct {
 	Demo bool
 	// DatacenterURL turns the poller on (ignored with Demo).
 	DatacenterURL string
-	// APIKey protects POST /api/publish when set.
+	// APIKey protects POST /api/publish when set; without one the API
+	// answers loopback clients only.
 	APIKey string
 	// ShutdownTimeout bounds the graceful shutdown (default 10s).
 	ShutdownTimeout time.Duration
@@ -305,6 +306,9 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	}
 	a.origins.Store(policy)
 	a.log.Info("browser origins allowed", "origins", policy.Origins())
+	if a.cfg.APIKey == "" {
+		a.log.Info("POST /api/publish answers loopback clients only; set --api-key to publish from elsewhere")
+	}
 	var adminLn net.Listener
 	if a.admin != nil {
 		if adminLn, err = net.Listen("tcp", a.cfg.AdminAddr); err != nil {

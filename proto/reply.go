@@ -25,6 +25,7 @@ const (
 	CloseTooLarge      = 1009 // frame over the read limit
 	CloseInternal      = 1011
 	CloseUnauthorized  = 4001
+	CloseTokenExpired  = 4003 // the token expired and was not refreshed in time
 	CloseTooSlow       = 4008 // outgoing queue overflowed
 	CloseNormal        = 1000
 	CloseNoStatus      = 1005

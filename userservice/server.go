@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
 
 	"github.com/wspush/wspush/middle"
@@ -32,6 +31,7 @@ type Server struct {
 	router   Router
 	upgrader websocket.Upgrader
 	metrics  *metrics
+	tokens   *tokenVerifier // nil: auth off
 	// pingFrame is shared by every heartbeat.
 	pingFrame *proto.Frame
 
@@ -72,6 +72,10 @@ func NewServer(cfg Config, r Router) (*Server, error) {
 			http.Error(w, reason.Error(), status)
 		},
 	}
+	var err error
+	if s.tokens, err = newTokenVerifier(cfg); err != nil {
+		return nil, fmt.Errorf("userservice config: %w", err)
+	}
 	for i := range s.sessions {
 		s.sessions[i].m = make(map[uint64]*session)
 	}
@@ -111,7 +115,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "too many connections from this address", http.StatusTooManyRequests)
 		return
 	}
-	apps, authErr := s.authenticate(r)
+	tok, authErr := s.authenticate(r)
 	ws, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		s.conns.Add(-1)
@@ -122,7 +126,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.metrics.accepted.Inc()
 	// From here on the connection is read and written without gorilla
 	// (see readStep and writeLoop); its Conn, with its buffers, is dropped.
-	sess := newSession(s, s.nextID.Add(1), ws.NetConn(), apps)
+	sess := newSession(s, s.nextID.Add(1), ws.NetConn(), tok.apps)
+	sess.setToken(tok)
 	if authErr != nil {
 		s.log.Info("connection unauthorized", "conn", sess.id, "remote", r.RemoteAddr, "error", authErr)
 		sess.closeWith(proto.CloseUnauthorized, "unauthorized: "+authErr.Error())
@@ -144,31 +149,19 @@ func (s *Server) release(sess *session) {
 	s.conns.Add(-1)
 }
 
-// tokenClaims are the claims of a client JWT.
-type tokenClaims struct {
-	jwt.RegisteredClaims
-	Apps []string `json:"apps,omitempty"`
-}
-
-// authenticate returns the apps the client may use (nil: any).
-func (s *Server) authenticate(r *http.Request) ([]string, error) {
-	if len(s.cfg.JWTSecret) == 0 {
-		return nil, nil
+// authenticate checks the client's token (docs/PROTOCOL.md, "Auth").
+func (s *Server) authenticate(r *http.Request) (tokenInfo, error) {
+	if s.tokens == nil {
+		return tokenInfo{}, nil
 	}
 	token := r.URL.Query().Get("token")
 	if token == "" {
 		token, _ = strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	}
 	if token == "" {
-		return nil, errors.New("no token (?token= or Authorization: Bearer)")
+		return tokenInfo{}, errors.New("no token (?token= or Authorization: Bearer)")
 	}
-	var claims tokenClaims
-	_, err := jwt.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return s.cfg.JWTSecret, nil },
-		jwt.WithValidMethods([]string{"HS256", "HS384", "HS512"}))
-	if err != nil {
-		return nil, fmt.Errorf("invalid token: %w", err)
-	}
-	return claims.Apps, nil // no "apps" claim: any app
+	return s.tokens.verify(token)
 }
 
 func (s *Server) shard(id uint64) *sessionShard { return &s.sessions[id%uint64(len(s.sessions))] }
@@ -235,13 +228,21 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 // heartbeat pings every connection of sh and reaps those silent for longer
-// than PingTimeout (a pong or any frame counts as a sign of life).
+// than PingTimeout (a pong or any frame counts as a sign of life). It also
+// closes with 4003 those whose token expired: as every shard is visited
+// once per PingInterval, that close comes at most PingInterval after the
+// token's exp (docs/PROTOCOL.md, "Token expiry and refresh"), with no timer
+// per connection.
 func (s *Server) heartbeat(sh *sessionShard, now time.Time) {
 	deadline := now.Add(-s.cfg.PingTimeout).UnixNano()
 	for _, sess := range sh.list() {
 		if sess.lastRead.Load() < deadline {
 			s.log.Info("reaping dead connection", "conn", sess.id, "silent_for", now.Sub(time.Unix(0, sess.lastRead.Load())).Round(time.Second))
 			sess.abort(proto.CloseGoingAway)
+			continue
+		}
+		if sess.tokenExpired(now) {
+			sess.expire()
 			continue
 		}
 		sess.Enqueue(s.pingFrame)

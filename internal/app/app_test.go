@@ -449,7 +449,7 @@ func TestJWTAuth(t *testing.T) {
 	anon := wstest.Dial(t, wstest.WSURL(base), nil)
 	anon.ExpectClose(proto.CloseUnauthorized)
 
-	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "dash", "apps": []string{"plant-7"}}).SignedString(secret)
+	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "dash", "apps": []string{"plant-7"}, "exp": time.Now().Add(time.Hour).Unix()}).SignedString(secret)
 	if err != nil {
 		t.Fatal(err)
 	}

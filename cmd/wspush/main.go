@@ -56,13 +56,16 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if cfg.Demo {
-		log.Info("demo: open the dashboard", "url", dashboardURL(ln.Addr()))
+		log.Info("demo: open the dashboard", "url", dashboardURL(ln.Addr(), cfg.TLSCert != ""))
 	}
 	return a.Run(ctx, ln)
 }
 
-func dashboardURL(addr net.Addr) string {
+func dashboardURL(addr net.Addr, tls bool) string {
 	_, port, _ := net.SplitHostPort(addr.String())
+	if tls {
+		return "https://localhost:" + port + "/"
+	}
 	return "http://localhost:" + port + "/"
 }
 

@@ -12,6 +12,10 @@ type metrics struct {
 	frames     prometheus.Counter
 	writes     prometheus.Counter
 	writeBytes prometheus.Counter
+
+	// messageTimeouts counts connections closed with 1008 because a
+	// message did not complete within MessageTimeout.
+	messageTimeouts prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
@@ -27,6 +31,9 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 		}, []string{"code"}),
 		overflows: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wspush_queue_overflows_total", Help: "Connections closed with 4008 because their outgoing queue overflowed.",
+		}),
+		messageTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wspush_message_timeouts_total", Help: "Connections closed with 1008 because a client message did not arrive whole within --message-timeout of its first byte.",
 		}),
 		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wspush_commands_total", Help: "Client commands received, by op.",
@@ -45,7 +52,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.accepted, m.rejected, m.closed, m.overflows, m.commands, m.cmdErrors, m.frames, m.writes, m.writeBytes,
+		reg.MustRegister(m.accepted, m.rejected, m.closed, m.overflows, m.messageTimeouts, m.commands, m.cmdErrors, m.frames, m.writes, m.writeBytes,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "wspush_connections", Help: "Open WebSocket connections.",
 			}, func() float64 { return float64(s.conns.Load()) }),

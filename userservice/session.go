@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -24,6 +25,10 @@ const readChunk = 128
 // errPeerClosed ends reading when the client's close frame arrives.
 var errPeerClosed = errors.New("client closed the connection")
 
+// errMessageTimeout ends reading when a message did not arrive whole
+// within MessageTimeout of its first byte.
+var errMessageTimeout = errors.New("message not completed in time")
+
 // closeGrace is how long a closing connection waits for the client's close
 // frame (or EOF) before the socket is closed anyway.
 const closeGrace = 2 * time.Second
@@ -36,7 +41,6 @@ type session struct {
 	id      uint64
 	conn    net.Conn
 	apps    []string // apps the token allows; nil: any
-	subject string   // the token's sub; a refresh must name the same
 	limiter *rate.Limiter
 	subs    map[subKey]struct{}
 	// badCommands counts consecutive invalid commands.
@@ -44,15 +48,16 @@ type session struct {
 
 	// The read side, owned by the reader goroutine of the moment (see
 	// readStep): in receives one socket read, frames turns the bytes into
-	// messages, draining drops commands after a policy close, and readEnd
-	// is why reading stopped at a message.
+	// messages, draining drops commands after a policy close, readEnd is
+	// why reading stopped at a message, and timing is true while the read
+	// deadline is the one of a partial message (see timeMessage).
 	in       [readChunk]byte
 	frames   proto.ClientReader
 	draining bool
+	timing   bool
 	readEnd  error
 
 	lastRead atomic.Int64 // unix nanos of the last bytes read
-	expires  atomic.Int64 // unix nanos of the token's exp; 0: none (see auth.go)
 
 	mu         sync.Mutex
 	queue      []*proto.Frame
@@ -269,19 +274,61 @@ func (s *session) readStep() {
 //go:noinline
 func (s *session) onRead(n int, err error) bool {
 	if n > 0 {
-		s.lastRead.Store(time.Now().UnixNano())
+		now := time.Now()
+		s.lastRead.Store(now.UnixNano())
+		finished := s.frames.Finished()
 		if ferr := s.frames.Feed(s.in[:n], s.onClientMessage); ferr != nil {
 			err = ferr
 		} else if s.readEnd != nil {
 			err = s.readEnd
+		} else {
+			s.timeMessage(now, finished)
 		}
 	}
 	if err == nil {
 		return true
 	}
+	if s.timing && errors.Is(err, os.ErrDeadlineExceeded) && !s.closing() {
+		err = errMessageTimeout
+	}
 	s.finish(err)
 	s.srv.release(s)
 	return false
+}
+
+// timeMessage keeps the read deadline of a partial message: a message
+// that began with this read (the reader went back between messages during
+// it, finished being its count before) must complete by now plus
+// MessageTimeout; one that goes on keeps its deadline, however slowly its
+// bytes come; once the reader is between messages there is no deadline.
+// An idle connection thus holds no timer, and a timed one only the
+// runtime's timer of its socket. Once closing, the deadline is the
+// writer's (closeGrace).
+func (s *session) timeMessage(now time.Time, finished uint64) {
+	partial := !s.frames.Idle()
+	var deadline time.Time
+	switch {
+	case partial && (!s.timing || s.frames.Finished() != finished):
+		deadline = now.Add(s.srv.cfg.MessageTimeout)
+	case !partial && s.timing:
+		// deadline stays zero: none
+	default:
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closeFrame != nil {
+		return
+	}
+	_ = s.conn.SetReadDeadline(deadline)
+	s.timing = partial
+}
+
+// closing reports whether the connection is being closed.
+func (s *session) closing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closeFrame != nil
 }
 
 // onClientMessage handles one message of the client and reports whether to
@@ -319,10 +366,6 @@ func (s *session) onClientMessage(m proto.ClientMessage) bool {
 // onMessage handles one client message; it reports whether the connection
 // is being closed for policy reasons.
 func (s *session) onMessage(opcode byte, msg []byte) (closing bool) {
-	if s.tokenExpired(time.Now()) { // not refreshed in time: no more commands
-		s.expire()
-		return true
-	}
 	if !s.limiter.Allow() {
 		s.srv.log.Warn("closing connection: command rate limit exceeded", "conn", s.id, "rate", s.srv.cfg.CommandRate, "burst", s.srv.cfg.CommandBurst)
 		s.closeWith(proto.ClosePolicy, "command rate limit exceeded")
@@ -367,8 +410,6 @@ func (s *session) handle(opcode byte, msg []byte) bool {
 		s.subscribe(&cmd)
 	case proto.OpUnsubscribe:
 		s.unsubscribe(&cmd)
-	case proto.OpRefresh:
-		s.refresh(&cmd)
 	}
 	return true
 }
@@ -440,10 +481,18 @@ func (s *session) finish(err error) {
 	case errors.Is(err, errPeerClosed):
 		// The client closed; our reply is queued.
 	case errors.As(err, &fe):
-		// A frame that breaks the protocol, or a message over the limit:
-		// say why, then let the client's remaining bytes drain.
+		// A frame that breaks the protocol, a text message that is not
+		// UTF-8, or a message over the limit: say why, then let the
+		// client's remaining bytes drain.
 		s.srv.log.Info("closing connection: bad frame", "conn", s.id, "code", fe.Code, "reason", fe.Reason)
 		s.closeWith(fe.Code, fe.Reason)
+		linger = true
+	case errors.Is(err, errMessageTimeout):
+		// A client that starts a message and does not finish it holds
+		// its partial bytes: a policy close.
+		s.srv.metrics.messageTimeouts.Inc()
+		s.srv.log.Info("closing connection: message not completed in time", "conn", s.id, "timeout", s.srv.cfg.MessageTimeout)
+		s.closeWith(proto.ClosePolicy, fmt.Sprintf("message not completed within %s", s.srv.cfg.MessageTimeout))
 		linger = true
 	default:
 		// The connection broke, or a close we sent was not answered in

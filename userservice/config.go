@@ -40,6 +40,17 @@ type Config struct {
 	// it (?token= or Authorization: Bearer). A token may carry an "apps"
 	// claim listing the apps it may subscribe to.
 	JWTSecret []byte
+	// JWTPublicKeyFile turns auth on instead of JWTSecret: tokens are
+	// verified with this PEM public key (RSA: RS256/384/512; ECDSA: the ES
+	// algorithm of its curve; Ed25519: EdDSA), and no other algorithm.
+	JWTPublicKeyFile string
+	// JWTAudience and JWTIssuer, when set, must match the token's aud and
+	// iss. JWTAllowNoExp accepts tokens without exp (which never expire);
+	// otherwise exp is required, and a connection whose token expires is
+	// closed with 4003 unless it refreshed it (docs/PROTOCOL.md).
+	JWTAudience   string
+	JWTIssuer     string
+	JWTAllowNoExp bool
 
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
@@ -119,6 +130,9 @@ func (c Config) Validate() error {
 	}
 	if c.PingTimeout <= c.PingInterval {
 		errs = append(errs, fmt.Errorf("ping timeout %s must be longer than the ping interval %s", c.PingTimeout, c.PingInterval))
+	}
+	if _, err := newTokenVerifier(c); err != nil {
+		errs = append(errs, err)
 	}
 	if c.MaxKeysPerSubscribe > c.MaxSubscriptions {
 		errs = append(errs, fmt.Errorf("max keys per subscribe %d is above max subscriptions %d", c.MaxKeysPerSubscribe, c.MaxSubscriptions))

@@ -41,6 +41,7 @@ type session struct {
 	id      uint64
 	conn    net.Conn
 	apps    []string // apps the token allows; nil: any
+	subject string   // the token's sub; a refresh must name the same
 	limiter *rate.Limiter
 	subs    map[subKey]struct{}
 	// badCommands counts consecutive invalid commands.
@@ -58,6 +59,7 @@ type session struct {
 	readEnd  error
 
 	lastRead atomic.Int64 // unix nanos of the last bytes read
+	expires  atomic.Int64 // unix nanos of the token's exp; 0: none (see auth.go)
 
 	mu         sync.Mutex
 	queue      []*proto.Frame
@@ -366,6 +368,10 @@ func (s *session) onClientMessage(m proto.ClientMessage) bool {
 // onMessage handles one client message; it reports whether the connection
 // is being closed for policy reasons.
 func (s *session) onMessage(opcode byte, msg []byte) (closing bool) {
+	if s.tokenExpired(time.Now()) { // not refreshed in time: no more commands
+		s.expire()
+		return true
+	}
 	if !s.limiter.Allow() {
 		s.srv.log.Warn("closing connection: command rate limit exceeded", "conn", s.id, "rate", s.srv.cfg.CommandRate, "burst", s.srv.cfg.CommandBurst)
 		s.closeWith(proto.ClosePolicy, "command rate limit exceeded")
@@ -410,6 +416,8 @@ func (s *session) handle(opcode byte, msg []byte) bool {
 		s.subscribe(&cmd)
 	case proto.OpUnsubscribe:
 		s.unsubscribe(&cmd)
+	case proto.OpRefresh:
+		s.refresh(&cmd)
 	}
 	return true
 }

@@ -29,7 +29,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.BoolVar(&c.Demo, "demo", false, "start the simulated data center in-process and poll it (app demo, keys s001..s100)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.StringVar(&c.APIKey, "api-key", "", "API key required by POST /api/publish (Authorization: Bearer <key>); empty: open")
+	fs.StringVar(&c.APIKey, "api-key", "", "API key required by POST /api/publish (Authorization: Bearer <key>); empty: loopback clients only")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 0, "graceful shutdown limit (default 10s)")
 	fs.StringVar(&c.AdminAddr, "admin-addr", "", "private listener for /metrics, /debug/pprof/, /healthz and /readyz (keep it private); /metrics then leaves --addr; empty: /metrics on --addr, no pprof")
 	var debugAddr string
@@ -80,6 +80,10 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.StringVar(&origins, "allowed-origins", "", `comma-separated browser origins (https://dash.example) allowed to connect and publish besides --public-url's, "*" for any`)
 	fs.StringVar(&publicURLs, "public-url", "", "comma-separated URLs browsers reach this server at (https://push.example); their origins are allowed; empty: the listener's loopback names (http://localhost:<port>, http://127.0.0.1:<port>)")
 	fs.StringVar(&jwtSecret, "jwt-secret", "", "HS256 secret: when set, clients need a JWT (?token= or Authorization: Bearer)")
+	fs.StringVar(&u.JWTPublicKeyFile, "jwt-public-key", "", "PEM public key file (RSA: RS256, ECDSA P-256: ES256, ...): when set, clients need a JWT signed by its private key (instead of --jwt-secret)")
+	fs.StringVar(&u.JWTAudience, "jwt-audience", "", "when set, a client JWT's aud must contain it")
+	fs.StringVar(&u.JWTIssuer, "jwt-issuer", "", "when set, a client JWT's iss must be it")
+	fs.BoolVar(&u.JWTAllowNoExp, "jwt-allow-no-exp", false, "accept client JWTs without exp (they never expire); by default exp is required and a connection is closed with 4003 when its token expires unless refreshed")
 
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: wspush [flags]\n\nEvery flag can also be set by its environment twin, e.g. --max-connections as WSPUSH_MAX_CONNECTIONS.\n\n")

@@ -160,8 +160,15 @@ func (s *session) tokenExpired(now time.Time) bool {
 	return exp != 0 && now.UnixNano() >= exp
 }
 
-// expire closes the connection whose token expired with 4003.
+// expire closes the connection whose token expired with 4003 (once: the
+// heartbeat may find it again while its close completes).
 func (s *session) expire() {
+	s.mu.Lock()
+	closing := s.closeFrame != nil
+	s.mu.Unlock()
+	if closing {
+		return
+	}
 	s.srv.log.Info("closing connection: token expired", "conn", s.id, "subject", s.subject, "expired", time.Unix(0, s.expires.Load()).UTC())
 	s.closeWith(proto.CloseTokenExpired, "token expired")
 }

@@ -188,3 +188,56 @@ func TestSameApps(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkJWTVerify is the cost of checking one token (at each connect
+// and refresh) per algorithm.
+func BenchmarkJWTVerify(b *testing.B) {
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	claims := jwt.MapClaims{"sub": "dash", "apps": []string{"plant-7"}, "exp": time.Now().Add(time.Hour).Unix()}
+	for _, tc := range []struct {
+		name   string
+		method jwt.SigningMethod
+		priv   any
+		pub    any
+	}{
+		{"HS256", jwt.SigningMethodHS256, []byte("bench-secret"), nil},
+		{"RS256", jwt.SigningMethodRS256, rsaKey, &rsaKey.PublicKey},
+		{"ES256", jwt.SigningMethodES256, ecKey, &ecKey.PublicKey},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			cfg := Config{JWTSecret: []byte("bench-secret")}
+			if tc.pub != nil {
+				der, err := x509.MarshalPKIXPublicKey(tc.pub)
+				if err != nil {
+					b.Fatal(err)
+				}
+				path := filepath.Join(b.TempDir(), "key.pem")
+				if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
+					b.Fatal(err)
+				}
+				cfg = Config{JWTPublicKeyFile: path}
+			}
+			v, err := newTokenVerifier(cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			tok, err := jwt.NewWithClaims(tc.method, claims).SignedString(tc.priv)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := v.verify(tok); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

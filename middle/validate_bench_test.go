@@ -1,9 +1,11 @@
 package middle
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/wspush/wspush/proto"
 )
@@ -34,6 +36,30 @@ func BenchmarkValidate(b *testing.B) {
 			for b.Loop() {
 				if err := n.Validate(&p); err != nil {
 					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkPayloadChecks splits Validate's payload checks: json.Valid, and
+// utf8.Valid, which is what refusing invalid UTF-8 adds per publication.
+func BenchmarkPayloadChecks(b *testing.B) {
+	for _, size := range []int{64, 1 << 10, 16 << 10} {
+		data := validatePayload(size)
+		b.Run(fmt.Sprintf("json.Valid-%dB", size), func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				if !json.Valid(data) {
+					b.Fatal("invalid")
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("utf8.Valid-%dB", size), func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				if !utf8.Valid(data) {
+					b.Fatal("invalid")
 				}
 			}
 		})

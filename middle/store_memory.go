@@ -248,7 +248,7 @@ func (sh *memoryShard) moveToFront(st *memoryStream) {
 
 // AppendBatch implements Store. It fails only when a fence is refused
 // (an embedded node has no partitions to lose, but the contract is the
-// same as a shared store's).
+// same as a shared store's) or a new key finds no room (ErrKeyLimit).
 func (s *MemoryStore) AppendBatch(_ context.Context, pubs []proto.Publication, fence uint64) (int, error) {
 	for i := range pubs {
 		if err := s.append(&pubs[i], fence); err != nil {

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/wspush/wspush/proto"
 )
@@ -145,8 +146,8 @@ type Result struct {
 	// requested ID.
 	Values []Value
 	// Ignored counts the entries that were dropped because their id was
-	// invalid, not requested or repeated, their value missing or their ts
-	// invalid; one bad entry does not fail the whole batch.
+	// invalid, not requested or repeated, their value missing or not UTF-8,
+	// or their ts invalid; one bad entry does not fail the whole batch.
 	Ignored int
 	// IgnoredErr describes the first ignored entry (nil when Ignored is 0).
 	IgnoredErr error
@@ -320,6 +321,11 @@ func decodeResponse(data []byte, ids []string) (Result, error) {
 			continue
 		case e.TS.err != nil:
 			ignore(i, "id %q: ts %v", name, e.TS.err)
+			continue
+		case !utf8.Valid(e.Value):
+			// The node would refuse it (middle.ErrInvalidUTF8), and with it
+			// the whole poll's batch.
+			ignore(i, "id %q: value is not valid UTF-8", name)
 			continue
 		}
 		want[ids[idx]] = -1

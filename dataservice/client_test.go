@@ -221,6 +221,8 @@ func TestDecodeResponse(t *testing.T) {
 		{name: "repeated id", body: `{"data":[{"id":"001","value":1},{"id":"001","value":2}]}`,
 			values: []want{{"001", `1`, 0}}, ignored: 1},
 		{name: "bad ts", body: `{"data":[{"id":"001","value":1,"ts":-1},{"id":"002","value":1,"ts":1.5},{"id":"003","value":1,"ts":"9"}]}`, ignored: 3},
+		{name: "invalid UTF-8", body: "{\"data\":[{\"id\":\"001\",\"value\":\"\xff\"},{\"id\":\"002\",\"value\":{\"n\":\"caf\xe9\"}},{\"id\":\"003\",\"value\":\"café\"}]}",
+			values: []want{{"003", `"café"`, 0}}, ignored: 2},
 		{name: "not json", body: `<html>`, err: "decode response"},
 		{name: "no data", body: `{}`, err: `no "data" array`},
 		{name: "null data", body: `{"data":null}`, err: `no "data" array`},

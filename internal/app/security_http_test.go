@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -286,6 +287,9 @@ func dialFrom(t *testing.T, base, src string) (*wstest.Client, int) {
 // --max-connections-per-ip: the address over its limit gets 429, others
 // connect and receive as usual, and a closed connection frees its place.
 func TestSecurityConnectionsPerIP(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("needs 127.0.0.2 and 127.0.0.3, loopback on Linux only")
+	}
 	const limit = 3
 	base, a := startApp(t, app.Config{Users: userservice.Config{MaxConnectionsPerIP: limit}})
 	gc, code := dialFrom(t, base, "127.0.0.2")

@@ -15,6 +15,7 @@ import (
 
 	"github.com/wspush/wspush/internal/app"
 	"github.com/wspush/wspush/internal/wstest"
+	"github.com/wspush/wspush/middle/redis"
 )
 
 // workerEnv makes the test binary a wsbench worker (see TestMain), so
@@ -284,13 +285,43 @@ func TestLeavesNoGoroutines(t *testing.T) {
 	}
 }
 
-// startClusterNode runs a wspush node on the test Redis and RabbitMQ and
-// waits until it is ready.
-func startClusterNode(t *testing.T) ServerURL {
+// startClusterNodes runs n wspush nodes on the test Redis and RabbitMQ,
+// sharing a Redis prefix of this test alone (its keys are deleted when the
+// test ends), and waits until they are ready.
+func startClusterNodes(t *testing.T, n int) []ServerURL {
 	t.Helper()
-	base, a, _ := wstest.StartApp(t, app.Config{NodeID: uniqueName("node-"), RedisURL: wstest.RedisURL, AMQPURL: wstest.AMQPURL})
-	wstest.Eventually(t, 15*time.Second, a.Ready)
-	return ServerURL{WS: wstest.WSURL(base), HTTP: base}
+	prefix := uniqueName("t-bench-")
+	t.Cleanup(func() { deleteRedisPrefix(t, prefix) })
+	var out []ServerURL
+	for range n {
+		base, a, _ := wstest.StartApp(t, app.Config{NodeID: uniqueName("node-"), RedisURL: wstest.RedisURL, AMQPURL: wstest.AMQPURL,
+			Redis: redis.StoreConfig{Prefix: prefix}})
+		wstest.Eventually(t, 15*time.Second, a.Ready)
+		out = append(out, ServerURL{WS: wstest.WSURL(base), HTTP: base})
+	}
+	return out
+}
+
+// deleteRedisPrefix deletes the keys under prefix from the test Redis.
+func deleteRedisPrefix(t *testing.T, prefix string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := redis.NewClient(ctx, wstest.RedisURL, "wspush-test-cleanup")
+	if err != nil {
+		t.Errorf("cleanup of %s:*: %v", prefix, err)
+		return
+	}
+	defer c.Close()
+	it := c.Scan(ctx, 0, prefix+":*", 1000).Iterator()
+	for it.Next(ctx) {
+		if err := c.Del(ctx, it.Val()).Err(); err != nil {
+			t.Errorf("cleanup of %s:*: %v", prefix, err)
+			return
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Errorf("cleanup of %s:*: %v", prefix, err)
+	}
 }
 
 // TestAMQPSourceEndToEnd publishes through RabbitMQ to a two-node
@@ -298,7 +329,8 @@ func startClusterNode(t *testing.T) ServerURL {
 // of its key on both nodes.
 func TestAMQPSourceEndToEnd(t *testing.T) {
 	wstest.RequireServices(t)
-	a, b := startClusterNode(t), startClusterNode(t)
+	nodes := startClusterNodes(t, 2)
+	a, b := nodes[0], nodes[1]
 	r := newTestRunner(t, Options{Servers: []ServerURL{a, b}, App: uniqueName("bench-"), AMQPURL: wstest.AMQPURL})
 
 	// 20 subscribers of one key, 10 per node; 40 values.

@@ -45,12 +45,18 @@ func BenchmarkIngestDrain(b *testing.B) {
 	if err != nil {
 		b.Fatalf("Redis: %v", err)
 	}
-	defer client.Close()
 	prefix := fmt.Sprintf("bench-ingest-%08x", rand.Uint32())
-	b.Cleanup(func() {
+	b.Cleanup(func() { // after the Ingest stopped (cleanups run last first)
+		defer client.Close()
 		iter := client.Scan(ctx, 0, prefix+":*", 1000).Iterator()
 		for iter.Next(ctx) {
-			client.Del(ctx, iter.Val())
+			if err := client.Del(ctx, iter.Val()).Err(); err != nil {
+				b.Errorf("cleanup of %s:*: %v", prefix, err)
+				return
+			}
+		}
+		if err := iter.Err(); err != nil {
+			b.Errorf("cleanup of %s:*: %v", prefix, err)
 		}
 	})
 	store, err := redis.NewStore(redis.StoreConfig{Client: client, Prefix: prefix})

@@ -12,13 +12,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/wspush/wspush/internal/app"
+	"github.com/wspush/wspush/internal/testutil"
 	"github.com/wspush/wspush/internal/wstest"
 	"github.com/wspush/wspush/middle/amqp"
 	"github.com/wspush/wspush/proto"
@@ -144,31 +144,13 @@ func TestSecurityPublishCSRF(t *testing.T) {
 	}
 }
 
-// publishLogs is a log sink safe for the app's goroutines.
-type publishLogs struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *publishLogs) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *publishLogs) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestSecurityPublishLoopbackOnly: without --api-key the API answers
 // loopback peers only (the node says so at start-up). A test cannot dial
 // from another address, so the non-loopback peer goes through the node's
 // handler with its RemoteAddr set; the loopback path goes over a real
 // socket. With --api-key, any peer that sends the key publishes.
 func TestSecurityPublishLoopbackOnly(t *testing.T) {
-	var logs publishLogs
+	var logs testutil.SyncBuffer
 	base, a := startApp(t, app.Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	good := newPublishGoodClient(t, base, "valve")
 	wstest.Eventually(t, 5*time.Second, func() error {

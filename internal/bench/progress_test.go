@@ -2,31 +2,14 @@ package bench
 
 import (
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/wspush/wspush/internal/testutil"
 )
 
-// lockedBuffer is a writer tests can read while a view writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestProgressPlainLines(t *testing.T) {
-	var out lockedBuffer
+	var out testutil.SyncBuffer
 	p := Progress{Connected: 3, Failed: 1}
 	v := startProgress(&out, false, "capacity", 8, func() Progress { return p })
 	v.setPhase("ramp", 0)
@@ -46,7 +29,7 @@ func TestProgressPlainLines(t *testing.T) {
 }
 
 func TestProgressTerminalRedraws(t *testing.T) {
-	var out lockedBuffer
+	var out testutil.SyncBuffer
 	v := startProgress(&out, true, "fanout", 10, func() Progress { return Progress{Connected: 10, Counted: 42} })
 	v.setPhase("publish", time.Minute)
 	deadline := time.Now().Add(5 * time.Second)

@@ -1,5 +1,6 @@
 // Package testutil holds the test helpers that packages at every tier
-// share: polling for a condition and reading a Prometheus registry. It
+// share: polling for a condition, reading a Prometheus registry, a
+// goroutine-safe buffer. It
 // depends on nothing of wspush, so any package's tests may import it.
 package testutil
 

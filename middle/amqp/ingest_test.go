@@ -11,6 +11,7 @@ import (
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
+	"github.com/wspush/wspush/internal/testutil"
 	"github.com/wspush/wspush/middle"
 	"github.com/wspush/wspush/proto"
 )
@@ -163,7 +164,7 @@ func TestConnLegacyQueueWarning(t *testing.T) {
 		}
 		return nil
 	})
-	var buf syncBuffer
+	var buf testutil.SyncBuffer
 	log := slogText(&buf)
 	startConn(t, url, topo, "legacy", log)
 	if out := buf.String(); !strings.Contains(out, "old competing-consumer ingest still holds messages") || !strings.Contains(out, "messages=2") {

@@ -1,7 +1,6 @@
 package redis
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -25,31 +24,6 @@ import (
 // with the rest of the package; idx* names are theirs alone.
 
 var errIdxNotYet = errors.New("not yet")
-
-// idxLogBuffer collects log lines across goroutines.
-type idxLogBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *idxLogBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// count is how many times s occurs.
-func (b *idxLogBuffer) count(s string) int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Count(b.buf.String(), s)
-}
-
-func (b *idxLogBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // idxLocal stands for a node's local subscriptions: it records them and
 // tells the index, as middle.Node does, and is the index's snapshot
@@ -119,7 +93,7 @@ type idxFixture struct {
 	ix     *Index
 	local  *idxLocal
 	reg    *prometheus.Registry
-	logs   *idxLogBuffer
+	logs   *testutil.SyncBuffer
 	cancel context.CancelFunc
 	done   chan error
 
@@ -130,7 +104,7 @@ type idxFixture struct {
 // short intervals; mod adjusts the config. The index stops with the test.
 func startIndex(t *testing.T, c goredis.UniversalClient, prefix, nodeID string, mod func(*IndexConfig)) *idxFixture {
 	t.Helper()
-	f := &idxFixture{id: nodeID, reg: prometheus.NewRegistry(), logs: &idxLogBuffer{}, done: make(chan error, 1)}
+	f := &idxFixture{id: nodeID, reg: prometheus.NewRegistry(), logs: &testutil.SyncBuffer{}, done: make(chan error, 1)}
 	cfg := IndexConfig{
 		Client:        c,
 		NodeID:        nodeID,
@@ -493,10 +467,10 @@ func TestIndexDeadNodeAndComeback(t *testing.T) {
 	if n := metricValue(t, a.reg, "wspush_index_rewrites_total"); n < 2 {
 		t.Errorf("node a rewrites_total = %v, want at least 2", n)
 	}
-	if n := a.logs.count("index: Redis write failed"); n != 1 {
+	if n := strings.Count(a.logs.String(), "index: Redis write failed"); n != 1 {
 		t.Errorf("node a logged %d write failures, want 1:\n%s", n, a.logs)
 	}
-	if n := a.logs.count("index: Redis is back"); n != 1 {
+	if n := strings.Count(a.logs.String(), "index: Redis is back"); n != 1 {
 		t.Errorf("node a logged recovery %d times, want 1:\n%s", n, a.logs)
 	}
 }
@@ -710,7 +684,7 @@ func TestIndexLivenessLost(t *testing.T) {
 		return nil
 	})
 	waitIndexState(t, c, prefix, a, b)
-	if n := a.logs.count("index: liveness key had expired"); n != 1 {
+	if n := strings.Count(a.logs.String(), "index: liveness key had expired"); n != 1 {
 		t.Errorf("node a logged the lost liveness key %d times, want 1:\n%s", n, a.logs)
 	}
 }

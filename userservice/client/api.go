@@ -1,0 +1,204 @@
+package client
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/wspush/wspush/proto"
+)
+
+// Position is where a key's stream stands: the last publication processed,
+// (seq, epoch). See docs/PROTOCOL.md, Positions. An empty Epoch in a
+// SubscribeOptions.Since entry sends the bare form (seq of the key's current
+// epoch, whatever it is), which cannot detect a lost stream.
+type Position = proto.Position
+
+// Config configures a Client. Only URL is required; zero values take the
+// defaults named on each field.
+type Config struct {
+	// URL of the WebSocket endpoint, ws:// or wss://, e.g.
+	// "ws://127.0.0.1:8080/ws".
+	URL string
+	// Token is the JWT sent on connect (Authorization: Bearer). Ignored
+	// when TokenFunc is set.
+	Token string
+	// TokenFunc, when set, is called for the token of every connection and
+	// ahead of the token's exp (a minute before it, or half its lifetime
+	// when shorter), whose result is sent as a refresh command
+	// (docs/PROTOCOL.md, Token expiry and refresh). After close 4003 the
+	// client calls it and reconnects; without it, 4003 ends the Client.
+	TokenFunc func(ctx context.Context) (string, error)
+	// Header is sent with the upgrade request (Origin, User-Agent, ...).
+	Header http.Header
+	// MinBackoff and MaxBackoff bound the wait before a reconnect: attempt
+	// n waits a uniformly random time in [0, min(MaxBackoff, MinBackoff*2^n))
+	// ("full jitter"). Defaults 250ms and 10s.
+	MinBackoff, MaxBackoff time.Duration
+	// Logger receives what the client does (connects, resets, protocol
+	// faults). Default: discard.
+	Logger *slog.Logger
+	// OnState is called on every state change, on the goroutine that calls
+	// the Handlers, in order with them. It must not call Close.
+	OnState func(StateEvent)
+
+	// DialTimeout bounds one connection attempt (TCP, TLS and upgrade).
+	// Default 10s.
+	DialTimeout time.Duration
+	// ReadTimeout: a connection on which nothing (message or ping) arrived
+	// for this long is considered dead and replaced. The server pings every
+	// 25s by default. Default 75s.
+	ReadTimeout time.Duration
+	// CommandTimeout bounds the wait for the reply of one command. Default 10s.
+	CommandTimeout time.Duration
+	// QueueSize is the number of messages waiting for the Handlers. Default
+	// 4096. See the package documentation, Slow handlers.
+	QueueSize int
+	// StallTimeout is how long the reader waits for room in a full queue
+	// before it closes the connection to resume later. Default 10s.
+	StallTimeout time.Duration
+	// CommandRate and CommandBurst pace the client's commands; defaults 16/s
+	// and 32, under the server's --command-rate 20 and --command-burst 50.
+	CommandRate  float64
+	CommandBurst int
+	// MaxKeysPerSubscribe is the number of keys sent in one subscribe or
+	// unsubscribe command; default 100 (--max-keys-per-subscribe).
+	MaxKeysPerSubscribe int
+	// MaxSubscriptions is the number of keys the Client holds at most;
+	// default 1000 (--max-subscriptions). Subscribe refuses beyond it.
+	MaxSubscriptions int
+}
+
+// State is the connection state of a Client.
+type State int
+
+const (
+	// StateConnecting: the first connection attempt is under way.
+	StateConnecting State = iota
+	// StateOpen: connected; the keys are (being) subscribed again.
+	StateOpen
+	// StateReconnecting: the connection was lost; waiting or dialing.
+	StateReconnecting
+	// StateClosed: the Client ended (Close, or a terminal error).
+	StateClosed
+)
+
+func (s State) String() string {
+	switch s {
+	case StateConnecting:
+		return "connecting"
+	case StateOpen:
+		return "open"
+	case StateReconnecting:
+		return "reconnecting"
+	case StateClosed:
+		return "closed"
+	}
+	return "unknown"
+}
+
+// StateEvent is one state change. Code and Reason are those of the close
+// that caused it, when the server sent one; Err is why the previous state
+// ended (nil on a first connect or a Close).
+type StateEvent struct {
+	State  State
+	Code   int
+	Reason string
+	Err    error
+}
+
+// Publication is one value of a key.
+type Publication struct {
+	App, Key string
+	Seq      uint64
+	// Epoch is the epoch of the client's position for the key (a data
+	// frame carries none; docs/PROTOCOL.md, Data).
+	Epoch string
+	// Time is the publication's ts (source time, else the server's).
+	Time time.Time
+	// Data is the payload: a JSON value when JSON is true, else raw bytes.
+	// It is the Handler's to keep.
+	Data []byte
+	JSON bool
+}
+
+// Reset says that the values of a key up to and including its Seq will not
+// come: the position is now (Seq, Epoch) and the next value has Seq+1.
+// Reason is "epoch" (the stream was lost and restarted) or "gap" (the
+// history does not reach back). See docs/PROTOCOL.md, Reset.
+type Reset struct {
+	App, Key string
+	Seq      uint64
+	Epoch    string
+	Reason   string
+}
+
+// Ack is the reply to one subscribe command of a Subscription: after
+// Subscribe and after every resubscribe on a new connection.
+type Ack struct {
+	App string
+	// Positions holds each key's position on the server at the ack.
+	Positions map[string]Position
+	// Resumed is true when the command resumed at least one key with since.
+	Resumed bool
+	// Recovered is true when Resumed and every resumed key recovered every
+	// value it missed; when false, those that did not get a Reset.
+	Recovered bool
+}
+
+// Handler receives what a Subscription gets, per key in stream order.
+// All calls of one Client are made on one goroutine, one at a time.
+type Handler interface {
+	OnData(Publication)
+	OnReset(Reset)
+	OnAck(Ack)
+}
+
+// HandlerFuncs is a Handler made of functions; a nil one ignores its
+// messages.
+type HandlerFuncs struct {
+	Data  func(Publication)
+	Reset func(Reset)
+	Ack   func(Ack)
+}
+
+// OnData calls h.Data.
+func (h HandlerFuncs) OnData(p Publication) {
+	if h.Data != nil {
+		h.Data(p)
+	}
+}
+
+// OnReset calls h.Reset.
+func (h HandlerFuncs) OnReset(r Reset) {
+	if h.Reset != nil {
+		h.Reset(r)
+	}
+}
+
+// OnAck calls h.Ack.
+func (h HandlerFuncs) OnAck(a Ack) {
+	if h.Ack != nil {
+		h.Ack(a)
+	}
+}
+
+// Format is how a subscription's values travel (docs/PROTOCOL.md, Binary
+// frames); the Publication the Handler gets is the same.
+type Format string
+
+const (
+	FormatJSON   Format = "json"
+	FormatBinary Format = "binary"
+)
+
+// SubscribeOptions are the options of one Subscribe.
+type SubscribeOptions struct {
+	// Format defaults to FormatJSON.
+	Format Format
+	// Since resumes keys from positions the caller kept (e.g. from
+	// Positions before a restart); keys not in it start at their latest
+	// value.
+	Since map[string]Position
+}

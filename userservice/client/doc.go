@@ -1,0 +1,45 @@
+// Package client is the Go client of wspush: it holds one WebSocket
+// connection to a node, subscribes to keys, and hands every value of those
+// keys to a Handler exactly once and in order, across reconnects.
+//
+// It owns the connection (one reader and one writer goroutine), the
+// positions of the keys it subscribed (docs/PROTOCOL.md, Positions), the
+// reconnect loop (exponential backoff with full jitter) and the pacing of its
+// commands under the server's limits (docs/PROTOCOL.md, Commands). It
+// imports only proto, gorilla/websocket and the standard library: it must
+// not know the server's stores or brokers.
+//
+// # Resume
+//
+// The client applies "The client rule" of docs/PROTOCOL.md to every
+// message: an ack sets each key's position (a key subscribed without since
+// is fresh), a reset replaces it, a data advances it by one. After a lost
+// connection it subscribes every key again, with since set to its full
+// position (seq and epoch), except a key still fresh, which it subscribes
+// without since so that it gets the latest value. The Handler sees, per key,
+// every value in order exactly once, or a Reset saying which values will not
+// come; each (re)subscribe ends in an Ack that says whether the resume
+// recovered everything.
+//
+// # Slow handlers
+//
+// Messages go from the reader to the Handler through one bounded queue per
+// Client (Config.QueueSize events). Positions advance as messages enter the
+// queue, so a resume never asks for a value twice. When the queue is full
+// the reader waits for room, up to Config.StallTimeout; if the Handler is
+// still behind then, the client closes the connection itself, lets the
+// Handler drain the queue to half, and resumes from the positions of what it
+// queued. The value that did not fit is then sent again by the server's
+// replay, so a slow Handler never loses or reorders a value (unless the
+// server's history no longer reaches back, which arrives as a Reset with
+// reason "gap"), and the reader never blocks without bound.
+//
+// # Closing
+//
+// The server closes with a code (docs/PROTOCOL.md, Close codes). The client
+// reconnects after 1001, 1006, 1011 and the other transient ones; after
+// 4003 (token expired) it gets a new token from Config.TokenFunc and
+// reconnects. After 1002, 1007, 1008, 1009 and 4001 it does not reconnect:
+// retrying would fail the same way. The Client then ends: Done is closed,
+// Err returns a *CloseError with the code, and OnState gets StateClosed.
+package client

@@ -68,6 +68,10 @@ type Config struct {
 	// MaxSubscriptions is the number of keys the Client holds at most;
 	// default 1000 (--max-subscriptions). Subscribe refuses beyond it.
 	MaxSubscriptions int
+	// MaxMessageSize is the largest server message read; a larger one
+	// breaks the connection (and the client resumes). Default 1 MiB (the
+	// server's publications are at most 64 KiB by default).
+	MaxMessageSize int64
 }
 
 // State is the connection state of a Client.
@@ -155,12 +159,30 @@ type Handler interface {
 	OnAck(Ack)
 }
 
-// HandlerFuncs is a Handler made of functions; a nil one ignores its
-// messages.
+// ErrorHandler is implemented by a Handler that wants to know when keys of
+// its Subscription were dropped after Subscribe had succeeded: a
+// resubscribe on a new connection got an error reply that retrying will not
+// change (a *CommandError "forbidden", "limit" or "bad_request"). The keys
+// are then no longer subscribed. Replies "unavailable" and "internal" are
+// retried (reconnect and resume) and not reported here.
+type ErrorHandler interface {
+	OnError(error)
+}
+
+// HandlerFuncs is a Handler (and an ErrorHandler) made of functions; a nil
+// one ignores its messages.
 type HandlerFuncs struct {
 	Data  func(Publication)
 	Reset func(Reset)
 	Ack   func(Ack)
+	Error func(error)
+}
+
+// OnError calls h.Error.
+func (h HandlerFuncs) OnError(err error) {
+	if h.Error != nil {
+		h.Error(err)
+	}
 }
 
 // OnData calls h.Data.

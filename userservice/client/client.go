@@ -3,19 +3,85 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"sync"
+	"time"
+)
+
+// Defaults of Config.
+const (
+	DefaultMinBackoff          = 250 * time.Millisecond
+	DefaultMaxBackoff          = 10 * time.Second
+	DefaultDialTimeout         = 10 * time.Second
+	DefaultReadTimeout         = 75 * time.Second
+	DefaultCommandTimeout      = 10 * time.Second
+	DefaultQueueSize           = 4096
+	DefaultStallTimeout        = 10 * time.Second
+	DefaultCommandRate         = 16
+	DefaultCommandBurst        = 32
+	DefaultMaxKeysPerSubscribe = 100
+	DefaultMaxSubscriptions    = 1000
+	DefaultMaxMessageSize      = 1 << 20
 )
 
 // Client is a connection to a wspush node that reconnects and resumes on
 // its own. Its methods are safe for concurrent use.
 type Client struct {
 	cfg Config
+	log *slog.Logger
+
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+	runWG  sync.WaitGroup // the connection loop (it waits for its connections)
+
+	q        chan event    // to the dispatcher; see the package doc, Slow handlers
+	room     chan struct{} // the dispatcher brought q down to half
+	kick     chan struct{} // Subscribe added keys to send
+	dispDone chan struct{}
+
+	mu      sync.Mutex
+	keys    map[appKey]*keyState
+	state   State
+	conn    *conn // the open connection, nil between connections
+	gen     uint64
+	err     error // why the Client ended; set before done is closed
+	done    chan struct{}
+	opened  chan struct{} // closed at the first open connection
+	lastErr error         // of the last failed attempt, for Dial
+	closed  sync.Once
 }
+
+type appKey struct{ app, key string }
 
 // New checks cfg and starts the client's connection loop; it does not wait
 // for a connection. Subscriptions made before the connection opens are
 // sent when it does.
 func New(cfg Config) (*Client, error) {
-	return nil, errors.New("wspush client: not built yet")
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &Client{
+		cfg:      cfg,
+		log:      cfg.Logger.With("url", cfg.URL),
+		ctx:      ctx,
+		cancel:   cancel,
+		q:        make(chan event, cfg.QueueSize),
+		room:     make(chan struct{}, 1),
+		kick:     make(chan struct{}, 1),
+		dispDone: make(chan struct{}),
+		keys:     make(map[appKey]*keyState),
+		done:     make(chan struct{}),
+		opened:   make(chan struct{}),
+	}
+	c.q <- event{kind: evState, state: StateEvent{State: StateConnecting}}
+	go c.dispatch()
+	c.runWG.Add(1)
+	go c.run()
+	return c, nil
 }
 
 // Dial is New followed by a wait for the first connection: it returns
@@ -23,62 +89,150 @@ func New(cfg Config) (*Client, error) {
 // (e.g. a *CloseError 4001), or ctx's error, having closed the Client.
 // ctx bounds the wait only; the Client runs until Close.
 func Dial(ctx context.Context, cfg Config) (*Client, error) {
-	return nil, errors.New("wspush client: not built yet")
+	c, err := New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-c.opened:
+		return c, nil
+	case <-c.done:
+		err := c.Err()
+		c.Close()
+		return nil, err
+	case <-ctx.Done():
+		c.mu.Lock()
+		last := c.lastErr
+		c.mu.Unlock()
+		c.Close()
+		if last != nil {
+			return nil, fmt.Errorf("wspush: no connection to %s: %w (last attempt: %v)", cfg.URL, ctx.Err(), last)
+		}
+		return nil, fmt.Errorf("wspush: no connection to %s: %w", cfg.URL, ctx.Err())
+	}
 }
 
-// Subscribe subscribes keys of app and returns after the server acked them
-// all (in commands of at most MaxKeysPerSubscribe keys, paced), or the first
-// error: a *CommandError for an error reply (nothing of this call stays
-// subscribed), ctx's error, ErrClosed. A key may be held by one Subscription
-// at a time. h is called for every message of these keys, from now on and
-// across reconnects, until Unsubscribe or Close.
-func (c *Client) Subscribe(ctx context.Context, app string, keys []string, opts SubscribeOptions, h Handler) (*Subscription, error) {
-	return nil, errors.New("wspush client: not built yet")
+func (cfg *Config) fill() error {
+	u, err := url.Parse(cfg.URL)
+	if err != nil {
+		return fmt.Errorf("wspush client: URL %q: %w", cfg.URL, err)
+	}
+	if u.Scheme != "ws" && u.Scheme != "wss" {
+		return fmt.Errorf("wspush client: URL %q: want ws:// or wss://", cfg.URL)
+	}
+	dur := func(d *time.Duration, def time.Duration) {
+		if *d <= 0 {
+			*d = def
+		}
+	}
+	dur(&cfg.MinBackoff, DefaultMinBackoff)
+	dur(&cfg.MaxBackoff, DefaultMaxBackoff)
+	dur(&cfg.DialTimeout, DefaultDialTimeout)
+	dur(&cfg.ReadTimeout, DefaultReadTimeout)
+	dur(&cfg.CommandTimeout, DefaultCommandTimeout)
+	dur(&cfg.StallTimeout, DefaultStallTimeout)
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = cfg.MinBackoff
+	}
+	num := func(n *int, def int) {
+		if *n <= 0 {
+			*n = def
+		}
+	}
+	num(&cfg.QueueSize, DefaultQueueSize)
+	num(&cfg.CommandBurst, DefaultCommandBurst)
+	num(&cfg.MaxKeysPerSubscribe, DefaultMaxKeysPerSubscribe)
+	num(&cfg.MaxSubscriptions, DefaultMaxSubscriptions)
+	if cfg.CommandRate <= 0 {
+		cfg.CommandRate = DefaultCommandRate
+	}
+	if cfg.MaxMessageSize <= 0 {
+		cfg.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return nil
 }
 
-// Unsubscribe stops keys of app: their Handler is not called for them
-// once Unsubscribe has started. It returns after the server acked, or at
-// once when not connected.
-func (c *Client) Unsubscribe(ctx context.Context, app string, keys []string) error {
-	return errors.New("wspush client: not built yet")
+// State returns the current connection state.
+func (c *Client) State() State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
+
+// Done is closed when the Client ends: Close, or a terminal error.
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+// Err returns why the Client ended: nil while it runs, ErrClosed after
+// Close, else the terminal error (*CloseError, *HandshakeError).
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Close closes the connection (1000) and stops every goroutine of the
+// Client, waiting for them; no Handler is called after it returns. It must
+// not be called from a Handler or OnState (it waits for them to return).
+func (c *Client) Close() error {
+	c.closed.Do(func() {
+		c.cancel()
+		c.runWG.Wait()
+		<-c.dispDone
+		c.mu.Lock()
+		ended := c.err != nil
+		if !ended {
+			c.err = ErrClosed
+			c.state = StateClosed
+			close(c.done)
+		}
+		c.mu.Unlock()
+		if !ended && c.cfg.OnState != nil {
+			c.cfg.OnState(StateEvent{State: StateClosed})
+		}
+	})
+	return nil
+}
+
+// end makes err the reason the Client ended (a terminal error of the
+// connection loop) and queues StateClosed for OnState.
+func (c *Client) end(ev StateEvent) {
+	c.mu.Lock()
+	c.err = ev.Err
+	c.state = StateClosed
+	close(c.done)
+	c.mu.Unlock()
+	c.log.Error("wspush client stopped", "code", ev.Code, "reason", ev.Reason, "error", ev.Err)
+	c.pushState(ev)
+}
+
+func (c *Client) setState(ev StateEvent) {
+	c.mu.Lock()
+	c.state = ev.State
+	c.mu.Unlock()
+	c.pushState(ev)
 }
 
 // Positions returns the position of every subscribed key of app whose
 // Handler has been called at least once (ack, data or reset): what to pass
 // as SubscribeOptions.Since to resume later, e.g. after a restart.
 func (c *Client) Positions(app string) map[string]Position {
-	return nil
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]Position)
+	for ak, e := range c.keys {
+		if ak.app == app && e.hasHandled {
+			out[ak.key] = e.handled
+		}
+	}
+	return out
 }
 
-// State returns the current connection state.
-func (c *Client) State() State { return StateClosed }
-
-// Done is closed when the Client ends: Close, or a terminal error.
-func (c *Client) Done() <-chan struct{} { return nil }
-
-// Err returns why the Client ended: nil while it runs, ErrClosed after
-// Close, else the terminal error (*CloseError, *HandshakeError).
-func (c *Client) Err() error { return nil }
-
-// Close closes the connection (1000) and stops every goroutine of the
-// Client, waiting for them; no Handler is called after it returns. It must
-// not be called from a Handler or OnState.
-func (c *Client) Close() error { return nil }
-
-// Subscription is the keys of one Subscribe.
-type Subscription struct {
-	c    *Client
-	app  string
-	keys []string
-}
-
-// App returns the subscription's app.
-func (s *Subscription) App() string { return s.app }
-
-// Keys returns the keys still subscribed.
-func (s *Subscription) Keys() []string { return append([]string(nil), s.keys...) }
-
-// Unsubscribe unsubscribes the subscription's keys; see Client.Unsubscribe.
-func (s *Subscription) Unsubscribe(ctx context.Context) error {
-	return s.c.Unsubscribe(ctx, s.app, s.Keys())
-}
+// errors that end one connection (the client reconnects).
+var (
+	errStall      = errors.New("the Handler fell behind: the queue stayed full")
+	errSeqGap     = errors.New("the server skipped a seq")
+	errRetryReply = errors.New("a resubscribe was refused for now")
+)

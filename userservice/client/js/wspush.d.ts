@@ -61,7 +61,7 @@ export interface Ack {
   positions: Positions;
   /** Present when the command resumed at least one key with `since`: false means some key got a reset. */
   recovered?: boolean;
-  /** True when this ack is part of a resubscribe after a reconnect. */
+  /** True when the client resubscribed on its own: after a reconnect, or to resume a key after a gap. */
   resumed: boolean;
 }
 
@@ -159,7 +159,11 @@ export declare class Client {
   unsubscribe(app: string, keys: string[]): Promise<void>;
   /** Current positions of the subscribed keys of app. */
   positions(app: string): Positions;
-  /** Closes the connection for good (state "closed"); subscriptions are dropped. */
+  /**
+   * Closes the connection for good (state "closed"); subscriptions are dropped and pending `ready`
+   * promises reject with code "closed". The same happens when the server closes with a code after
+   * which reconnecting cannot help (1002, 1007, 1008, 1009, 4001, and 4003 without getToken).
+   */
   close(): void;
 }
 

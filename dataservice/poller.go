@@ -172,8 +172,13 @@ type Poller struct {
 	started  atomic.Bool
 
 	// listFailing is whether the last Subscriptions.Apps call failed;
-	// guarded by dispatching.
-	listFailing bool
+	// written under dispatching, read by Health.
+	listFailing atomic.Bool
+	// errors counts failed polls and listings; lastSuccess is the
+	// UnixNano of the end of the last poll that asked for IDs and
+	// published without error. Both for Health.
+	errors      atomic.Uint64
+	lastSuccess atomic.Int64
 
 	mu     sync.Mutex
 	round  uint64
@@ -188,6 +193,7 @@ type appState struct {
 	failures     int       // consecutive failed polls
 	failingSince time.Time // first of those failures
 	retryAt      time.Time // no poll before this
+	ids          int       // IDs the last poll asked for (0: another node holds the lease)
 
 	// Owned by the poll that set busy.
 	gen           uint64
@@ -306,14 +312,16 @@ func (p *Poller) startRound(ctx context.Context, wg *sync.WaitGroup, done func(a
 	apps, err := p.subs.Apps(ctx)
 	if err != nil {
 		err = fmt.Errorf("list subscribed apps: %w", err)
-		if !p.listFailing && ctx.Err() == nil {
-			p.listFailing = true
+		if ctx.Err() == nil {
+			p.errors.Add(1)
+		}
+		if !p.listFailing.Load() && ctx.Err() == nil {
+			p.listFailing.Store(true)
 			p.log.Warn("poller cannot list subscribed apps", "err", err)
 		}
 		return err
 	}
-	if p.listFailing {
-		p.listFailing = false
+	if p.listFailing.Swap(false) {
 		p.log.Info("poller lists subscribed apps again")
 	}
 
@@ -402,6 +410,7 @@ func (p *Poller) finish(ctx context.Context, app string, st *appState, err error
 	case ctx.Err() != nil:
 		// Stopping: the error is the cancellation, not the data center.
 	default:
+		p.errors.Add(1)
 		st.failures++
 		delay = p.backoff(st.failures)
 		st.retryAt = now.Add(delay)
@@ -443,6 +452,9 @@ func (p *Poller) backoff(n int) time.Duration {
 // node holds the app's lease. The caller holds st.busy.
 func (p *Poller) pollApp(ctx context.Context, app string, st *appState) error {
 	if held, err := p.holdsLease(ctx, app, st); err != nil || !held {
+		if err == nil {
+			p.setIDs(st, 0)
+		}
 		return err
 	}
 	keys, err := p.subs.Keys(ctx, app)
@@ -454,11 +466,15 @@ func (p *Poller) pollApp(ctx context.Context, app string, st *appState) error {
 	slices.Sort(keys)
 	keys = slices.Compact(keys)
 	st.track(keys)
+	p.setIDs(st, len(keys))
 	for start := 0; start < len(keys); start += p.cfg.ChunkSize {
 		chunk := keys[start:min(start+p.cfg.ChunkSize, len(keys))]
 		if err := p.pollChunk(ctx, app, st, chunk); err != nil {
 			return fmt.Errorf("keys %d to %d of %d: %w", start+1, start+len(chunk), len(keys), err)
 		}
+	}
+	if len(keys) > 0 {
+		p.lastSuccess.Store(time.Now().UnixNano())
 	}
 	return nil
 }

@@ -241,7 +241,7 @@ func (n *Node) emitLocked(ch *channel, p *proto.Publication) {
 		}
 		delivered += len(list)
 	}
-	n.metrics.deliveries.Add(float64(delivered))
+	n.metrics.countDeliveries(delivered)
 }
 
 // resetLocked moves ch to pos and tells every subscriber: the positions

@@ -1,6 +1,8 @@
 package middle
 
 import (
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wspush/wspush/proto"
@@ -18,6 +20,12 @@ type metrics struct {
 	positionLags   prometheus.Counter
 	subscribes     prometheus.Counter
 	httpReqs       *prometheus.CounterVec // by status code
+
+	// publications and delivered count what published and deliveries
+	// count, for Node.Stats (the operator endpoint) without gathering the
+	// registry; countPublished and countDeliveries add to both.
+	publications atomic.Uint64
+	delivered    atomic.Uint64
 }
 
 func newMetrics(reg prometheus.Registerer, h *hub, queues []chan proto.Publication, store Store) *metrics {

@@ -282,7 +282,7 @@ func (n *Node) PublishFenced(ctx context.Context, source string, fence uint64, p
 			err = fmt.Errorf("publish %s.%s: %w", p.App, p.Key, err)
 		}
 	}
-	n.metrics.published.WithLabelValues(source).Add(float64(len(seqs)))
+	n.metrics.countPublished(source, len(seqs))
 	if err != nil {
 		n.metrics.publishErrs.Add(float64(len(pubs) - len(seqs)))
 	}

@@ -117,7 +117,7 @@ func (n *Node) Subscribe(ctx context.Context, s Subscriber, req SubscribeRequest
 			n.index.Add(ch.app, ch.key, s.ConnID())
 		}
 	}
-	n.metrics.deliveries.Add(float64(delivered))
+	n.metrics.countDeliveries(delivered)
 	return nil
 }
 

@@ -1,29 +1,57 @@
-// wspush dashboard: plain ES module, no dependencies. Protocol: see docs/PROTOCOL.md.
+// wspush dashboard v2: plain ES modules, no dependencies. It talks to the
+// server through the JS client served at /client.js, which tracks positions,
+// reconnects and resumes (docs/PROTOCOL.md, The client rule), and batches and
+// paces its commands under the server's command rate.
+import { Client } from '/client.js';
+import { Series, plot, fit, fmtMs, fmtNum, readTheme, themeColor } from './chart.js';
+import { startOps } from './ops.js';
+
 const $ = (id) => document.getElementById(id);
 const ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
 const ID_HELP = 'use 1–64 characters of A–Z a–z 0–9 _ -';
-const SPARK_N = 60, LOG_N = 50, KEYS_PER_CMD = 100, PING_EVERY = 25000;
+const MAX_SENSORS = 1000; // the server's --max-subscriptions default
+const TABLE_FROM = 48;    // more sensors than this switch the page to the table view
+const LOG_N = 50;
+const RATE_S = 10;        // the rate is averaged over this many whole seconds
+
+// docs/PROTOCOL.md, Close codes. A refused upgrade (bad origin, 503, 429)
+// never reaches WebSocket: the browser reports 1006 with no reason, the
+// same as an unreachable server.
 const CLOSE_MEANING = {
-  1000: 'normal closure', 1001: 'going away (server shutting down)', 1005: 'no status code',
-  1006: 'abnormal closure (no close frame: server unreachable, or handshake refused, e.g. bad token)',
-  1008: 'policy violation (rate limit or abuse)', 1009: 'message too large', 1011: 'internal server error',
-  4001: 'unauthorized (check the token)', 4008: 'too slow (outgoing queue overflowed)',
+  1000: 'closed',
+  1001: 'server going away (shutting down, or the connection was silent)',
+  1002: 'protocol error: a frame broke RFC 6455',
+  1005: 'closed without a status code',
+  1006: 'connection failed (server unreachable, or refused: origin/limits)',
+  1007: 'a command was not valid UTF-8',
+  1008: 'closed by policy: command rate exceeded, too many bad commands, or a message not completed in time',
+  1009: 'a message was too large',
+  1011: 'server internal error',
+  1012: 'server restarting',
+  1013: 'server overloaded: try again later',
+  4001: 'bad token: none, or an invalid one',
+  4003: 'token expired',
+  4008: 'too slow: this page did not read fast enough',
 };
 const RESET_MEANING = { // docs/PROTOCOL.md, Reset
-  epoch: 'the server lost this key\'s stream and started a new epoch',
+  epoch: 'the server lost this key’s stream (restart, data loss or eviction) and started a new epoch',
   gap: 'values were published that the server can no longer deliver',
 };
 
-const subs = new Map();    // "app/key" -> subscription state
-const pending = new Map(); // command id -> command sent (to match ack/error/pong)
-let ws = null, nextId = 1, retry = 0, retryTimer = 0, manualClose = false;
-let totalMsgs = 0, lastTotal = 0;
+const sensors = new Map(); // "app/key" -> sensor, in the order added (the page never reorders them)
+let client = null;
+let connState = 'connecting';
+let selected = null;       // the sensor in the detail chart
+let windowMs = 60000;
+let view = 'cards', viewChosen = false;
+let totalValues = 0, lastTotal = 0, rateNow = 0;
 
 // ---------- small helpers ----------
 function el(tag, props = {}, ...kids) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(props)) {
     if (k === 'class') e.className = v;
+    else if (k === 'text') e.textContent = v;
     else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
     else e.setAttribute(k, v);
   }
@@ -31,363 +59,512 @@ function el(tag, props = {}, ...kids) {
   return e;
 }
 const pad = (n, w = 2) => String(n).padStart(w, '0');
-function fmtTime(ms) {
-  const d = new Date(ms), t = `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
-  return d.toDateString() === new Date().toDateString() ? t : `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${t}`;
-}
-function fmtAge(ms) {
-  const a = Math.abs(ms), s = ms < 0 ? '−' : '';
-  if (a < 10000) return `${s}${(a / 1000).toFixed(1)} s`;
-  if (a < 120000) return `${s}${Math.round(a / 1000)} s`;
-  if (a < 7200000) return `${s}${Math.round(a / 60000)} min`;
-  return `${s}${Math.round(a / 3600000)} h`;
-}
-const short = (keys) => (keys.length > 6 ? `${keys.slice(0, 6).join(' ')} …+${keys.length - 6}` : keys.join(' '));
+const fmtClock = (ms) => { const d = new Date(ms); return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`; };
+const plural = (n, w) => `${n.toLocaleString('en')} ${w}${n === 1 ? '' : 's'}`;
 const hex = (b) => Array.from(b, (x) => pad(x.toString(16))).join(' ');
+// setText changes an element's text in place: no new Text node per value.
+function setText(node, text) {
+  const t = node.firstChild;
+  if (t && t.nodeType === 3 && !t.nextSibling) { if (t.data !== text) t.data = text; } else if (node.textContent !== text) node.textContent = text;
+}
+function setAttr(node, name, v) { if (node.getAttribute(name) !== v) node.setAttribute(name, v); }
 
 function log(level, text) {
   const list = $('log');
-  list.prepend(el('li', { class: level }, el('time', {}, fmtTime(Date.now())), ' ', text));
+  list.prepend(el('li', { class: level }, el('time', { text: fmtClock(Date.now()) }), ' ', text));
   while (list.children.length > LOG_N) list.lastChild.remove();
 }
-function setConn(state, text) {
-  const c = $('conn');
-  c.className = `pill ${state}`;
-  c.textContent = text;
+
+function closeText(code, reason) {
+  const meaning = CLOSE_MEANING[code] ?? 'closed';
+  return `${meaning} [${code}${reason ? `: “${reason}”` : ''}]`;
 }
 
 // ---------- connection ----------
 function connect() {
-  clearTimeout(retryTimer);
-  manualClose = false;
-  if (ws) { const old = ws; ws = null; old.close(1000, 'reconnect'); }
+  if (client) { const old = client; client = null; old.close(); }
   const token = $('token').value.trim();
-  const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws${token ? `?token=${encodeURIComponent(token)}` : ''}`;
-  setConn('connecting', retry ? `connecting… (attempt ${retry + 1})` : 'connecting…');
-  const sock = new WebSocket(url);
-  sock.binaryType = 'arraybuffer';
-  ws = sock;
-  sock.onopen = () => {
-    if (ws !== sock) return;
-    retry = 0;
-    setConn('open', 'open');
-    log('ok', `connected to ${url.replace(/token=[^&]*/, 'token=…')}`);
-    resumeAll();
-  };
-  sock.onmessage = (ev) => { if (ws === sock) onMessage(ev.data); };
-  sock.onclose = (ev) => {
-    if (ws !== sock) return; // replaced by a newer socket
-    ws = null;
-    pending.clear();
-    for (const s of subs.values()) if (!s.failed) { s.state = 'waiting'; markDirty(s); }
-    const meaning = CLOSE_MEANING[ev.code];
-    const text = `closed ${ev.code}${ev.reason ? ` “${ev.reason}”` : ''}${meaning ? ` — ${meaning}` : ''}`;
-    log(ev.code === 1000 || ev.code === 1001 ? 'warn' : 'error', text);
-    if (manualClose) return setConn('closed', `${text} (press Connect)`);
-    if (ev.code === 4001) return setConn('closed', `${text}; fix it and press Connect`);
-    const delay = Math.min(30000, 500 * 2 ** retry) * (0.5 + Math.random() / 2);
-    retry++;
-    setConn('closed', `${text} — reconnecting in ${(delay / 1000).toFixed(1)} s`);
-    retryTimer = setTimeout(connect, delay);
-  };
+  const c = new Client(undefined, token ? { token } : {});
+  client = c;
+  c.on('state', (e) => { if (client === c) onState(e); });
+  // Errors that answer a command (they carry its id) are reported where the
+  // command's promise settles; the rest (protocol breaches, a failed token
+  // callback) are logged here.
+  c.on('error', (e) => { if (client === c && e.id === undefined) log('error', e.message); });
+  const live = [...sensors.values()].filter((s) => s.state !== 'stopped');
+  for (const s of live) setState(s, 'waiting');
+  subscribeSensors(live);
 }
 
-function send(op, fields = {}, meta = {}) {
-  if (!ws || ws.readyState !== WebSocket.OPEN) return false;
-  const cmd = { op, id: nextId++, ...fields };
-  pending.set(cmd.id, { ...cmd, ...meta, t0: performance.now() });
-  ws.send(JSON.stringify(cmd));
-  return true;
-}
-
-// Each subscription keeps its position s.pos = {seq, epoch} (docs/PROTOCOL.md,
-// Tracking positions): set by the ack and by resets, advanced by data. epoch is
-// null when the server is older than positions (its acks have none); such a
-// key is resumed with a bare seq.
-const sinceOf = (s) => (s.pos.epoch ? { seq: s.pos.seq, epoch: s.pos.epoch } : s.pos.seq);
-// resumable: the key has a position to resume from. A fresh key (no data since
-// its ack) subscribes anew instead, so that it still gets the latest value.
-const resumable = (s) => s.pos && !s.fresh && (s.pos.epoch || s.pos.seq > 0);
-
-// Subscribes a list of subscriptions of one app and format. Keys with a
-// position are resumed with since, so nothing published meanwhile is missed.
-function sendSubscribe(list) {
-  const { app, format } = list[0];
-  const chunks = (arr) => Array.from({ length: Math.ceil(arr.length / KEYS_PER_CMD) }, (_, i) => arr.slice(i * KEYS_PER_CMD, (i + 1) * KEYS_PER_CMD));
-  for (const c of chunks(list.filter((s) => !resumable(s)))) send('subscribe', { app, keys: c.map((s) => s.key), format });
-  for (const c of chunks(list.filter(resumable))) {
-    send('subscribe', { app, keys: c.map((s) => s.key), format, since: Object.fromEntries(c.map((s) => [s.key, sinceOf(s)])) });
+function onState({ state, code, reason, delay, attempt }) {
+  connState = state;
+  const conn = $('conn');
+  conn.dataset.state = state;
+  let text;
+  if (state === 'open') text = 'connected';
+  else if (state === 'connecting') text = 'connecting…';
+  else if (state === 'reconnecting') text = `${code ? closeText(code, reason) : 'disconnected'} — reconnecting in ${((delay ?? 0) / 1000).toFixed(1)} s${attempt > 1 ? ` (attempt ${attempt})` : ''}`;
+  else text = code ? `${closeText(code, reason)} — press Connect` : 'closed — press Connect';
+  if (state === 'closed' && code === 4001) text = `${closeText(code, reason)} — enter a valid token and press Connect`;
+  conn.textContent = text;
+  conn.title = text;
+  if (state === 'open') {
+    log('ok', 'connected');
+    ops?.poll();
+  } else if (code && state !== 'connecting') {
+    log(code === 1000 || code === 1001 ? 'warn' : 'error', `${closeText(code, reason)}${state === 'reconnecting' ? ', reconnecting' : ''}`);
   }
+  if (state !== 'open') for (const s of sensors.values()) if (s.state === 'live') setState(s, 'waiting');
 }
-function resumeAll() {
+
+// subscribeSensors subscribes sensors through the client: grouped by app
+// and format; a sensor that already had values resumes from its position,
+// one that had none asks for the latest value (docs/PROTOCOL.md, The client
+// rule, 4). The client splits and paces the commands.
+function subscribeSensors(list) {
   const groups = new Map();
-  for (const s of subs.values()) {
-    if (s.failed) continue;
-    const g = `${s.app}\n${s.format}`;
-    if (!groups.has(g)) groups.set(g, []);
-    groups.get(g).push(s);
+  for (const s of list) {
+    const resume = s.pos && s.hadData;
+    const g = `${s.app}\n${s.format}\n${resume}`;
+    if (!groups.has(g)) groups.set(g, { app: s.app, format: s.format, resume, list: [] });
+    groups.get(g).list.push(s);
   }
-  for (const list of groups.values()) sendSubscribe(list);
-}
-
-// ---------- incoming ----------
-function decodeBinary(buf) {
-  const v = new DataView(buf), td = new TextDecoder();
-  if (v.getUint8(0) !== 1) throw new Error(`unknown binary frame version ${v.getUint8(0)}`);
-  const flags = v.getUint8(1);
-  let o = 2;
-  const str = () => { const n = v.getUint16(o); const s = td.decode(new Uint8Array(buf, o + 2, n)); o += 2 + n; return s; };
-  const app = str(), key = str();
-  const seq = Number(v.getBigUint64(o)), ts = Number(v.getBigInt64(o + 8));
-  const payload = new Uint8Array(buf, o + 16);
-  return { app, key, seq, ts, value: flags & 1 ? JSON.parse(td.decode(payload)) : payload, binary: true };
-}
-const b64bytes = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
-
-function onMessage(data) {
-  let m;
-  try {
-    if (typeof data !== 'string') return onData(decodeBinary(data));
-    m = JSON.parse(data);
-  } catch (err) {
-    return log('error', `undecodable ${typeof data === 'string' ? 'text' : 'binary'} frame: ${err.message}`);
-  }
-  const p = pending.get(m.id);
-  if (m.op !== 'data') pending.delete(m.id);
-  const about = p ? ` ${p.op}${p.keys ? ` ${p.app} [${short(p.keys)}]` : ''}` : '';
-  switch (m.op) {
-    case 'data':
-      return onData({ app: m.app, key: m.key, seq: m.seq, ts: m.ts, value: 'b64' in m ? b64bytes(m.b64) : m.data });
-    case 'ack': {
-      const rec = 'recovered' in m ? ` recovered:${m.recovered}` : '';
-      log(m.recovered === false ? 'warn' : 'ok', `ack #${m.id}${about}${p?.since ? ' (resume)' : ''}${rec}`);
-      if (p?.op !== 'subscribe') return;
-      for (const k of p.keys) {
-        const s = subs.get(`${p.app}/${k}`);
-        if (s) onAck(s, m, p.since?.[k]);
-      }
-      return;
+  for (const { app, format, resume, list: group } of groups.values()) {
+    const keys = group.map((s) => s.key);
+    const opts = { format, onData, onReset, onAck };
+    if (resume) opts.since = Object.fromEntries(group.map((s) => [s.key, { seq: s.pos.seq, epoch: s.pos.epoch }]));
+    let sub;
+    try {
+      sub = client.subscribe(app, keys, opts);
+    } catch (err) {
+      refuse(group, err);
+      continue;
     }
-    case 'reset':
-      return onReset(m);
-    case 'pong': {
-      const rtt = p ? `${(performance.now() - p.t0).toFixed(1)} ms` : '?';
-      $('stats').dataset.rtt = `RTT ${rtt}`;
-      if (!p?.auto) log('ok', `pong #${m.id} in ${rtt}`);
-      return;
-    }
-    case 'error':
-      log('error', `error${m.id ? ` #${m.id}` : ''} ${m.code}: ${m.message}${about ? ` (reply to${about})` : ''}`);
-      if (p?.op === 'subscribe') {
-        for (const k of p.keys) {
-          const s = subs.get(`${p.app}/${k}`);
-          if (s) { s.failed = true; s.state = `error: ${m.code}`; markDirty(s); }
-        }
-      }
-      return;
-    default:
-      log('warn', `unknown message op “${m.op}”`);
+    sub.ready.then((a) => {
+      log(a.recovered === false ? 'warn' : 'ok', `subscribed ${app}: ${plural(keys.length, 'key')} (${format}${resume ? `, resumed: ${a.recovered === false ? 'NOT recovered' : 'recovered'}` : ''})`);
+    }, (err) => refuse(group, err));
   }
 }
 
-const fmtPos = (pos) => (pos ? `seq ${pos.seq}${pos.epoch ? ` epoch ${pos.epoch}` : ''}` : 'none');
-
-// onAck applies a subscribe ack to one of its keys (since: what the request
-// asked to resume from, if anything).
-function onAck(s, m, since) {
-  const at = m.positions?.[s.key]; // absent from a server older than positions
-  if (since === undefined) {
-    // The latest value follows, with seq == position (or position + 1 if a
-    // live value got there first).
-    s.pos = at ? { seq: at.seq, epoch: at.epoch } : null;
-    s.state = 'live';
-  } else {
-    // The position stays where we resume from; the ack tells its epoch when
-    // the bare form was sent. A key that cannot resume gets a reset next.
-    if (at) s.pos = { seq: s.pos?.seq ?? 0, epoch: at.epoch };
-    s.state = m.recovered === false ? (at ? 'resumed' : 'resumed · NOT recovered') : 'resumed · recovered';
+function refuse(group, err) {
+  // "closed": the keys were unsubscribed before their ack, or this client
+  // was replaced or closed; the sensors' state says so already.
+  if (err?.code === 'closed') return;
+  for (const s of group) {
+    if (s.state === 'stopped') continue;
+    s.state = 'stopped';
+    s.stoppedAt = s.lastSeq;
+    s.note = `refused: ${err.code ?? 'error'}`;
+    markDirty(s);
   }
-  s.fresh = since === undefined;
-  // A server without positions sends no reset: after a resume it may jump.
-  s.legacyJump = at || since === undefined ? ''
-    : m.recovered === false ? 'history did not reach back (recovered:false)' : 'a server without positions cannot say why';
-  markDirty(s);
+  $('sub-msg').textContent = `Subscribe refused (${err.code ?? 'error'}): ${err.message}`;
+  log('error', `subscribe ${group[0].app} (${plural(group.length, 'key')}) refused: ${err.message}`);
+  updateCounts();
 }
 
-// onReset: the server says where the key's stream continues; what lies
-// between our position and it will never come (docs/PROTOCOL.md, Reset).
-function onReset(m) {
-  const id = `${m.app}/${m.key}`, s = subs.get(id);
-  if (!s) return;
-  const was = s.pos;
-  s.pos = { seq: m.seq, epoch: m.epoch };
-  s.fresh = false;
-  s.legacyJump = '';
+// ---------- values ----------
+function onAck(a) {
+  for (const key of a.keys) {
+    const s = sensors.get(`${a.app}/${key}`);
+    const at = a.positions?.[key];
+    if (!s || !at || s.state === 'stopped') continue;
+    if (!s.hadData) s.pos = { seq: at.seq, epoch: at.epoch };
+    else if (s.pos) s.pos.epoch = at.epoch;
+  }
+}
+
+function onReset(r) {
+  const s = sensors.get(`${r.app}/${r.key}`);
+  if (!s || s.state === 'stopped') return;
+  const was = s.pos ? `seq ${s.pos.seq}` : 'none';
+  s.pos = { seq: r.seq, epoch: r.epoch };
+  s.hadData = true; // a reset ends freshness: resume from it
   s.resets++;
-  s.state = `reset · ${m.reason}`;
-  log('warn', `RESET ${id} (${m.reason}: ${RESET_MEANING[m.reason] ?? 'unknown reason'}): position ${fmtPos(was)} → ${fmtPos(s.pos)}; values in between are lost`);
-  markDirty(s);
+  s.note = `NOT recovered (${r.reason}): values after ${was} lost`;
+  s.noteTitle = RESET_MEANING[r.reason] ?? r.reason;
+  s.series.mark(Date.now(), r.reason);
+  setState(s, 'reset');
+  log('warn', `RESET ${s.id} (${r.reason}: ${RESET_MEANING[r.reason] ?? 'unknown reason'}): position ${was} → seq ${r.seq}`);
 }
 
-function onData(d) {
-  totalMsgs++;
-  const id = `${d.app}/${d.key}`, s = subs.get(id);
-  if (!s) return; // late value for a cancelled key
-  const pos = s.pos, fresh = s.fresh, jump = s.legacyJump;
-  s.fresh = false;
-  s.legacyJump = '';
-  // docs/PROTOCOL.md, Tracking positions: seq == position + 1, or, first after
-  // an ack without since, the latest value (== position). Without a position
-  // (an old server) anything goes, and so does its first value after a resume.
-  if (!pos || d.seq === pos.seq + 1 || (fresh && d.seq === pos.seq)) {
-    // in order
-  } else if (jump) {
-    log('info', `${id}: seq ${pos.seq} → ${d.seq} after the resume: ${jump}; following it`);
-  } else if (d.seq <= pos.seq) {
-    log('warn', `${id}: seq ${d.seq} already seen (position ${fmtPos(pos)}), ignored`);
-    return;
-  } else {
-    s.gaps++;
-    log('error', `GAP ${id}: seq ${pos.seq} → ${d.seq}, ${d.seq - pos.seq - 1} missed without a reset — should never happen`);
-  }
-  s.pos = { seq: d.seq, epoch: pos?.epoch ?? null };
-  Object.assign(s, { lastSeq: d.seq, ts: d.ts, value: d.value, binary: !!d.binary });
+const BUCKETS = RATE_S + 1;
+function onData(p) {
+  const s = sensors.get(`${p.app}/${p.key}`);
+  if (!s || s.state === 'stopped') return; // in flight before the unsubscribe took effect
+  const now = Date.now();
+  totalValues++;
+  s.pos = { seq: p.seq, epoch: p.epoch };
+  s.hadData = true;
+  s.lastSeq = p.seq;
+  s.ts = p.ts;
+  s.lat = now - p.ts;
+  s.value = p.json ? p.data : p.bytes;
   s.count++;
-  track(s, d.value);
-  markDirty(s);
-}
-// Keeps the last SPARK_N values of each numeric field (up to 8). The sparkline
-// shows the field the user picked, else the first numeric field that varies.
-function track(s, v) {
-  const obj = v && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array);
-  const nums = typeof v === 'number' ? [['value', v]] : obj ? Object.entries(v).filter(([, x]) => typeof x === 'number').slice(0, 8) : [];
-  for (const [k, x] of nums) {
-    const h = (s.hist[k] ??= []);
-    h.push(x);
-    if (h.length > SPARK_N) h.shift();
+  // values per second: counts per wall-clock second, over the last RATE_S whole seconds
+  const sec = Math.floor(now / 1000);
+  if (sec !== s.sec) {
+    for (let x = s.sec + 1; x <= sec && x <= s.sec + BUCKETS; x++) s.buckets[x % BUCKETS] = 0;
+    s.sec = sec;
   }
-  if (!s.picked && nums.length) s.field = nums.find(([k]) => new Set(s.hist[k]).size > 1)?.[0] ?? nums[0][0];
+  s.buckets[sec % BUCKETS]++;
+  const v = s.value;
+  const nums = typeof v === 'number' ? [['value', v]]
+    : v && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array) ? Object.entries(v).filter(([, x]) => typeof x === 'number') : [];
+  s.series.push(p.ts, s.lat, nums);
+  if (s.state !== 'live') { s.note = ''; setState(s, 'live'); } else markDirty(s);
+  s.chartDirty = true;
 }
 
-// ---------- rendering ----------
+function rateOf(s, now = Date.now()) {
+  const sec = Math.floor(now / 1000);
+  if (s.sec < 0 || sec - s.sec > RATE_S) return 0;
+  let n = 0;
+  for (let x = sec - RATE_S; x < sec; x++) if (x > s.sec - BUCKETS && x <= s.sec) n += s.buckets[x % BUCKETS];
+  const since = Math.max(1, Math.min(RATE_S, sec - Math.floor(s.first / 1000)));
+  return n / since;
+}
+
+// ---------- sensor elements ----------
+// One element per sensor, the same in both views (CSS lays it out as a card
+// or as a table row): [data-sensor] with data-state, data-seq, data-format.
+function makeElement(s) {
+  const e = {};
+  const id = s.id;
+  e.root = el('article', { class: 'sensor', 'data-sensor': id, 'data-state': s.state, 'data-seq': '', 'data-format': s.format, 'aria-label': id });
+  e.name = el('button', { type: 'button', class: 'name', 'aria-pressed': 'false', title: `Show ${id} in the chart above` }, s.key, ' ', el('small', { class: 'muted', text: s.app }));
+  e.state = el('span', { class: 'state' });
+  e.value = el('span', { class: 'value', text: '…' });
+  e.seq = el('span', { class: 'seq', title: 'last seq received' });
+  e.rate = el('span', { class: 'rate', title: 'values per second over the last 10 s' });
+  e.lat = el('span', { class: 'lat', title: 'end-to-end latency of the last value: now − ts (includes any clock difference with the source)' });
+  e.age = el('span', { class: 'age', title: 'age of the last value (now − ts)' });
+  e.recovery = el('span', { class: 'recovery' });
+  e.format = el('select', { class: 'format', 'aria-label': `Format of ${id}`, title: 'Format of the data frames: switching resubscribes from the last position' },
+    el('option', { text: 'json' }), el('option', { text: 'binary' }));
+  e.format.value = s.format;
+  e.cancel = el('button', { type: 'button', class: 'cancel', 'aria-label': `Cancel ${id}`, text: 'Cancel' });
+  e.resume = el('button', { type: 'button', class: 'resume', 'aria-label': `Resume ${id}`, text: 'Resume', hidden: '' });
+  e.canvas = el('canvas', { class: 'chart', role: 'img', 'aria-label': `${id}: no values yet` });
+  e.root.append(e.name, e.state, e.value, e.seq, e.rate, e.lat, e.age, e.recovery,
+    el('span', { class: 'actions' }, e.format, e.cancel, e.resume), e.canvas);
+  e.root.sensor = s;
+  s.el = e;
+  s.r = {}; // what was last written, to write only changes
+  visibility.observe(e.root);
+  resizes.observe(e.canvas);
+}
+
+// Delegated handlers: one listener for every sensor element.
+$('sensors').addEventListener('click', (ev) => {
+  const root = ev.target.closest('[data-sensor]');
+  if (!root) return;
+  const s = root.sensor;
+  if (ev.target.closest('button.cancel')) cancel([s]);
+  else if (ev.target.closest('button.resume')) resume([s]);
+  else if (!ev.target.closest('select')) select(s);
+});
+$('sensors').addEventListener('change', (ev) => {
+  if (!ev.target.matches('select.format')) return;
+  changeFormat(ev.target.closest('[data-sensor]').sensor, ev.target.value);
+});
+
+function setState(s, state) {
+  s.state = state;
+  markDirty(s);
+}
+
+const STATE_TEXT = { waiting: 'waiting', live: 'live', reset: 'reset', stopped: 'stopped' };
+
+// render writes a sensor's changed fields; it runs in an animation frame,
+// for the sensors that changed since the last one, and never reads layout.
+// An element off screen gets its data attributes only; its text is written
+// when it scrolls into view.
+function render(s, now) {
+  const e = s.el, r = s.r;
+  if (r.state !== s.state) { r.state = s.state; e.root.dataset.state = s.state; }
+  if (r.format !== s.format) { r.format = s.format; e.root.dataset.format = s.format; e.format.value = s.format; }
+  const seq = s.count || s.lastSeq ? String(s.lastSeq) : '';
+  if (r.seq !== seq) { r.seq = seq; e.root.dataset.seq = seq; }
+  if (!visible.has(s) && s !== selected && r.drawn) { r.stale = true; return; }
+  r.drawn = true;
+  r.stale = false;
+  setText(e.seq, seq || '–');
+  setText(e.state, s.state === 'stopped' ? `stopped at seq ${s.stoppedAt || '–'}` : STATE_TEXT[s.state]);
+  const stopped = s.state === 'stopped';
+  if (r.stopped !== stopped) { r.stopped = stopped; e.cancel.hidden = stopped; e.resume.hidden = !stopped; }
+  setText(e.recovery, s.note);
+  if (s.noteTitle && s.note) setAttr(e.recovery, 'title', s.noteTitle);
+  if (r.count !== s.count) { r.count = s.count; setText(e.value, valueText(s.value)); }
+  renderStats(s, now);
+}
+
+function renderStats(s, now) {
+  const e = s.el;
+  if (!s.count) { setText(e.rate, '–/s'); setText(e.lat, '–'); setText(e.age, '–'); return; }
+  setText(e.rate, s.state === 'stopped' ? '–/s' : `${rateOf(s, now).toFixed(1)}/s`);
+  setText(e.lat, fmtMs(s.lat));
+  setText(e.age, fmtMs(now - s.ts));
+}
+
+function valueText(v) {
+  if (v === undefined) return '…';
+  if (v instanceof Uint8Array) return `${v.length} bytes: ${hex(v.subarray(0, 16))}${v.length > 16 ? ' …' : ''}`;
+  if (v && typeof v === 'object' && !Array.isArray(v)) return Object.entries(v).map(([k, x]) => `${k} ${typeof x === 'object' ? JSON.stringify(x) : x}`).join(' · ');
+  return JSON.stringify(v);
+}
+
+// ---------- batched rendering ----------
 const dirty = new Set();
 let raf = 0;
 function markDirty(s) {
   dirty.add(s);
-  if (!raf) raf = requestAnimationFrame(() => { raf = 0; for (const x of dirty) render(x); dirty.clear(); });
+  if (!raf) raf = requestAnimationFrame(frame);
+}
+function frame() {
+  raf = 0;
+  const now = Date.now();
+  for (const s of dirty) if (s.el) render(s, now);
+  dirty.clear();
+  drawCharts(now, false);
 }
 
-const NS = 'http://www.w3.org/2000/svg';
-function makeCard(s) {
-  const c = {};
-  const svg = document.createElementNS(NS, 'svg');
-  svg.setAttribute('viewBox', '0 0 120 32');
-  svg.setAttribute('preserveAspectRatio', 'none');
-  svg.setAttribute('role', 'img');
-  c.line = document.createElementNS(NS, 'polyline');
-  svg.append(c.line);
-  c.svg = svg;
-  c.root = el('article', { class: 'card', 'aria-label': `${s.app}/${s.key}` },
-    el('header', {},
-      el('h3', { title: `${s.app}/${s.key}` }, s.key, ' ', el('small', { class: 'muted' }, s.app)),
-      el('button', { type: 'button', class: 'cancel', 'aria-label': `Cancel ${s.app}/${s.key}`, onclick: () => unsubscribe(s) }, 'Cancel')),
-    el('div', { class: 'badges' }, el('span', { class: 'badge' }, s.format), c.state = el('span', { class: 'badge state' })),
-    c.value = el('div', { class: 'value' }, el('span', { class: 'muted' }, 'waiting for a value…')),
-    el('div', { class: 'spark' }, svg, c.range = el('span', { class: 'muted small' })),
-    el('p', { class: 'meta small' },
-      'seq ', c.seq = el('b', {}, '–'), c.epoch = el('span', {}), ' · ', c.time = el('time', {}, '–'),
-      ' · age ', c.age = el('span', {}, '–'), ' · ', c.count = el('span', {}, '0 values'),
-      c.resets = el('span', { class: 'reset' }), c.gaps = el('span', { class: 'gap' })));
-  return c;
-}
-
-function renderValue(s, box, v) {
-  const show = (x) => (typeof x === 'string' ? x : JSON.stringify(x, null, 2));
-  if (v instanceof Uint8Array) {
-    box.replaceChildren(el('code', {}, `${v.length} bytes: ${hex(v.subarray(0, 24))}${v.length > 24 ? ' …' : ''}`));
-  } else if (v && typeof v === 'object' && !Array.isArray(v)) {
-    const pick = (k) => () => { s.field = k; s.picked = true; markDirty(s); }; // chart another field
-    box.replaceChildren(el('dl', {}, ...Object.entries(v).flatMap(([k, x]) => [
-      el('dt', {}, typeof x === 'number' ? el('button', { type: 'button', class: 'field', 'aria-pressed': String(k === s.field), title: 'Show in sparkline', onclick: pick(k) }, k) : k),
-      el('dd', {}, show(x))])));
-  } else {
-    box.replaceChildren(el('pre', {}, JSON.stringify(v, null, 2)));
+// Which sensor elements are on screen: only those get their stats and
+// charts refreshed every tick (an off-screen one catches up when it shows).
+const visible = new Set();
+const visibility = new IntersectionObserver((entries) => {
+  for (const en of entries) {
+    const s = en.target.sensor;
+    if (en.isIntersecting) { visible.add(s); s.chartDirty = true; if (s.r.stale) markDirty(s); } else visible.delete(s);
   }
-}
-
-function render(s) {
-  const c = s.card;
-  c.state.textContent = s.state;
-  c.state.dataset.kind = s.failed || s.state.includes('NOT') ? 'bad'
-    : s.state === 'waiting' || s.state === 'pending' ? 'wait' : s.state.startsWith('reset') ? 'warn' : 'ok';
-  c.root.classList.toggle('stale', s.state === 'waiting');
-  c.epoch.textContent = s.pos?.epoch ? ` · epoch ${s.pos.epoch}` : '';
-  c.resets.textContent = s.resets ? ` · ${s.resets} reset${s.resets > 1 ? 's' : ''}` : '';
-  if (!s.count) return;
-  renderValue(s, c.value, s.value);
-  c.seq.textContent = s.lastSeq;
-  c.time.textContent = fmtTime(s.ts);
-  c.time.setAttribute('datetime', new Date(s.ts).toISOString());
-  c.count.textContent = `${s.count} value${s.count === 1 ? '' : 's'}`;
-  c.gaps.textContent = s.gaps ? ` · ${s.gaps} gap${s.gaps > 1 ? 's' : ''}!` : '';
-  const v = s.hist[s.field] ?? [];
-  if (v.length) {
-    const min = Math.min(...v), max = Math.max(...v), step = 120 / (SPARK_N - 1);
-    c.line.setAttribute('points', v.map((y, i) => `${(120 - (v.length - 1 - i) * step).toFixed(1)},${(max === min ? 16 : 30 - ((y - min) / (max - min)) * 28).toFixed(1)}`).join(' '));
-    c.range.textContent = `${s.field ?? 'value'} ${min}–${max}`;
-    c.svg.setAttribute('aria-label', `${s.field ?? 'value'}, last ${v.length} values, from ${min} to ${max}, latest ${v[v.length - 1]}`);
+});
+// Canvas sizes, cached here so that drawing never reads layout.
+const sizes = new WeakMap();
+const resizes = new ResizeObserver((entries) => {
+  for (const en of entries) {
+    const b = en.contentBoxSize?.[0];
+    sizes.set(en.target, b ? { w: b.inlineSize, h: b.blockSize } : { w: en.contentRect.width, h: en.contentRect.height });
+    const s = en.target.closest?.('[data-sensor]')?.sensor;
+    if (s) s.chartDirty = true;
   }
-  c.root.animate?.([{ boxShadow: '0 0 0 2px #3b82f6aa' }, { boxShadow: '0 0 0 2px #3b82f600' }], { duration: 700 });
+  detailDirty = true;
+  if (!raf) raf = requestAnimationFrame(frame);
+});
+
+let detailDirty = true;
+// drawCharts draws the charts of visible cards that changed (all = every
+// visible one, as the time axis moves) and the detail chart.
+function drawCharts(now, all) {
+  if (view === 'cards') {
+    for (const s of visible) {
+      if (!all && !s.chartDirty) continue;
+      s.chartDirty = false;
+      drawCard(s, now);
+    }
+  }
+  if (all || detailDirty || selected?.chartDirty) { detailDirty = false; drawDetail(now); }
 }
 
-function updateCount() {
-  $('sub-count').textContent = subs.size ? `(${subs.size})` : '';
-  $('empty').hidden = subs.size > 0;
+function chartField(s) {
+  return (s.picked && s.series.fields.has(s.picked)) ? s.picked : s.series.varying();
 }
 
-// ---------- subscribe / unsubscribe ----------
+function drawCard(s, now) {
+  const sz = sizes.get(s.el.canvas);
+  const ctx = sz && fit(s.el.canvas, sz.w, sz.h);
+  if (!ctx) return;
+  const f = chartField(s);
+  if (!f) return;
+  const res = plot(ctx, s.series, s.series.fields.get(f), { x: 34, y: 7, w: sz.w - 38, h: sz.h - 23 }, now - windowMs, now, { yTicks: 2, gapMs: 0 });
+  setAttr(s.el.canvas, 'aria-label', `${s.id} ${f} over the last ${windowMs / 60000} min: ${res.n ? `${fmtNum(res.min)} to ${fmtNum(res.max)}, latest ${fmtNum(res.last)}` : 'no values'}`);
+}
+
+function drawDetail(now) {
+  const canvas = $('detail-chart'), s = selected;
+  const sz = sizes.get(canvas);
+  if ($('detail').hidden || !sz) return;
+  const ctx = fit(canvas, sz.w, sz.h);
+  if (!ctx) return;
+  if (!s) { setAttr(canvas, 'aria-label', 'No sensor selected'); return; }
+  const f = chartField(s);
+  const top = Math.round((sz.h - 36) * 0.66);
+  const r1 = { x: 48, y: 14, w: sz.w - 56, h: top - 14 };
+  const r2 = { x: 48, y: top + 22, w: sz.w - 56, h: sz.h - top - 40 };
+  ctx.font = '11px system-ui, sans-serif';
+  ctx.textAlign = 'left';
+  ctx.textBaseline = 'top';
+  ctx.fillStyle = themeColor('muted');
+  ctx.fillText(f ?? 'value (no numeric field)', r1.x, 0);
+  ctx.fillText('latency (now − ts)', r2.x, top + 8);
+  const from = now - windowMs;
+  const a = f ? plot(ctx, s.series, s.series.fields.get(f), r1, from, now, { yTicks: 4, xAxis: false }) : { n: 0 };
+  const b = plot(ctx, s.series, s.series.lat, r2, from, now, { yTicks: 2, color: themeColor('lat'), fmtY: (v) => fmtMs(v) });
+  setAttr(canvas, 'aria-label', `${s.id}: ${f ?? 'value'} ${a.n ? `from ${fmtNum(a.min)} to ${fmtNum(a.max)}, latest ${fmtNum(a.last)}` : 'no values'}; latency ${b.n ? `${fmtMs(b.min)} to ${fmtMs(b.max)}` : '–'}, over the last ${windowMs / 60000} min`);
+  let sum = 0, n = 0, max = 0;
+  const { t, lat, head } = s.series;
+  for (let i = head; i < t.length; i++) if (t[i] >= from) { sum += lat[i]; n++; max = Math.max(max, lat[i]); }
+  setText($('detail-stats'), s.count
+    ? `seq ${s.lastSeq} · ${rateOf(s, now).toFixed(2)} values/s · latency last ${fmtMs(s.lat)}, mean ${fmtMs(n ? sum / n : NaN)}, max ${fmtMs(max)} · ${plural(s.count, 'value')}${s.resets ? ` · ${plural(s.resets, 'reset')}` : ''} · format ${s.format}`
+    : `${s.state} · no values yet · format ${s.format}`);
+}
+
+function select(s) {
+  if (selected?.el) selected.el.name.setAttribute('aria-pressed', 'false');
+  selected = s;
+  if (s?.el) s.el.name.setAttribute('aria-pressed', 'true');
+  $('detail').hidden = !s;
+  setText($('detail-name'), s ? s.id : '');
+  fillFields();
+  detailDirty = true;
+  if (!raf) raf = requestAnimationFrame(frame);
+}
+
+function fillFields() {
+  const sel = $('detail-field'), s = selected;
+  const names = s ? [...s.series.fields.keys()] : [];
+  const cur = s ? chartField(s) : null;
+  if (sel.dataset.names !== names.join('\n')) {
+    sel.replaceChildren(...names.map((n) => el('option', { text: n })));
+    sel.dataset.names = names.join('\n');
+  }
+  if (cur) sel.value = cur;
+  sel.disabled = names.length < 2;
+}
+
+// ---------- views ----------
+function setView(v, chosen) {
+  if (chosen) viewChosen = true;
+  if (v === view && $('sensors').classList.contains(v)) return;
+  view = v;
+  const box = $('sensors');
+  box.classList.toggle('cards', v === 'cards');
+  box.classList.toggle('table', v === 'table');
+  for (const r of document.querySelectorAll('input[name=view]')) r.checked = r.value === v;
+  for (const s of visible) s.chartDirty = true;
+  if (!raf) raf = requestAnimationFrame(frame);
+}
+
+function updateCounts() {
+  let live = 0, stopped = 0;
+  for (const s of sensors.values()) { if (s.state === 'stopped') stopped++; else if (s.state === 'live') live++; }
+  $('sub-count').textContent = sensors.size ? `(${sensors.size.toLocaleString('en')}${stopped ? `, ${stopped.toLocaleString('en')} stopped` : ''})` : '';
+  $('empty').hidden = sensors.size > 0;
+  $('resume-all').disabled = !stopped;
+  $('clear-stopped').disabled = !stopped;
+  if (!viewChosen) setView(sensors.size > TABLE_FROM ? 'table' : 'cards', false);
+  return { live, stopped };
+}
+
+// ---------- subscribe, cancel, resume, format ----------
 function expand(tok) { // "s001..s010" -> s001 s002 … s010
   const m = /^([A-Za-z_-]*)(\d+)\.\.\1?(\d+)$/.exec(tok);
   if (!m) return [tok];
   const out = [];
-  for (let i = +m[2]; i <= +m[3] && out.length < 1000; i++) out.push(m[1] + pad(i, m[2].length));
+  for (let i = +m[2]; i <= +m[3] && out.length <= MAX_SENSORS; i++) out.push(m[1] + pad(i, m[2].length));
   return out;
 }
 
-function subscribe(app, keys, format) {
-  const msg = $('sub-msg');
-  msg.textContent = '';
-  if (!ID_RE.test(app)) return (msg.textContent = `App ID “${app}” is invalid: ${ID_HELP}.`);
-  if (!keys.length) return (msg.textContent = 'Enter at least one sensor ID.');
-  const bad = keys.filter((k) => !ID_RE.test(k));
-  if (bad.length) return (msg.textContent = `Invalid sensor ID${bad.length > 1 ? 's' : ''} ${bad.map((k) => `“${k}”`).join(', ')}: ${ID_HELP}.`);
-  const todo = [];
-  let skipped = 0;
-  for (const key of keys) {
-    let s = subs.get(`${app}/${key}`);
-    if (s && !s.failed) { skipped++; continue; }
-    if (!s) {
-      s = { app, key, format, pos: null, fresh: false, lastSeq: 0, ts: 0, count: 0, gaps: 0, resets: 0, hist: {}, state: 'pending' };
-      s.card = makeCard(s);
-      $('cards').append(s.card.root);
-      subs.set(`${app}/${key}`, s);
-    }
-    Object.assign(s, { failed: false, format, state: 'pending' });
-    todo.push(s);
-    markDirty(s);
-  }
-  if (skipped) msg.textContent = `${skipped} key${skipped > 1 ? 's were' : ' was'} already subscribed.`;
-  if (todo.length && ws?.readyState === WebSocket.OPEN) sendSubscribe(todo);
-  updateCount();
+function newSensor(app, key, format) {
+  const s = {
+    id: `${app}/${key}`, app, key, format, state: 'waiting', pos: null, hadData: false,
+    lastSeq: 0, stoppedAt: 0, ts: 0, lat: NaN, value: undefined, count: 0, resets: 0, note: '', noteTitle: '',
+    sec: -1, first: Date.now(), buckets: new Uint16Array(BUCKETS), series: new Series(), picked: null, chartDirty: true,
+  };
+  makeElement(s);
+  sensors.set(s.id, s);
+  return s;
 }
 
-function unsubscribe(s) {
-  subs.delete(`${s.app}/${s.key}`);
-  dirty.delete(s);
-  s.card.root.remove();
-  if (!s.failed) send('unsubscribe', { app: s.app, keys: [s.key] });
-  log('info', `cancel ${s.app}/${s.key} after ${s.count} values (position ${fmtPos(s.pos)})`);
-  updateCount();
+function subscribeForm(app, keys, format) {
+  const msg = $('sub-msg');
+  msg.textContent = '';
+  if (!ID_RE.test(app)) return void (msg.textContent = `App ID “${app}” is invalid: ${ID_HELP}.`);
+  if (!keys.length) return void (msg.textContent = 'Enter at least one sensor ID.');
+  const bad = keys.filter((k) => !ID_RE.test(k));
+  if (bad.length) return void (msg.textContent = `Invalid sensor ID${bad.length > 1 ? 's' : ''} ${bad.slice(0, 5).map((k) => `“${k}”`).join(', ')}${bad.length > 5 ? ' …' : ''}: ${ID_HELP}.`);
+  const fresh = keys.filter((k) => !sensors.has(`${app}/${k}`));
+  const active = [...sensors.values()].filter((s) => s.state !== 'stopped').length;
+  const stoppedHere = keys.map((k) => sensors.get(`${app}/${k}`)).filter((s) => s && s.state === 'stopped');
+  if (active + fresh.length + stoppedHere.length > MAX_SENSORS) {
+    return void (msg.textContent = `That makes ${(active + fresh.length + stoppedHere.length).toLocaleString('en')} subscribed sensors: one connection holds at most ${MAX_SENSORS.toLocaleString('en')}. Cancel or remove some first.`);
+  }
+  const added = fresh.map((k) => newSensor(app, k, format));
+  // Append all new elements at once: one layout, not one per sensor.
+  const frag = document.createDocumentFragment();
+  for (const s of added) frag.append(s.el.root);
+  $('sensors').append(frag);
+  for (const s of stoppedHere) s.format = format;
+  const skipped = keys.length - fresh.length - stoppedHere.length;
+  if (skipped) msg.textContent = `${plural(skipped, 'sensor')} already subscribed${skipped === keys.length ? '' : ', the others added'}.`;
+  for (const s of added) markDirty(s);
+  if (added.length) subscribeSensors(added);
+  if (stoppedHere.length) resume(stoppedHere);
+  if (!selected && added.length) select(added[0]);
+  updateCounts();
+}
+
+// cancel unsubscribes sensors: they stay in place, greyed, "stopped at seq
+// N". The client sends the keys in commands of at most 100 keys, paced under
+// the server's command rate, so cancelling 1,000 sensors does not close the
+// connection with 1008.
+function cancel(list) {
+  const todo = list.filter((s) => s.state !== 'stopped');
+  if (!todo.length) return;
+  const byApp = new Map();
+  for (const s of todo) {
+    s.stoppedAt = s.lastSeq;
+    s.note = '';
+    setState(s, 'stopped');
+    if (!byApp.has(s.app)) byApp.set(s.app, []);
+    byApp.get(s.app).push(s.key);
+  }
+  updateCounts();
+  for (const [app, keys] of byApp) {
+    if (keys.length > 1) log('info', `cancelling ${plural(keys.length, 'key')} of ${app}…`);
+    client.unsubscribe(app, keys).then(
+      () => log('ok', keys.length > 1 ? `cancelled ${plural(keys.length, 'key')} of ${app}` : `cancelled ${app}/${keys[0]} at seq ${sensors.get(`${app}/${keys[0]}`)?.stoppedAt ?? '–'}`),
+      (err) => { if (err?.code !== 'closed') log('error', `unsubscribe ${app} (${plural(keys.length, 'key')}) failed: ${err.message}`); });
+  }
+}
+
+// resume subscribes stopped sensors again from their positions: the server
+// replays what they missed while stopped, or sends a reset (shown as NOT
+// recovered) when its history no longer reaches back.
+function resume(list) {
+  const todo = list.filter((s) => s.state === 'stopped');
+  const active = [...sensors.values()].filter((s) => s.state !== 'stopped').length;
+  if (active + todo.length > MAX_SENSORS) {
+    $('sub-msg').textContent = `Resuming ${plural(todo.length, 'sensor')} would make ${(active + todo.length).toLocaleString('en')}: one connection holds at most ${MAX_SENSORS.toLocaleString('en')}.`;
+    return;
+  }
+  for (const s of todo) { s.note = ''; setState(s, 'waiting'); }
+  if (todo.length) subscribeSensors(todo);
+  updateCounts();
+}
+
+// changeFormat resubscribes one sensor in the other format; the client
+// resumes it from its position, so no value is lost or repeated.
+function changeFormat(s, format) {
+  if (format === s.format) return;
+  s.format = format;
+  markDirty(s);
+  if (s.state === 'stopped') return; // takes effect on resume
+  subscribeSensors([s]);
+  log('info', `${s.id}: format ${format}`);
+}
+
+function removeStopped() {
+  for (const s of [...sensors.values()]) {
+    if (s.state !== 'stopped') continue;
+    visibility.unobserve(s.el.root);
+    resizes.unobserve(s.el.canvas);
+    visible.delete(s);
+    dirty.delete(s);
+    s.el.root.remove();
+    sensors.delete(s.id);
+    if (selected === s) select(null);
+  }
+  if (!selected && sensors.size) select(sensors.values().next().value);
+  updateCounts();
 }
 
 // ---------- publish ----------
@@ -412,31 +589,40 @@ async function publish(e) {
 }
 
 // ---------- wiring ----------
-const q = new URLSearchParams(location.search); // ?app=demo&keys=s001..s020&format=binary
-for (const [p, id] of [['app', 'sub-app'], ['keys', 'sub-keys'], ['format', 'sub-format']]) if (q.has(p)) $(id).value = q.get(p);
+const q = new URLSearchParams(location.search); // ?app=demo&keys=s001..s020&format=binary&view=table&sub=0
+for (const [p, id] of [['app', 'sub-app'], ['keys', 'sub-keys'], ['format', 'sub-format'], ['token', 'token']]) if (q.has(p)) $(id).value = q.get(p);
 const formKeys = () => [...new Set($('sub-keys').value.split(/[\s,]+/).filter(Boolean).flatMap(expand))];
 
-$('sub-form').addEventListener('submit', (e) => { e.preventDefault(); subscribe($('sub-app').value.trim(), formKeys(), $('sub-format').value); });
-$('cancel-all').addEventListener('click', () => { for (const s of [...subs.values()]) unsubscribe(s); });
-$('conn-form').addEventListener('submit', (e) => { e.preventDefault(); retry = 0; connect(); });
-$('disconnect').addEventListener('click', () => {
-  clearTimeout(retryTimer);
-  manualClose = true;
-  if (ws) ws.close(1000, 'closed by user');
-  else setConn('closed', 'closed (press Connect)');
-});
-$('ping').addEventListener('click', () => { if (!send('ping')) log('warn', 'not connected'); });
+$('sub-form').addEventListener('submit', (e) => { e.preventDefault(); subscribeForm($('sub-app').value.trim(), formKeys(), $('sub-format').value); });
+$('cancel-all').addEventListener('click', () => cancel([...sensors.values()]));
+$('resume-all').addEventListener('click', () => resume([...sensors.values()]));
+$('clear-stopped').addEventListener('click', removeStopped);
+$('conn-form').addEventListener('submit', (e) => { e.preventDefault(); connect(); });
+$('disconnect').addEventListener('click', () => { client?.close(); });
 $('pub-form').addEventListener('submit', publish);
+for (const r of document.querySelectorAll('input[name=view]')) r.addEventListener('change', () => setView(r.value, true));
+$('window').addEventListener('change', (e) => { windowMs = Number(e.target.value); for (const s of visible) s.chartDirty = true; detailDirty = true; drawCharts(Date.now(), true); });
+$('detail-field').addEventListener('change', (e) => { if (selected) { selected.picked = e.target.value; selected.chartDirty = true; detailDirty = true; drawCharts(Date.now(), false); } });
+matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => { readTheme(); drawCharts(Date.now(), true); });
+resizes.observe($('detail-chart'));
 
-setInterval(() => { if (ws?.readyState === WebSocket.OPEN) send('ping', {}, { auto: true }); }, PING_EVERY);
+// Once a second: rates, latencies and ages of the visible sensors, the
+// totals, and every visible chart (their time axes move).
 setInterval(() => {
-  const now = Date.now();
-  for (const s of subs.values()) if (s.ts) s.card.age.textContent = fmtAge(now - s.ts);
-  const st = $('stats');
-  st.textContent = `${subs.size} keys · ${totalMsgs} values · ${totalMsgs - lastTotal}/s${st.dataset.rtt ? ` · ${st.dataset.rtt}` : ''}`;
-  lastTotal = totalMsgs;
+  requestAnimationFrame(() => {
+    const now = Date.now();
+    for (const s of visible) renderStats(s, now);
+    if (selected) fillFields();
+    drawCharts(now, true);
+    rateNow = totalValues - lastTotal;
+    lastTotal = totalValues;
+    const { live, stopped } = updateCounts();
+    setText($('stats'), `${plural(sensors.size, 'sensor')} · ${live.toLocaleString('en')} live${stopped ? ` · ${stopped.toLocaleString('en')} stopped` : ''} · ${rateNow.toLocaleString('en')} values/s`);
+  });
 }, 1000);
 
-updateCount();
+const ops = startOps({ section: $('ops'), body: $('ops-body'), note: $('ops-note'), canPoll: () => connState === 'open' });
+if (q.has('view')) setView(q.get('view') === 'table' ? 'table' : 'cards', true);
+updateCounts();
 connect();
-if (q.get('sub') !== '0') subscribe($('sub-app').value.trim(), formKeys(), $('sub-format').value);
+if (q.get('sub') !== '0') subscribeForm($('sub-app').value.trim(), formKeys(), $('sub-format').value);

@@ -42,16 +42,17 @@ type Client struct {
 	kick     chan struct{} // Subscribe added keys to send
 	dispDone chan struct{}
 
-	mu      sync.Mutex
-	keys    map[appKey]*keyState
-	state   State
-	conn    *conn // the open connection, nil between connections
-	gen     uint64
-	err     error // why the Client ended; set before done is closed
-	done    chan struct{}
-	opened  chan struct{} // closed at the first open connection
-	lastErr error         // of the last failed attempt, for Dial
-	closed  sync.Once
+	mu       sync.Mutex
+	keys     map[appKey]*keyState
+	state    State
+	conn     *conn // the open connection, nil between connections
+	gen      uint64
+	err      error // why the Client ended; set before done is closed
+	done     chan struct{}
+	opened   chan struct{} // closed at the first open connection
+	everOpen bool
+	lastErr  error // of the last failed attempt, for Dial
+	closed   sync.Once
 }
 
 type appKey struct{ app, key string }
@@ -206,6 +207,24 @@ func (c *Client) end(ev StateEvent) {
 	c.mu.Unlock()
 	c.log.Error("wspush client stopped", "code", ev.Code, "reason", ev.Reason, "error", ev.Err)
 	c.pushState(ev)
+}
+
+// connected is called by cn's reader at the pong of its first ping: the
+// server accepted the connection.
+func (c *Client) connected(cn *conn) error {
+	c.mu.Lock()
+	c.state = StateOpen
+	first := !c.everOpen
+	c.everOpen = true
+	c.mu.Unlock()
+	if first {
+		close(c.opened)
+	}
+	cn.log.Info("connected")
+	if !c.push(event{kind: evState, state: StateEvent{State: StateOpen}}, c.cfg.StallTimeout, cn.ctx.Done()) {
+		return errStall
+	}
+	return nil
 }
 
 func (c *Client) setState(ev StateEvent) {

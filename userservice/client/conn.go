@@ -50,6 +50,7 @@ type pendingCmd struct {
 	keys  []string
 	since map[string]Position
 	reply chan proto.ServerMessage // cap 1
+	opens bool                     // the first ping: its pong makes the connection open
 	timer *time.Timer
 }
 
@@ -254,6 +255,9 @@ func (cn *conn) reply(m *proto.ServerMessage) error {
 			cn.log.Warn("error reply to no command", "id", m.ID, "code", m.Code, "message", m.Message)
 		}
 		return nil
+	}
+	if pc.opens && m.Op == proto.OpPong {
+		return cn.c.connected(cn)
 	}
 	if pc.op == proto.OpSubscribe {
 		if err := cn.c.subscribed(cn, pc, m); err != nil {

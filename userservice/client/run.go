@@ -16,7 +16,6 @@ import (
 func (c *Client) run() {
 	defer c.runWG.Done()
 	attempt := 0
-	opened := false
 	for c.ctx.Err() == nil {
 		c.mu.Lock()
 		c.gen++
@@ -44,14 +43,7 @@ func (c *Client) run() {
 		}
 		c.mu.Lock()
 		c.conn = cn
-		c.state = StateOpen
 		c.mu.Unlock()
-		if !opened {
-			opened = true
-			close(c.opened)
-		}
-		c.log.Info("connected", "conn", gen)
-		c.pushState(StateEvent{State: StateOpen})
 
 		err, code, reason := c.serve(cn)
 
@@ -124,6 +116,10 @@ func (c *Client) sleep(d time.Duration) bool {
 // serve resubscribes on cn, then sends what Subscribe adds and refreshes
 // the token, until cn ends. It returns why cn ended, with the server's
 // close code; cn's goroutines have ended.
+//
+// The connection counts as open once the server answered a ping: a server
+// that refuses the token completes the upgrade and closes at once with 4001
+// (docs/PROTOCOL.md, Connecting), so an upgrade alone proves nothing.
 func (c *Client) serve(cn *conn) (err error, code int, reason string) {
 	refresh := time.NewTimer(time.Hour)
 	refresh.Stop()
@@ -138,7 +134,15 @@ func (c *Client) serve(cn *conn) (err error, code int, reason string) {
 	cn.mu.Unlock()
 	schedule(refreshDelay(exp))
 
-	if err := c.sendPending(cn); err != nil {
+	_, err = cn.issue(func(id uint64) (*proto.Command, *pendingCmd) {
+		return &proto.Command{Op: proto.OpPing, ID: id}, &pendingCmd{opens: true}
+	})
+	if err == nil {
+		// The subscribes follow the ping at once: the server answers in
+		// order, so the pong (and StateOpen) still comes first.
+		err = c.sendPending(cn)
+	}
+	if err != nil {
 		cn.log.Debug("resubscribe stopped", "error", err)
 	}
 	for {

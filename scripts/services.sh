@@ -37,6 +37,18 @@ ensure_go() {
   fi
 }
 
+# The browser test (cmd/wspush/browser_test.go) drives Debian's Chromium
+# headless over the DevTools protocol; $WSPUSH_CHROMIUM names another
+# binary. No browser download: the package comes from the distribution.
+ensure_chromium() {
+  if [ -n "${WSPUSH_CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1 ||
+    command -v chromium-browser >/dev/null 2>&1; then
+    return 0
+  fi
+  log "installing Chromium (for the browser test)"
+  apt_install chromium
+}
+
 ensure_redis() {
   if port_open 6379; then return 0; fi
   if ! command -v redis-server >/dev/null 2>&1; then

@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 ensure_go
 ensure_redis
 ensure_rabbitmq
+ensure_chromium || echo "== no Chromium: the browser test skips (fails under WSPUSH_REQUIRE_SERVICES=1)"
 . scripts/redis-cluster.sh
 if [ -z "${WSPUSH_REDIS_CLUSTER_URL:-}" ]; then # the Redis Cluster variants of the tests
   start_redis_cluster

@@ -16,6 +16,10 @@ type metrics struct {
 	// messageTimeouts counts connections closed with 1008 because a
 	// message did not complete within MessageTimeout.
 	messageTimeouts prometheus.Counter
+
+	// GET /sse streams (docs/PROTOCOL.md, "Server-Sent Events").
+	sseAccepted prometheus.Counter
+	sseClosed   *prometheus.CounterVec // by reason
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
@@ -30,7 +34,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 			Name: "wspush_connections_closed_total", Help: "Connections closed, by the close code the server sent (or 1006 when the connection just broke).",
 		}, []string{"code"}),
 		overflows: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "wspush_queue_overflows_total", Help: "Connections closed with 4008 because their outgoing queue overflowed.",
+			Name: "wspush_queue_overflows_total", Help: "Connections whose outgoing queue overflowed: WebSocket ones closed with 4008, SSE streams ended (close event 4008).",
 		}),
 		messageTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wspush_message_timeouts_total", Help: "Connections closed with 1008 because a client message did not arrive whole within --message-timeout of its first byte.",
@@ -50,12 +54,22 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 		writeBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wspush_written_bytes_total", Help: "Bytes written to clients.",
 		}),
+		sseAccepted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wspush_sse_accepted_total", Help: "SSE streams (GET /sse) started.",
+		}),
+		sseClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wspush_sse_closed_total", Help: "SSE streams ended, by reason: client (it went away), shutdown, too_slow (queue overflow), token_expired, write_error, resync (server fault).",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.accepted, m.rejected, m.closed, m.overflows, m.messageTimeouts, m.commands, m.cmdErrors, m.frames, m.writes, m.writeBytes,
+			m.sseAccepted, m.sseClosed,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-				Name: "wspush_connections", Help: "Open WebSocket connections.",
+				Name: "wspush_connections", Help: "Open client connections: WebSocket connections and SSE streams.",
 			}, func() float64 { return float64(s.conns.Load()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "wspush_sse_connections", Help: "Open SSE streams (GET /sse); they are counted in wspush_connections too.",
+			}, func() float64 { return float64(s.streams.len()) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "wspush_queued_bytes", Help: "Bytes waiting in the outgoing queues of all connections.",
 			}, func() float64 { return float64(s.queuedBytes()) }),

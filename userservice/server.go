@@ -40,6 +40,7 @@ type Server struct {
 	draining atomic.Bool
 	perIP    *perIP
 	sessions [sessionShards]sessionShard
+	streams  sseRegistry // GET /sse streams (sse.go)
 }
 
 // sessionShards is how many locks share the session registry; the
@@ -101,25 +102,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "server shutting down", http.StatusServiceUnavailable)
 		return
 	}
-	if s.conns.Add(1) > int64(s.cfg.MaxConnections) {
-		s.conns.Add(-1)
-		s.metrics.rejected.WithLabelValues("max_connections").Inc()
-		s.log.Warn("connection refused: server at its connection limit", "limit", s.cfg.MaxConnections, "remote", r.RemoteAddr)
-		http.Error(w, "too many connections", http.StatusServiceUnavailable)
-		return
-	}
-	if !s.perIP.acquire(r.RemoteAddr) {
-		s.conns.Add(-1)
-		s.metrics.rejected.WithLabelValues("per_ip").Inc()
-		s.log.Info("connection refused: client address at its connection limit", "limit", s.cfg.MaxConnectionsPerIP, "remote", r.RemoteAddr)
-		http.Error(w, "too many connections from this address", http.StatusTooManyRequests)
+	if status, reason, msg := s.admit(r.RemoteAddr); status != 0 {
+		s.metrics.rejected.WithLabelValues(reason).Inc()
+		http.Error(w, msg, status)
 		return
 	}
 	tok, authErr := s.authenticate(r)
 	ws, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
-		s.conns.Add(-1)
-		s.perIP.release(r.RemoteAddr)
+		s.releaseAddr(r.RemoteAddr)
 		s.log.Debug("upgrade failed", "remote", r.RemoteAddr, "error", err)
 		return
 	}
@@ -142,11 +133,34 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	go sess.readStep()
 }
 
+// admit counts a new connection (WebSocket or SSE) from remote against
+// --max-connections and --max-connections-per-ip. It returns 0 when the
+// connection is admitted (releaseAddr undoes it), else the HTTP status,
+// the reason counted in wspush_connections_rejected_total and a message.
+func (s *Server) admit(remote string) (status int, reason, msg string) {
+	if s.conns.Add(1) > int64(s.cfg.MaxConnections) {
+		s.conns.Add(-1)
+		s.log.Warn("connection refused: server at its connection limit", "limit", s.cfg.MaxConnections, "remote", remote)
+		return http.StatusServiceUnavailable, "max_connections", "too many connections"
+	}
+	if !s.perIP.acquire(remote) {
+		s.conns.Add(-1)
+		s.log.Info("connection refused: client address at its connection limit", "limit", s.cfg.MaxConnectionsPerIP, "remote", remote)
+		return http.StatusTooManyRequests, "per_ip", "too many connections from this address"
+	}
+	return 0, "", ""
+}
+
+// releaseAddr forgets a connection from remote that admit counted.
+func (s *Server) releaseAddr(remote string) {
+	s.perIP.release(remote)
+	s.conns.Add(-1)
+}
+
 // release forgets a session whose connection is over.
 func (s *Server) release(sess *session) {
 	s.remove(sess)
-	s.perIP.release(sess.conn.RemoteAddr().String())
-	s.conns.Add(-1)
+	s.releaseAddr(sess.conn.RemoteAddr().String())
 }
 
 // authenticate checks the client's token (docs/PROTOCOL.md, "Auth").
@@ -203,10 +217,11 @@ func (sh *sessionShard) list() []*session {
 func (s *Server) queuedBytes() int64 {
 	var n int64
 	s.each(func(sess *session) { n += int64(sess.queuedBytes()) })
+	s.streams.each(func(st *sseStream) { n += int64(st.queuedBytes()) })
 	return n
 }
 
-// Connections is the number of open connections.
+// Connections is the number of open connections (WebSocket and SSE).
 func (s *Server) Connections() int { return int(s.conns.Load()) }
 
 // Run sends heartbeats and reaps dead connections until ctx ends. The
@@ -257,11 +272,13 @@ func (s *Server) Drain() { s.draining.Store(true) }
 func (s *Server) Draining() bool { return s.draining.Load() }
 
 // Shutdown stops accepting connections, closes every open one with 1001
-// (after what is already queued to it) and waits for them to end, until ctx
-// ends; those still open then are dropped.
+// (after what is already queued to it; an SSE stream ends with a close
+// event) and waits for them to end, until ctx ends; those still open then
+// are dropped.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
 	s.each(func(sess *session) { sess.closeWith(proto.CloseGoingAway, "server shutting down") })
+	s.streams.each(func(st *sseStream) { st.end(proto.CloseGoingAway, "server shutting down") })
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for s.conns.Load() > 0 {
@@ -270,6 +287,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		case <-ctx.Done():
 			n := s.conns.Load()
 			s.each(func(sess *session) { sess.abort(proto.CloseGoingAway) })
+			s.streams.each(func(st *sseStream) { st.abort() })
 			for s.conns.Load() > 0 {
 				<-t.C
 			}

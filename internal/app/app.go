@@ -34,6 +34,7 @@ import (
 	"github.com/wspush/wspush/middle/redis"
 	"github.com/wspush/wspush/proto"
 	"github.com/wspush/wspush/userservice"
+	jsclient "github.com/wspush/wspush/userservice/client/js"
 )
 
 // Config is the whole configuration of a process.
@@ -234,10 +235,13 @@ func New(cfg Config) (*App, error) {
 func (a *App) routes() {
 	a.mux = http.NewServeMux()
 	a.mux.Handle("GET /ws", a.users)
+	a.mux.HandleFunc("GET /sse", a.users.ServeSSE) // docs/PROTOCOL.md, "Server-Sent Events"
 	a.mux.Handle("/api/publish", bodyDeadline(a.cfg.HTTPBodyTimeout,
 		a.node.PublishHandler(middle.PublishHandlerConfig{APIKey: a.cfg.APIKey, AllowOrigin: a.allowOrigin})))
 	a.mux.HandleFunc("GET /healthz", a.healthz)
 	a.mux.HandleFunc("GET /readyz", a.readyz)
+	a.mux.Handle("GET /client.js", jsclient.ScriptHandler())
+	a.mux.Handle("GET /client.d.ts", jsclient.TypesHandler())
 	metrics := promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{})
 	if a.cfg.AdminAddr == "" {
 		a.mux.Handle("GET /metrics", metrics)

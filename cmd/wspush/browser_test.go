@@ -27,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -311,7 +312,7 @@ func startDemo(t *testing.T, addr string) *demoServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := listenRetry(addr, 5*time.Second)
 	if err != nil {
 		t.Fatalf("listen on %s: %v", addr, err)
 	}
@@ -337,6 +338,20 @@ func startDemo(t *testing.T, addr string) *demoServer {
 		}
 	})
 	return &demoServer{addr: ln.Addr().String(), log: &buf, stop: stop}
+}
+
+// listenRetry listens on addr, retrying for up to patience while the
+// address is in use: on a restart, another test's listener on a free port
+// may have been given this one while the server was down.
+func listenRetry(addr string, patience time.Duration) (net.Listener, error) {
+	deadline := time.Now().Add(patience)
+	for {
+		ln, err := net.Listen("tcp", addr)
+		if err == nil || !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+			return ln, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // observerJS records every change of the contract's attributes, so that a

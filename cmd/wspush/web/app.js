@@ -69,9 +69,18 @@ function setText(node, text) {
 }
 function setAttr(node, name, v) { if (node.getAttribute(name) !== v) node.setAttribute(name, v); }
 
+// log adds an entry to the Events panel; the same text again (reconnect
+// attempts) counts on the newest entry instead of filling the list.
 function log(level, text) {
-  const list = $('log');
-  list.prepend(el('li', { class: level }, el('time', { text: fmtClock(Date.now()) }), ' ', text));
+  const list = $('log'), top = list.firstElementChild;
+  if (top && top.dataset.text === text) {
+    top.dataset.n = String(Number(top.dataset.n) + 1);
+    top.querySelector('time').textContent = fmtClock(Date.now());
+    top.querySelector('.times').textContent = ` ×${top.dataset.n}`;
+    return;
+  }
+  const li = el('li', { class: level, 'data-text': text, 'data-n': '1' }, el('time', { text: fmtClock(Date.now()) }), ' ', text, el('span', { class: 'times' }));
+  list.prepend(li);
   while (list.children.length > LOG_N) list.lastChild.remove();
 }
 
@@ -103,7 +112,7 @@ function onState({ state, code, reason, delay, attempt }) {
   let text;
   if (state === 'open') text = 'connected';
   else if (state === 'connecting') text = 'connecting…';
-  else if (state === 'reconnecting') text = `${code ? closeText(code, reason) : 'disconnected'} — reconnecting in ${((delay ?? 0) / 1000).toFixed(1)} s${attempt > 1 ? ` (attempt ${attempt})` : ''}`;
+  else if (state === 'reconnecting') text = `reconnecting in ${((delay ?? 0) / 1000).toFixed(1)} s${attempt > 1 ? ` (attempt ${attempt})` : ''}: ${code ? closeText(code, reason) : 'disconnected'}`;
   else text = code ? `${closeText(code, reason)} — press Connect` : 'closed — press Connect';
   if (state === 'closed' && code === 4001) text = `${closeText(code, reason)} — enter a valid token and press Connect`;
   conn.textContent = text;
@@ -122,6 +131,10 @@ function onState({ state, code, reason, delay, attempt }) {
 // one that had none asks for the latest value (docs/PROTOCOL.md, The client
 // rule, 4). The client splits and paces the commands.
 function subscribeSensors(list) {
+  if (client.state === 'closed') { // after Disconnect or a close that must not be retried
+    $('sub-msg').textContent = 'Not connected: press Connect, and the waiting sensors are subscribed.';
+    return;
+  }
   const groups = new Map();
   for (const s of list) {
     const resume = s.pos && s.hadData;

@@ -6,7 +6,9 @@
 const POLL_MS = 2000;
 const STALE_MS = 6000; // a snapshot older than this is shown as stale (nodes write every 2 s)
 
-const fmtRate = (v) => (typeof v !== 'number' ? '–' : v >= 100 ? v.toFixed(0) : v.toFixed(1));
+const fmtRate = (v) => (typeof v !== 'number' ? '–' : v >= 100 ? Math.round(v).toLocaleString('en') : v.toFixed(1));
+const pad2 = (n) => String(n).padStart(2, '0');
+const clock = (d) => `${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`;
 const fmtInt = (v) => (typeof v === 'number' ? v.toLocaleString('en') : '–');
 
 function ago(iso, now) {
@@ -87,7 +89,7 @@ export function startOps({ section, body, note, canPoll }) {
       return tr;
     });
     body.replaceChildren(...rows);
-    note.textContent = `${nodes.length} node${nodes.length === 1 ? '' : 's'} · rates over the last ~10 s · updated ${new Date(now).toLocaleTimeString()}`;
+    note.textContent = `${nodes.length} node${nodes.length === 1 ? '' : 's'} · rates over the last ~10 s · updated ${clock(new Date(now))}`;
   }
   function stop() { stopped = true; clearInterval(timer); }
   timer = setInterval(poll, POLL_MS);

@@ -637,3 +637,94 @@ func TestMain(m *testing.M) {
 	stop()
 	os.Exit(code)
 }
+
+func tokenServer(t *testing.T) *server {
+	return startServer(t, app.Config{Users: userservice.Config{
+		JWTSecret:    []byte(testSecret),
+		PingInterval: 100 * time.Millisecond, // the expiry check runs with the heartbeat
+		PingTimeout:  5 * time.Second,
+	}}, "127.0.0.1:0")
+}
+
+// TestTokenRefresh: TokenFunc's tokens live 3 s; the client refreshes them
+// ahead of exp and the connection outlives several of them.
+func TestTokenRefresh(t *testing.T) {
+	s := tokenServer(t)
+	var calls atomic.Int32
+	st := &states{}
+	c := dial(t, client.Config{URL: s.wsURL(), OnState: st.on, TokenFunc: func(context.Context) (string, error) {
+		calls.Add(1)
+		return signToken(t, map[string]any{"sub": "u", "exp": time.Now().Add(3 * time.Second).Unix()}), nil
+	}})
+	rec := newRecorder()
+	subscribe(t, c, "tok", []string{"k"}, client.SubscribeOptions{}, rec)
+	deadline := time.Now().Add(5 * time.Second)
+	var seq uint64
+	for time.Now().Before(deadline) {
+		seq = mustPublish(t, s.base(), "tok", "k", "1")
+		time.Sleep(100 * time.Millisecond)
+	}
+	rec.waitSeq(t, "k", seq)
+	checkSeqs(t, "k", rec.seqs("k"), 1, seq)
+	if n := st.count(client.StateReconnecting); n != 0 {
+		t.Fatalf("%d reconnects: %v", n, st.list())
+	}
+	if n := calls.Load(); n < 3 {
+		t.Fatalf("TokenFunc called %d times, want the connect and at least two refreshes", n)
+	}
+}
+
+// TestTokenExpiredReconnects: when no refresh succeeds, the server closes
+// with 4003; the client gets a new token, reconnects and resumes.
+func TestTokenExpiredReconnects(t *testing.T) {
+	s := tokenServer(t)
+	var expired atomic.Bool
+	var calls atomic.Int32
+	st := &states{}
+	c := dial(t, client.Config{URL: s.wsURL(), OnState: func(e client.StateEvent) {
+		if e.Code == 4003 {
+			expired.Store(true)
+		}
+		st.on(e)
+	}, TokenFunc: func(context.Context) (string, error) {
+		if calls.Add(1) > 1 && !expired.Load() {
+			return "", errors.New("token service down")
+		}
+		return signToken(t, map[string]any{"sub": "u", "exp": time.Now().Add(2 * time.Second).Unix()}), nil
+	}})
+	rec := newRecorder()
+	subscribe(t, c, "tok", []string{"k"}, client.SubscribeOptions{}, rec)
+	mustPublish(t, s.base(), "tok", "k", "1")
+	eventually(t, 10*time.Second, func() error {
+		if !expired.Load() || st.count(client.StateOpen) < 2 {
+			return errors.New("no 4003 and reconnect yet")
+		}
+		return nil
+	})
+	seq := mustPublish(t, s.base(), "tok", "k", "2")
+	rec.waitSeq(t, "k", seq)
+	checkSeqs(t, "k", rec.seqs("k"), 1, seq)
+	if c.Err() != nil {
+		t.Fatal(c.Err())
+	}
+	acks, _, _ := rec.snapshot()
+	if a := acks[len(acks)-1]; !a.Resumed || !a.Recovered {
+		t.Fatalf("last ack %+v", a)
+	}
+}
+
+// TestTokenExpiredWithoutTokenFunc: a fixed token cannot be renewed: 4003
+// ends the Client.
+func TestTokenExpiredWithoutTokenFunc(t *testing.T) {
+	s := tokenServer(t)
+	c := dial(t, client.Config{URL: s.wsURL(), Token: signToken(t, map[string]any{"sub": "u", "exp": time.Now().Add(2 * time.Second).Unix()})})
+	select {
+	case <-c.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client did not end")
+	}
+	var ce *client.CloseError
+	if !errors.As(c.Err(), &ce) || ce.Code != 4003 {
+		t.Fatalf("Err %v", c.Err())
+	}
+}

@@ -197,7 +197,9 @@ export class Client {
   #token = undefined;
   #connectSeq = 0;
   #retryTimers = new Set();
-  #opened = 0;
+  // the WebSocket is open, and the server answered on it
+  #live = false;
+  #confirmed = false;
 
   constructor(url, options = {}) {
     this.#opts = { ...DEFAULTS, ...options };
@@ -347,21 +349,21 @@ export class Client {
     ws.binaryType = "arraybuffer";
     this.#ws = ws;
     let opened = false;
-    // A handshake that neither opens nor fails in time is given up.
+    // A connection that neither answers its first ping nor fails in time
+    // is given up.
     this.#openTimer = setTimeout(() => {
-      if (this.#ws === ws && !opened) this.#abandon(`no WebSocket handshake in ${this.#opts.replyTimeout} ms`);
+      if (this.#ws === ws) this.#abandon(`no WebSocket handshake and first reply in ${this.#opts.replyTimeout} ms`);
     }, this.#opts.replyTimeout);
     ws.onopen = () => {
       if (this.#ws !== ws) return;
       opened = true;
-      clearTimeout(this.#openTimer);
-      this.#openTimer = null;
       this.#onOpen();
     };
     ws.onmessage = (ev) => {
       if (this.#ws !== ws) return;
       this.#lastRecv = Date.now();
       this.#pingSentAt = 0;
+      if (!this.#confirmed) this.#onConfirmed();
       this.#onMessage(ev.data);
     };
     ws.onerror = () => {
@@ -377,35 +379,49 @@ export class Client {
     };
   }
 
+  // #onOpen runs when the WebSocket handshake is done. A server that
+  // refuses the token completes the handshake and closes at once
+  // (docs/PROTOCOL.md, Connecting), so the state becomes "open" only at the
+  // first reply: the pong of a ping sent now.
   #onOpen() {
     const now = Date.now();
+    this.#live = true;
     this.#lastRecv = now;
     this.#pingSentAt = 0;
     this.#tokens = this.#opts.commandBurst;
     this.#tokensAt = now;
-    this.#opened++;
+    this.#enqueue({ op: "ping" }, true);
+    // Resubscribe everything, per app and format, from the positions
+    // (docs/PROTOCOL.md, The client rule, 4).
+    for (const [app, keys] of this.#subs) {
+      const groups = new Map();
+      for (const st of keys.values()) {
+        st.pendingId = 0;
+        const g = st.format + (st.hasPos ? "+" : "-");
+        let list = groups.get(g);
+        if (!list) groups.set(g, (list = []));
+        list.push(st);
+      }
+      for (const list of groups.values()) this.#enqueueSubscribe(app, list[0].format, list, list[0].hasPos);
+    }
+  }
+
+  #onConfirmed() {
+    this.#confirmed = true;
+    clearTimeout(this.#openTimer);
+    this.#openTimer = null;
     this.#setState("open");
     this.#stableTimer = setTimeout(() => { this.#attempt = 0; }, STABLE_MS);
     this.#startHeartbeat();
     this.#scheduleRefresh();
-    // Resubscribe everything, per app and format, from the positions
-    // (docs/PROTOCOL.md, The client rule, 4).
-    for (const [app, keys] of this.#subs) {
-      const byFormat = new Map();
-      for (const st of keys.values()) {
-        st.pendingId = 0;
-        let list = byFormat.get(st.format);
-        if (!list) byFormat.set(st.format, (list = []));
-        list.push(st);
-      }
-      for (const [format, list] of byFormat) this.#enqueueSubscribe(app, format, list, this.#opened > 1);
-    }
   }
 
   // #dropConnection forgets the current socket and everything tied to it.
   #dropConnection() {
     const ws = this.#ws;
     this.#ws = null;
+    this.#live = false;
+    this.#confirmed = false;
     this.#connectSeq++;
     if (ws) {
       ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
@@ -575,7 +591,7 @@ export class Client {
       st.waiters.add(sub);
       list.push(st);
     }
-    if (this.#ws && this.#state === "open") this.#enqueueSubscribe(app, format, list, false);
+    if (this.#live) this.#enqueueSubscribe(app, format, list, false);
     return sub;
   }
 
@@ -593,7 +609,7 @@ export class Client {
       gone.push(k);
     }
     if (appKeys.size === 0) this.#subs.delete(app);
-    if (gone.length === 0 || !this.#ws || this.#state !== "open") return;
+    if (gone.length === 0 || !this.#live) return;
     const max = this.#opts.maxKeysPerCommand;
     const waits = [];
     let i = 0;
@@ -666,7 +682,7 @@ export class Client {
 
   // #pump sends queued commands as the token bucket allows.
   #pump() {
-    if (this.#pumpTimer || !this.#ws || this.#state !== "open") return;
+    if (this.#pumpTimer || !this.#live) return;
     const o = this.#opts;
     while (this.#queue.length > 0) {
       const now = Date.now();
@@ -730,10 +746,12 @@ export class Client {
         break;
     }
     this.#pending.set(cmd.id, cmd);
+    // Closing: the close event follows; it settles what is pending, and the
+    // next connection sends what it needs again.
+    if (this.#ws.readyState !== 1) return;
     try {
       this.#ws.send(JSON.stringify(msg));
     } catch (err) {
-      this.#pending.delete(cmd.id);
       this.#abandon("send failed: " + (err?.message ?? err));
     }
   }
@@ -928,7 +946,7 @@ export class Client {
       this.#retryTimers.delete(t);
       const appKeys = this.#subs.get(cmd.app);
       const still = list.filter((st) => appKeys?.get(st.key) === st && st.pendingId === 0 && st.format === cmd.format);
-      if (still.length > 0) this.#enqueueSubscribe(cmd.app, cmd.format, still, cmd.resumed, cmd.retries + 1);
+      if (still.length > 0 && this.#live) this.#enqueueSubscribe(cmd.app, cmd.format, still, cmd.resumed, cmd.retries + 1);
     }, Math.max(o.minBackoff, Math.round(Math.random() * cap)));
     this.#retryTimers.add(t);
   }

@@ -7,11 +7,7 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { Client } from "../wspush.js";
-import { startServer, publish, waitFor, redisAvailable, redisDeletePrefix, stateRecorder } from "./server.mjs";
-
-if (typeof globalThis.WebSocket !== "function") {
-  throw new Error("no global WebSocket: run Node 22+, or Node 20 with --experimental-websocket");
-}
+import { startServer, publish, waitFor, redisAvailable, redisDeletePrefix, stateRecorder, WebSocket } from "./server.mjs";
 
 const clients = [];
 const servers = [];
@@ -58,7 +54,7 @@ test("Redis store: SIGKILL mid-stream and restart: every value exactly once, rec
   let srv = await server(args("js-a"));
   const addr = srv.addr;
 
-  const c = new Client(srv.url, { minBackoff: 50, maxBackoff: 500 });
+  const c = new Client(srv.url, { WebSocket, minBackoff: 50, maxBackoff: 500 });
   clients.push(c);
   // Stop the client and the node before deleting their keys, so that
   // nothing writes them again.
@@ -110,7 +106,7 @@ test("Redis store: SIGKILL mid-stream and restart: every value exactly once, rec
 test("embedded store: SIGKILL and restart: reset (epoch), then the new epoch's values", { timeout: 60000 }, async () => {
   let srv = await server([]);
   const addr = srv.addr;
-  const c = new Client(srv.url, { minBackoff: 50, maxBackoff: 500 });
+  const c = new Client(srv.url, { WebSocket, minBackoff: 50, maxBackoff: 500 });
   clients.push(c);
   const got = [];
   const acks = [];
@@ -145,4 +141,29 @@ test("embedded store: SIGKILL and restart: reset (epoch), then the new epoch's v
     [[1, 10, reset.epoch], [2, 20, reset.epoch], [3, 30, reset.epoch]]);
   assert.deepEqual(c.positions("jsembedded"), { k: { seq: 3, epoch: reset.epoch } });
   assert.deepEqual(errors, []);
+});
+
+test("a frozen server (SIGSTOP): no pong, the client gives the connection up and resumes", { timeout: 60000 }, async () => {
+  const srv = await server([]);
+  const c = new Client(srv.url, { WebSocket, minBackoff: 50, maxBackoff: 300, pingInterval: 300, replyTimeout: 500 });
+  clients.push(c);
+  const states = stateRecorder(c);
+  const got = [];
+  const acks = [];
+  await c.subscribe("jsfrozen", ["k"], { onData: (p) => got.push(p.data), onAck: (a) => acks.push(a) }).ready;
+  await publish(srv, [{ app: "jsfrozen", key: "k", data: 1 }]);
+  await waitFor("the first value", () => got.length === 1);
+
+  srv.signal("SIGSTOP");
+  try {
+    await waitFor("the client to give up the silent connection", () => c.state === "reconnecting", 5000);
+    assert.match(states.find((s) => s.state === "reconnecting").reason, /no reply/);
+  } finally {
+    srv.signal("SIGCONT");
+  }
+  await waitFor("open again", () => c.state === "open" && acks.length >= 2, 10000);
+  assert.ok(acks.slice(1).every((a) => a.resumed && a.recovered === true), JSON.stringify(acks));
+  await publish(srv, [{ app: "jsfrozen", key: "k", data: 2 }]);
+  await waitFor("the next value", () => got.length === 2);
+  assert.deepEqual(got, [1, 2]);
 });

@@ -11,6 +11,17 @@ import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createConnection } from "node:net";
 import { promisify } from "node:util";
+import { TestWebSocket } from "./websocket.mjs";
+
+/**
+ * WebSocket is the constructor the tests give the client: the global one
+ * (Node 22, or Node 20 with --experimental-websocket), else TestWebSocket
+ * (Node 18, 20). WSPUSH_TEST_WEBSOCKET=test forces TestWebSocket.
+ */
+export const WebSocket =
+  process.env.WSPUSH_TEST_WEBSOCKET === "test" || typeof globalThis.WebSocket !== "function"
+    ? TestWebSocket
+    : globalThis.WebSocket;
 
 const run = promisify(execFile);
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "..");
@@ -76,6 +87,10 @@ export async function startServer(args = [], { addr = "127.0.0.1:0", timeout = 2
     http: `http://${address}`,
     log: () => log,
     exited,
+    // signal sends sig (SIGSTOP, SIGCONT) without waiting.
+    signal(sig) {
+      proc.kill(sig);
+    },
     // kill sends signal and waits for the process to end.
     async kill(signal = "SIGKILL") {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);

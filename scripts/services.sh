@@ -37,6 +37,19 @@ ensure_go() {
   fi
 }
 
+# The JS client's tests (userservice/client/js/test) run on Node.js 18 or
+# later; Debian's nodejs package is recent enough.
+node_ok() {
+  command -v node >/dev/null 2>&1 &&
+    node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)' 2>/dev/null
+}
+ensure_node() {
+  if node_ok; then return 0; fi
+  log "installing Node.js (nodejs, for the JS client's tests)"
+  apt_install nodejs
+  node_ok || { log "node $(node --version 2>/dev/null) is older than 18"; return 1; }
+}
+
 # The browser test (cmd/wspush/browser_test.go) drives Debian's Chromium
 # headless over the DevTools protocol; $WSPUSH_CHROMIUM names another
 # binary. No browser download: the package comes from the distribution.

@@ -14,6 +14,7 @@ ensure_go
 ensure_redis
 ensure_rabbitmq
 ensure_chromium || echo "== no Chromium: the browser test skips (fails under WSPUSH_REQUIRE_SERVICES=1)"
+ensure_node
 . scripts/redis-cluster.sh
 if [ -z "${WSPUSH_REDIS_CLUSTER_URL:-}" ]; then # the Redis Cluster variants of the tests
   start_redis_cluster
@@ -29,4 +30,22 @@ if [ "$#" -gt 0 ]; then
   go test -race -count=1 -timeout 20m "$@"
 else
   go test -race -count=1 -timeout 20m ./...
+fi
+
+# The JS client (userservice/client/js) against a real wspush binary. Node
+# 22 has a global WebSocket, 20 has it behind a flag; on 18 the tests bring
+# their own.
+if [ "$#" -eq 0 ]; then
+  echo "== node --test userservice/client/js/test"
+  js_tmp="$(mktemp -d)"
+  go build -o "$js_tmp/wspush" ./cmd/wspush
+  node_flags=()
+  if ! node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' 2>/dev/null &&
+    node --experimental-websocket -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' 2>/dev/null; then
+    node_flags=(--experimental-websocket)
+  fi
+  js_rc=0
+  WSPUSH_BIN="$js_tmp/wspush" timeout 300 node "${node_flags[@]}" --test userservice/client/js/test/*.test.mjs || js_rc=$?
+  rm -rf "$js_tmp"
+  [ "$js_rc" -eq 0 ] || { echo "== the JS client's tests failed ($js_rc)"; exit "$js_rc"; }
 fi

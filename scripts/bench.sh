@@ -108,7 +108,7 @@ if [ "$CLUSTER" = 1 ]; then
   for node in a b; do
     port=$(free_port)
     "$tmp/wspush" --addr "127.0.0.1:$port" --node-id "bench-$node-$port" --log-level warn \
-      --redis-url redis://127.0.0.1:6379/0 --amqp-url amqp://guest:guest@127.0.0.1:5672/ >"$tmp/wspush-$node.log" 2>&1 &
+      --redis-url redis://127.0.0.1:6379/0 --amqp-url amqp://guest:guest@127.0.0.1:5672 >"$tmp/wspush-$node.log" 2>&1 &
     pids+=($!)
     wait_http "http://127.0.0.1:$port/readyz" "wspush-$node"
     urls+=(--url "ws://127.0.0.1:$port/ws")

@@ -20,7 +20,7 @@ base=${2:-8080}
 dc_port=${DATACENTER_PORT:-9090}
 poller=${POLLER:-on}
 redis_url=${WSPUSH_REDIS_URL:-redis://127.0.0.1:6379/0}
-amqp_url=${WSPUSH_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}
+amqp_url=${WSPUSH_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672}
 case "$nodes" in '' | *[!0-9]*) echo "usage: $0 [nodes] [base-port]" >&2; exit 2 ;; esac
 case "$poller" in on | off) ;; *) echo "POLLER=$poller: want on or off" >&2; exit 2 ;; esac
 

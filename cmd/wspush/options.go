@@ -45,7 +45,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.StringVar(&c.RedisURL, "redis-url", "", "cluster: Redis for the sequencer, history, fan-out between nodes, index and leases (redis://host:6379/0; comma-separated seed URLs for a Redis Cluster)")
 	fs.StringVar(&c.Redis.Prefix, "redis-prefix", "", `cluster: prefix of every Redis key, so that deployments can share one Redis (default "wspush")`)
 	fs.DurationVar(&c.Redis.HistoryMinAge, "history-min-age", 0, "cluster: history entries younger than this are never trimmed by --history-size (default 30s)")
-	fs.StringVar(&c.AMQPURL, "amqp-url", "", "cluster: RabbitMQ to consume integrators' publications from (amqp://guest:guest@host:5672/); needs --redis-url")
+	fs.StringVar(&c.AMQPURL, "amqp-url", "", "cluster: RabbitMQ to consume integrators' publications from (amqp://guest:guest@host:5672, the default vhost; a trailing / would name the empty one); needs --redis-url")
 	fs.StringVar(&c.AMQP.Prefix, "amqp-prefix", "", `cluster: prefix of the RabbitMQ exchanges and queues (default "wspush": wspush.ingest, ...)`)
 	fs.IntVar(&c.AMQP.Partitions, "ingest-partitions", 0, "cluster: partition queues of the AMQP ingest, the same on every node; 1 needs no consistent-hash plugin (default 8)")
 	fs.StringVar(&c.NodeID, "node-id", "", "cluster: this node's unique name (default: host name and a random suffix)")

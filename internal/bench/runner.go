@@ -83,7 +83,7 @@ const (
 	DefaultPublishConns     = 8
 	DefaultSettleTimeout    = 15 * time.Second
 	DefaultApp              = "bench"
-	DefaultAMQPURL          = "amqp://guest:guest@127.0.0.1:5672/"
+	DefaultAMQPURL          = "amqp://guest:guest@127.0.0.1:5672"
 )
 
 func (o Options) withDefaults() Options {

@@ -17,7 +17,7 @@ import (
 // The shared services of the suite (scripts/services.sh starts them).
 const (
 	RedisAddr = "127.0.0.1:6379"
-	AMQPURL   = "amqp://guest:guest@127.0.0.1:5672/"
+	AMQPURL   = "amqp://guest:guest@127.0.0.1:5672"
 )
 
 // ClusterConfig describes the nodes of one run.

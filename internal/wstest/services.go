@@ -11,7 +11,7 @@ import (
 // them on their loopback ports).
 const (
 	RedisURL = "redis://127.0.0.1:6379/0"
-	AMQPURL  = "amqp://guest:guest@127.0.0.1:5672/"
+	AMQPURL  = "amqp://guest:guest@127.0.0.1:5672"
 )
 
 // RequireServices skips the test when Redis or RabbitMQ is unreachable, or

@@ -556,12 +556,14 @@ func (p *page) history(key string, since int64, check func(histEntry) error) {
 	}
 }
 
-// sawReset reports whether key showed data-state=reset since the page's
-// time since.
+// sawReset reports whether key showed a reset since the page's time since:
+// data-state=reset, or "NOT recovered" in its .recovery (the page renders
+// once per animation frame, so a reset followed at once by a value may
+// show only the note).
 func (p *page) sawReset(key string, since int64) bool {
 	p.t.Helper()
 	for _, e := range p.entries(key, since) {
-		if e.State == "reset" {
+		if e.State == "reset" || strings.Contains(strings.ToLower(e.Recovery), "not recovered") {
 			return true
 		}
 	}

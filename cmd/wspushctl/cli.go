@@ -79,14 +79,16 @@ func (c *command) main(ctx context.Context, args []string, stdin io.Reader, stdo
 	fs := flag.NewFlagSet("wspushctl "+c.name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	c.flags(fs)
-	fs.Usage = func() { c.printUsage(fs) }
+	fs.Usage = func() {} // --help goes to stdout, below; an error gets a hint
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stdout)
 			c.printUsage(fs)
 			return exitOK
 		}
-		return exitUsage // the flag package has said why, and printed the usage
+		// The flag package has said what is wrong.
+		fmt.Fprintf(stderr, "Run \"wspushctl %s --help\" for usage.\n", c.name)
+		return exitUsage
 	}
 	if err := applyEnv(fs, c.env, getenv); err != nil {
 		fmt.Fprintf(stderr, "wspushctl %s: %v\n", c.name, err)

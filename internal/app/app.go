@@ -28,6 +28,7 @@ import (
 
 	"github.com/wspush/wspush/dataservice"
 	"github.com/wspush/wspush/dataservice/simulator"
+	"github.com/wspush/wspush/internal/ops"
 	"github.com/wspush/wspush/internal/origin"
 	"github.com/wspush/wspush/middle"
 	"github.com/wspush/wspush/middle/amqp"
@@ -120,6 +121,7 @@ type App struct {
 	mux    *http.ServeMux
 	admin  *http.ServeMux // nil: no --admin-addr
 	certs  *certReloader  // nil: no TLS
+	ops    *ops.Nodes     // GET /api/nodes
 	// adminAddr is the admin listener's address once it listens.
 	adminAddr atomic.Value
 	// origins is the browser-origin policy, set by Run once the listener's
@@ -228,6 +230,10 @@ func New(cfg Config) (*App, error) {
 		}
 		a.cfg.Poller = pc
 	}
+	if err := a.newOps(); err != nil {
+		a.close()
+		return nil, err
+	}
 	a.routes()
 	return a, nil
 }
@@ -240,6 +246,7 @@ func (a *App) routes() {
 		a.node.PublishHandler(middle.PublishHandlerConfig{APIKey: a.cfg.APIKey, AllowOrigin: a.allowOrigin})))
 	a.mux.HandleFunc("GET /healthz", a.healthz)
 	a.mux.HandleFunc("GET /readyz", a.readyz)
+	a.mux.Handle("GET /api/nodes", a.ops) // docs/PROTOCOL.md, "HTTP server"
 	a.mux.Handle("GET /client.js", jsclient.ScriptHandler())
 	a.mux.Handle("GET /client.d.ts", jsclient.TypesHandler())
 	metrics := promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{})
@@ -250,6 +257,7 @@ func (a *App) routes() {
 		a.admin.Handle("GET /metrics", metrics)
 		a.admin.HandleFunc("GET /healthz", a.healthz)
 		a.admin.HandleFunc("GET /readyz", a.readyz)
+		a.admin.Handle("GET /api/nodes", a.ops)
 	}
 	if a.cfg.Dashboard != nil {
 		a.mux.Handle("/", http.FileServerFS(a.cfg.Dashboard))
@@ -351,6 +359,7 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 		g.Go(func() error { return a.index.Run(gctx) })
 	}
 	g.Go(func() error { return a.node.Run(gctx) })
+	g.Go(func() error { return a.ops.Run(gctx) }) // after a.poller is set: sampleOps reads it
 	g.Go(func() error { return a.users.Run(gctx) })
 
 	// The main listener: plain HTTP connections counted and bounded, then
@@ -378,7 +387,7 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 			ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
 		g.Go(func() error { return serve(admin, adminLn) })
 		a.adminAddr.Store(adminLn.Addr().String())
-		a.log.Info("admin listener: /metrics, /debug/pprof/, /healthz, /readyz", "addr", adminLn.Addr().String())
+		a.log.Info("admin listener: /metrics, /debug/pprof/, /healthz, /readyz, /api/nodes", "addr", adminLn.Addr().String())
 	}
 	a.log.Info("wspush listening", "addr", ln.Addr().String(), "scheme", scheme,
 		"max_http_connections", a.cfg.MaxHTTPConnections, "max_connections_per_ip", a.cfg.Users.MaxConnectionsPerIP)

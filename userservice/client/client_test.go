@@ -37,6 +37,7 @@ func TestValuesInOrder(t *testing.T) {
 	if got := sub.Keys(); len(got) != 3 {
 		t.Fatalf("Keys() = %v", got)
 	}
+	rec.waitAcks(t, 1)
 	acks, _, _ := rec.snapshot()
 	if len(acks) != 1 || acks[0].Resumed || len(acks[0].Positions) != 3 || acks[0].Positions["k1"].Seq != 5 {
 		t.Fatalf("acks = %+v, want one, not resumed, k1 at seq 5", acks)
@@ -221,6 +222,7 @@ func TestEmbeddedRestartSurfacesReset(t *testing.T) {
 		mustPublish(t, s.base(), "emb", "k", strconv.Itoa(i))
 	}
 	rec.waitSeq(t, "k", 10)
+	rec.waitAcks(t, 1)
 	acks, _, _ := rec.snapshot()
 	oldEpoch := acks[0].Positions["k"].Epoch
 
@@ -380,6 +382,7 @@ func TestThousandKeys(t *testing.T) {
 	}
 	rec := newRecorder()
 	subscribe(t, c, "many", keys, client.SubscribeOptions{}, rec)
+	rec.waitAcks(t, 10)
 	if acks, _, _ := rec.snapshot(); len(acks) != 10 {
 		t.Fatalf("%d acks, want 10 commands of 100 keys", len(acks))
 	}
@@ -622,6 +625,7 @@ func TestResumeFromSavedPositions(t *testing.T) {
 	subscribe(t, c2, "save", []string{"k"}, client.SubscribeOptions{Since: saved}, rec2)
 	rec2.waitSeq(t, "k", 6)
 	checkSeqs(t, "k", rec2.seqs("k"), 4, 6)
+	rec2.waitAcks(t, 1)
 	if acks, _, _ := rec2.snapshot(); !acks[0].Resumed || !acks[0].Recovered {
 		t.Errorf("ack %+v", acks[0])
 	}

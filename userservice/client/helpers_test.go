@@ -273,3 +273,17 @@ func short(s []uint64) string {
 	}
 	return fmt.Sprint(s[:20], "...", s[len(s)-20:])
 }
+
+// waitAcks waits until the Handler got n acks (OnAck runs on the
+// dispatcher, possibly after Subscribe returned).
+func (r *recorder) waitAcks(t testing.TB, n int) {
+	t.Helper()
+	eventually(t, 10*time.Second, func() error {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if len(r.acks) < n {
+			return fmt.Errorf("%d acks, want %d", len(r.acks), n)
+		}
+		return nil
+	})
+}

@@ -81,8 +81,10 @@ func (s *Subscription) readyLocked() {
 // error: a *CommandError for an error reply (nothing of this call stays
 // subscribed), ctx's error, ErrClosed. A key may be held by one Subscription
 // at a time. h is called for every message of these keys, from now on and
-// across reconnects, until Unsubscribe or Close. While the Client is not
-// connected, Subscribe waits for the connection (bounded by ctx).
+// across reconnects, until Unsubscribe or Close; its OnAck for this
+// Subscribe runs on the Handlers' goroutine, before or after Subscribe
+// returns. While the Client is not connected, Subscribe waits for the
+// connection (bounded by ctx).
 func (c *Client) Subscribe(ctx context.Context, app string, keys []string, opts SubscribeOptions, h Handler) (*Subscription, error) {
 	if h == nil {
 		return nil, errors.New("wspush subscribe: nil Handler")

@@ -3,7 +3,7 @@
 // reconnects and resumes (docs/PROTOCOL.md, The client rule), and batches and
 // paces its commands under the server's command rate.
 import { Client } from '/client.js';
-import { Series, plot, fit, fmtMs, fmtNum, readTheme, themeColor } from './chart.js';
+import { Series, plot, fit, empty, fmtMs, fmtNum, readTheme, themeColor } from './chart.js';
 import { startOps } from './ops.js';
 
 const $ = (id) => document.getElementById(id);
@@ -386,7 +386,7 @@ function drawCard(s, now) {
   const ctx = sz && fit(s.el.canvas, sz.w, sz.h);
   if (!ctx) return;
   const f = chartField(s);
-  if (!f) return;
+  if (!f) { empty(ctx, sz.w, sz.h, s.count ? 'no numeric field to chart' : ''); return; }
   const res = plot(ctx, s.series, s.series.fields.get(f), { x: 34, y: 7, w: sz.w - 38, h: sz.h - 23 }, now - windowMs, now, { yTicks: 2, gapMs: 0 });
   setAttr(s.el.canvas, 'aria-label', `${s.id} ${f} over the last ${windowMs / 60000} min: ${res.n ? `${fmtNum(res.min)} to ${fmtNum(res.max)}, latest ${fmtNum(res.last)}` : 'no values'}`);
 }
@@ -399,6 +399,12 @@ function drawDetail(now) {
   if (!ctx) return;
   if (!s) { setAttr(canvas, 'aria-label', 'No sensor selected'); return; }
   const f = chartField(s);
+  if (!s.series.length) {
+    empty(ctx, sz.w, sz.h, s.state === 'stopped' ? 'stopped before any value' : 'waiting for the first value…');
+    setAttr(canvas, 'aria-label', `${s.id}: no values yet`);
+    setText($('detail-stats'), `${s.state} · no values yet · format ${s.format}`);
+    return;
+  }
   const top = Math.round((sz.h - 36) * 0.66);
   const r1 = { x: 48, y: 14, w: sz.w - 56, h: top - 14 };
   const r2 = { x: 48, y: top + 22, w: sz.w - 56, h: sz.h - top - 40 };
@@ -436,7 +442,7 @@ function fillFields() {
   const names = s ? [...s.series.fields.keys()] : [];
   const cur = s ? chartField(s) : null;
   if (sel.dataset.names !== names.join('\n')) {
-    sel.replaceChildren(...names.map((n) => el('option', { text: n })));
+    sel.replaceChildren(...(names.length ? names.map((n) => el('option', { text: n })) : [el('option', { text: '–', value: '' })]));
     sel.dataset.names = names.join('\n');
   }
   if (cur) sel.value = cur;

@@ -93,6 +93,7 @@ export function fmtNum(v, step = 0) {
 export function fmtMs(ms) {
   if (!Number.isFinite(ms)) return '–';
   const a = Math.abs(ms);
+  if (a < 10 && !Number.isInteger(ms)) return `${ms.toFixed(1)} ms`;
   if (a < 1000) return `${Math.round(ms)} ms`;
   if (a < 60000) return `${(ms / 1000).toFixed(a < 10000 ? 2 : 1)} s`;
   if (a < 3600000) return `${(ms / 60000).toFixed(1)} min`;
@@ -119,6 +120,16 @@ export function fit(canvas, w, h) {
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, w, h);
   return ctx;
+}
+
+// empty writes a note in the middle of a chart that has nothing to show.
+export function empty(ctx, w, h, text) {
+  if (!theme) readTheme();
+  ctx.font = theme.font;
+  ctx.fillStyle = theme.muted;
+  ctx.textAlign = 'center';
+  ctx.textBaseline = 'middle';
+  ctx.fillText(text, w / 2, h / 2);
 }
 
 // plot draws ys (against series.t) in the rectangle r = {x, y, w, h} over

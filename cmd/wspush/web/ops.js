@@ -46,7 +46,7 @@ export function startOps({ section, body, note, canPoll }) {
   let timer = 0, stopped = false, busy = false;
   async function poll() {
     if (stopped || busy) return;
-    if (!canPoll()) { note.textContent = 'paused while disconnected'; return; }
+    if (!canPoll()) { note.textContent = 'paused while disconnected'; section.classList.add('paused'); return; }
     busy = true;
     try {
       const res = await fetch('/api/nodes', { cache: 'no-store', headers: { Accept: 'application/json' } });
@@ -66,6 +66,7 @@ export function startOps({ section, body, note, canPoll }) {
   function render(doc) {
     const now = Date.now(), nodes = Array.isArray(doc?.nodes) ? doc.nodes : [];
     section.hidden = false;
+    section.classList.remove('paused');
     const rows = nodes.map((n) => {
       const tr = document.createElement('tr');
       const up = ago(n.updated, now);

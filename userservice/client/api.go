@@ -18,8 +18,9 @@ type Position = proto.Position
 // Config configures a Client. Only URL is required; zero values take the
 // defaults named on each field.
 type Config struct {
-	// URL of the WebSocket endpoint, ws:// or wss://, e.g.
-	// "ws://127.0.0.1:8080/ws".
+	// URL of the WebSocket endpoint, e.g. "ws://127.0.0.1:8080/ws". An
+	// http:// or https:// URL means ws:// or wss://; without a path the
+	// path is /ws.
 	URL string
 	// Token is the JWT sent on connect (Authorization: Bearer). Ignored
 	// when TokenFunc is set.

@@ -118,9 +118,22 @@ func (cfg *Config) fill() error {
 	if err != nil {
 		return fmt.Errorf("wspush client: URL %q: %w", cfg.URL, err)
 	}
-	if u.Scheme != "ws" && u.Scheme != "wss" {
-		return fmt.Errorf("wspush client: URL %q: want ws:// or wss://", cfg.URL)
+	switch u.Scheme {
+	case "ws", "wss":
+	case "http":
+		u.Scheme = "ws"
+	case "https":
+		u.Scheme = "wss"
+	default:
+		return fmt.Errorf("wspush client: URL %q: want ws://, wss://, http:// or https://", cfg.URL)
 	}
+	if u.Host == "" {
+		return fmt.Errorf("wspush client: URL %q: no host", cfg.URL)
+	}
+	if u.Path == "" || u.Path == "/" {
+		u.Path = "/ws"
+	}
+	cfg.URL = u.String()
 	dur := func(d *time.Duration, def time.Duration) {
 		if *d <= 0 {
 			*d = def

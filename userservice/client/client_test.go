@@ -732,3 +732,24 @@ func TestTokenExpiredWithoutTokenFunc(t *testing.T) {
 		t.Fatalf("Err %v", c.Err())
 	}
 }
+
+// TestOriginRefusedIsTerminal: an upgrade refused with 403 (an Origin the
+// server does not allow) is not retried; an http:// URL without a path
+// means ws://.../ws.
+func TestOriginRefusedIsTerminal(t *testing.T) {
+	s := startServer(t, app.Config{}, "127.0.0.1:0")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := client.Dial(ctx, client.Config{URL: s.base(), Header: http.Header{"Origin": {"http://evil.example"}}})
+	var he *client.HandshakeError
+	if !errors.As(err, &he) || he.StatusCode != http.StatusForbidden {
+		t.Fatalf("Dial: %v, want a HandshakeError 403", err)
+	}
+	c := dial(t, client.Config{URL: s.base()})
+	if c.State() != client.StateOpen {
+		t.Fatalf("state %v", c.State())
+	}
+	if _, err := client.New(client.Config{URL: "ftp://x"}); err == nil {
+		t.Fatal("New accepted ftp://")
+	}
+}

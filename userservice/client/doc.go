@@ -34,6 +34,12 @@
 // server's history no longer reaches back, which arrives as a Reset with
 // reason "gap"), and the reader never blocks without bound.
 //
+// The queue is bounded by its number of messages, so its memory is at most
+// QueueSize times the largest message (64 KiB publications by default).
+// Handlers may call Subscribe, Unsubscribe and Positions; a Subscribe from a
+// Handler waits for its ack, which needs room in the queue, so with a full
+// queue it waits for its ctx: prefer another goroutine for large work.
+//
 // # Closing
 //
 // The server closes with a code (docs/PROTOCOL.md, Close codes). The client

@@ -11,12 +11,14 @@ import (
 	"time"
 )
 
-// Exit codes: 0 done, 1 refused or failed (the message says which and
-// why), 2 a usage error.
+// Exit codes: 0 done (or stopped while only waiting: sub, pub at the end
+// of what stdin gave), 1 refused or failed (the message says which and
+// why), 2 a usage error, 130 interrupted in the middle of a request.
 const (
-	exitOK    = 0
-	exitFail  = 1
-	exitUsage = 2
+	exitOK          = 0
+	exitFail        = 1
+	exitUsage       = 2
+	exitInterrupted = 130
 )
 
 const usage = `Usage: wspushctl <command> [flags] [args]
@@ -103,7 +105,10 @@ func (c *command) main(ctx context.Context, args []string, stdin io.Reader, stdo
 		fmt.Fprintf(stderr, "wspushctl %s: %v\nRun \"wspushctl %s --help\" for usage.\n", c.name, err, c.name)
 		return exitUsage
 	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
-		return exitOK // interrupted: what was done has been printed
+		// Interrupted in the middle of something (a command that was only
+		// waiting returns nil): say what.
+		fmt.Fprintf(stderr, "wspushctl %s: interrupted: %v\n", c.name, err)
+		return exitInterrupted
 	}
 	fmt.Fprintf(stderr, "wspushctl %s: %v\n", c.name, err)
 	return exitFail

@@ -266,7 +266,7 @@ func publishLines(ctx context.Context, stdin io.Reader, app string, batch int, p
 			select {
 			case l, ok = <-lines:
 			case <-ctx.Done():
-				return ctx.Err()
+				return nil // everything read so far is published
 			}
 		}
 		if !ok {

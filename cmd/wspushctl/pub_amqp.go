@@ -144,8 +144,11 @@ func (p *amqpPublisher) publish(ctx context.Context, items []pubItem) error {
 // failed explains a publish that failed with the connection: the timeout,
 // or the broker's reason.
 func (p *amqpPublisher) failed(ctx context.Context, err error) error {
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return fmt.Errorf("%w (no confirms within --timeout %s; the broker may be under a resource alarm)", err, p.timeout)
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return fmt.Errorf("%w (no confirms within --timeout %s; the broker may be under a resource alarm): the unconfirmed values may or may not have been published; publish them again, with ids to be safe", err, p.timeout)
+	case ctx.Err() != nil:
+		return fmt.Errorf("%w: the unconfirmed values may or may not have been published; publish them again, with ids to be safe", err)
 	}
 	return err
 }

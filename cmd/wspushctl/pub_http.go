@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -60,6 +62,13 @@ func (p *httpPublisher) publish(ctx context.Context, items []pubItem) error {
 	}
 	resp, err := p.client.Do(req)
 	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w: the batch in flight (%d values) may or may not have been published; publish it again, with ids to be safe", ctx.Err(), len(items))
+		}
+		var ue *url.Error
+		if errors.As(err, &ue) && ue.Timeout() {
+			return fmt.Errorf("%w (--timeout %s): the batch (%d values) may or may not have been published; publish it again, with ids to be safe", err, p.client.Timeout, len(items))
+		}
 		return err // a *url.Error names the method and the URL
 	}
 	defer resp.Body.Close()

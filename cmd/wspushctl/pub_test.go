@@ -179,6 +179,21 @@ func TestPubHTTPRefusals(t *testing.T) {
 	}
 }
 
+// A 503 prints the seqs of the leading values that went through, then
+// the refusal: here the embedded store is full of subscribed keys.
+func TestPubHTTPPartialBatch(t *testing.T) {
+	base, _, _ := wstest.StartApp(t, app.Config{Middle: middle.Config{MaxKeys: 2}})
+	c := wstest.Dial(t, wstest.WSURL(base), nil)
+	c.Subscribe("a", "json", nil, "k1", "k2")
+	r := ctl(t, "", "pub", "--url", base, "--app", "a", "k1=1", "k2=2", "k3=3")
+	if r.code != 1 || !strings.Contains(r.stderr, "HTTP 503 limit") || !strings.Contains(r.stderr, "2 of the 3 values") {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	if want := `{"app":"a","key":"k1","seq":1}` + "\n" + `{"app":"a","key":"k2","seq":1}` + "\n"; r.stdout != want {
+		t.Fatalf("stdout %q, want %q", r.stdout, want)
+	}
+}
+
 // An interrupted pub (SIGINT) stops waiting for stdin and exits 0.
 func TestPubStopsOnInterrupt(t *testing.T) {
 	base, _, _ := wstest.StartApp(t, app.Config{})

@@ -414,7 +414,9 @@ func apiNodes(ctx context.Context, hc *http.Client, base string) (json.RawMessag
 
 // nodesReply is the part of GET /api/nodes that stats prints.
 type nodesReply struct {
-	Self  string `json:"self"`
+	Self string `json:"self"`
+	// Error is set while the node cannot read the other nodes' snapshots.
+	Error string `json:"error"`
 	Nodes []struct {
 		ID            string    `json:"id"`
 		Started       time.Time `json:"started"`
@@ -448,7 +450,7 @@ func (s *stats) print(w io.Writer) error {
 		if !p.Healthy {
 			health = "FAILING"
 		}
-		fmt.Fprintf(tw, "poller\t%s: %.1f calls/s (%.1f errors/s, mean %.0f ms), %.0f apps failing, %.1f values/s, %.0f ticks skipped %s\n",
+		fmt.Fprintf(tw, "poller\t%s: %.1f calls/s (%.1f errors/s, mean %.1f ms), %.0f apps failing, %.1f values/s, %.0f ticks skipped %s\n",
 			health, p.CallsPerS, p.ErrorsPerS, p.MeanCallMilli, p.AppsFailing, p.ValuesPerS, p.TicksSkipped, in)
 	} else {
 		fmt.Fprintf(tw, "poller\toff\n")
@@ -485,6 +487,9 @@ func (s *stats) print(w io.Writer) error {
 		return fmt.Errorf("GET %s/api/nodes: %w", s.URL, err)
 	}
 	fmt.Fprintf(w, "\nnodes (%d):\n", len(nr.Nodes))
+	if nr.Error != "" {
+		fmt.Fprintf(w, "  (%s)\n", nr.Error)
+	}
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "  ID\tUP\tCONNS\tSUBS\tPUB/S\tDELIV/S\tDROPPED/S\tPOLLER\tSEEN\n")
 	for _, n := range nr.Nodes {

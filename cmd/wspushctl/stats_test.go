@@ -15,7 +15,7 @@ import (
 // stats scrapes a live demo node: a subscriber's connection and keys, the
 // poller's calls and the deliveries it causes.
 func TestStatsOfALiveNode(t *testing.T) {
-	base, _, _ := wstest.StartApp(t, app.Config{Demo: true})
+	base, a, _ := wstest.StartApp(t, app.Config{Demo: true})
 	c := wstest.Dial(t, wstest.WSURL(base), nil)
 	c.Subscribe("demo", "json", nil, "s001", "s002")
 	go func() { // keep reading, so that the queue stays empty
@@ -47,9 +47,20 @@ func TestStatsOfALiveNode(t *testing.T) {
 		t.Fatalf("ready %q %v, RSS %v", s.Ready, s.NodeReady, s.Process.RSSBytes)
 	}
 
+	// GET /api/nodes (a node that serves it) lists this node alone.
+	if s.Nodes != nil {
+		var nr nodesReply
+		if err := json.Unmarshal(s.Nodes, &nr); err != nil || nr.Self != a.NodeID() || len(nr.Nodes) != 1 || nr.Nodes[0].ID != a.NodeID() {
+			t.Fatalf("nodes: %v %s", err, s.Nodes)
+		}
+	}
+
 	r = ctl(t, "", "stats", "--url", base, "--interval", "200ms")
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	if s.Nodes != nil && !strings.Contains(r.stdout, a.NodeID()+" (this)") {
+		t.Errorf("no line of this node in:\n%s", r.stdout)
 	}
 	for _, want := range []string{"connections     1 ", "subscriptions   2 on 2 keys", "poller          healthy", "amqp            off", "redis           off"} {
 		if !strings.Contains(r.stdout, want) {

@@ -195,7 +195,7 @@ func (o *subOptions) run(ctx context.Context, keys []string, _ io.Reader, stdout
 func subError(ctx context.Context, err error) error {
 	switch {
 	case ctx.Err() != nil:
-		return ctx.Err()
+		return nil // interrupted before the first value: nothing to say
 	case errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("%w (--dial-timeout)", err)
 	}

@@ -98,8 +98,8 @@ type Config struct {
 	// Logger receives a line when the Store starts failing, at most one a
 	// minute while it fails, and one when it answers again. Nil discards.
 	Logger *slog.Logger
-	// Registerer receives wspush_node_snapshot_errors_total; nil does not
-	// register it.
+	// Registerer receives wspush_node_snapshot_errors_total when Store is
+	// set; nil does not register it.
 	Registerer prometheus.Registerer
 }
 
@@ -219,7 +219,7 @@ func New(cfg Config) (*Nodes, error) {
 			Help: "Failed exchanges of this node's operator snapshot (GET /api/nodes) with Redis: the write or the read of the other nodes'.",
 		}),
 	}
-	if cfg.Registerer != nil {
+	if cfg.Registerer != nil && cfg.Store != nil {
 		if err := cfg.Registerer.Register(n.errs); err != nil {
 			return nil, fmt.Errorf("ops: register metrics: %w", err)
 		}

@@ -249,7 +249,8 @@ func (c *Client) setState(ev StateEvent) {
 
 // Positions returns the position of every subscribed key of app whose
 // Handler has been called at least once (ack, data or reset): what to pass
-// as SubscribeOptions.Since to resume later, e.g. after a restart.
+// as SubscribeOptions.Since to resume later, e.g. after a restart. It
+// still answers after Close, with the final positions.
 func (c *Client) Positions(app string) map[string]Position {
 	c.mu.Lock()
 	defer c.mu.Unlock()

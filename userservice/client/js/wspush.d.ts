@@ -69,8 +69,12 @@ export interface Ack {
 export declare class WspushError extends Error {
   /**
    * A server error code (docs/PROTOCOL.md, Error codes: bad_request, unauthorized, forbidden, limit,
-   * unavailable, internal), or the client's own: "limit" (more than maxSubscriptions keys),
-   * "protocol" (a message that breaks the protocol), "closed" (the client was closed).
+   * unavailable, internal; `id` is then the command's), or the client's own: "bad_request" (an
+   * invalid app, key, format or since, thrown by subscribe), "limit" (more than maxSubscriptions
+   * keys, thrown by subscribe), "protocol" (a server message that breaks the protocol), "closed"
+   * (the client was closed, or the keys unsubscribed, before an ack), "client" (a bad option, a
+   * failed getToken).
+   * Subscribes refused with "unavailable" or "internal" are retried with backoff; `ready` waits.
    */
   code: string;
   /** The id of the command the server's error answers, when there is one. */

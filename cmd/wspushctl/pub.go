@@ -67,7 +67,7 @@ through.`,
 		env: []string{"url", "api-key"},
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&o.url, "url", "http://127.0.0.1:8080", "wspush server to publish to over HTTP")
-			fs.StringVar(&o.amqpURL, "amqp-url", "", "publish over AMQP to this RabbitMQ instead of HTTP (amqp://user:pass@host:5672)")
+			fs.StringVar(&o.amqpURL, "amqp-url", "", "publish over AMQP to this RabbitMQ instead of HTTP (amqp://user:pass@host:5672; --url is then unused)")
 			fs.StringVar(&o.exchange, "exchange", "wspush.ingest", "AMQP exchange of the cluster's ingest (<--amqp-prefix>.ingest)")
 			fs.StringVar(&o.apiKey, "api-key", "", "the server's --api-key (HTTP: Authorization: Bearer); not needed from loopback when the server has none")
 			fs.StringVar(&o.app, "app", "", "app of the values (stdin lines may name their own)")

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/wspush/wspush/proto"
 	"github.com/wspush/wspush/userservice/client"
 )
 
@@ -79,6 +80,11 @@ func (o *subOptions) run(ctx context.Context, keys []string, _ io.Reader, stdout
 	}
 	if len(keys) == 0 {
 		return usagef("no keys: give the keys to subscribe to after the flags")
+	}
+	for _, name := range append([]string{o.app}, keys...) {
+		if err := proto.ValidateName(name); err != nil {
+			return usagef("%q: %v", name, err)
+		}
 	}
 	if o.format != "json" && o.format != "binary" {
 		return usagef("--format %q: want json or binary", o.format)

@@ -164,6 +164,7 @@ func TestSubRefusals(t *testing.T) {
 		{"sub", "--url", base, "--app", "a", "--since", "{", "k"},          // since
 		{"sub", "--url", "mailto:x@y", "--app", "a", "k"},                  // scheme
 		{"sub", "--url", base, "--app", "a", "--dial-timeout", "1ns", "k"}, // bounds
+		{"sub", "--url", base, "--app", "a", "k 1"},                        // key name
 	} {
 		if r := ctl(t, "", args...); r.code != 2 {
 			t.Errorf("%q: exit %d, want 2: %s", args, r.code, r.stderr)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -167,7 +168,23 @@ func startRedisNode(t *testing.T, tc *testCluster, id, datacenter string) (base 
 // a node that stops is no longer listed; an entry whose node stopped
 // writing leaves the list after the window and Redis after a minute.
 func TestNodesCluster(t *testing.T) {
-	tc := newTestCluster(t, wstest.RedisURL, 1)
+	testNodesCluster(t, newTestCluster(t, wstest.RedisURL, 1))
+}
+
+// TestNodesClusterRedisCluster runs the same on a Redis Cluster
+// (scripts/test.sh starts one and sets WSPUSH_REDIS_CLUSTER_URL).
+func TestNodesClusterRedisCluster(t *testing.T) {
+	url := os.Getenv("WSPUSH_REDIS_CLUSTER_URL")
+	if url == "" {
+		if os.Getenv("WSPUSH_REQUIRE_SERVICES") == "1" {
+			t.Fatal("WSPUSH_REDIS_CLUSTER_URL is not set (scripts/test.sh starts a Redis Cluster)")
+		}
+		t.Skip("WSPUSH_REDIS_CLUSTER_URL is not set")
+	}
+	testNodesCluster(t, newTestCluster(t, url, 1))
+}
+
+func testNodesCluster(t *testing.T, tc *testCluster) {
 	dc := httptest.NewServer(simulator.New(simulator.Config{}))
 	defer dc.Close()
 	idA, idB := randomName("node-a-"), randomName("node-b-")

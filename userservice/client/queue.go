@@ -101,12 +101,12 @@ func (c *Client) dispatch() {
 	}
 }
 
-// current reports whether e is still subscribed (not unsubscribed since
-// the reader queued its message).
+// current reports whether e is still subscribed: not unsubscribed since
+// the reader queued its message, and not of a Subscribe that failed.
 func (c *Client) current(e *keyState) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return !e.removed
+	return !e.removed && !e.sub.failed
 }
 
 // handled records what the Handler has seen, for Positions.

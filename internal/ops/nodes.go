@@ -275,9 +275,12 @@ func (n *Nodes) tick(ctx context.Context) {
 		return
 	}
 	others, err := n.exchange(ctx, self)
-	if err != nil {
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return // stopping: not a Redis failure
+	case err != nil:
 		n.storeFailed(err)
-	} else {
+	default:
 		n.storeOK()
 	}
 	n.mu.Lock()

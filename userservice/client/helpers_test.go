@@ -31,7 +31,7 @@ func startServer(t testing.TB, cfg app.Config, addr string) *server {
 	t.Helper()
 	s := &server{t: t, cfg: cfg, addr: addr}
 	s.start()
-	t.Cleanup(s.stop)
+	t.Cleanup(func() { s.stop() }) // the stop of the last start
 	return s
 }
 

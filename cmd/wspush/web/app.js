@@ -168,6 +168,7 @@ function refuse(group, err) {
     s.state = 'stopped';
     s.stoppedAt = s.lastSeq;
     s.note = `refused: ${err.code ?? 'error'}`;
+    s.noteTitle = err.message;
     markDirty(s);
   }
   $('sub-msg').textContent = `Subscribe refused (${err.code ?? 'error'}): ${err.message}`;
@@ -306,7 +307,7 @@ function render(s, now) {
   const stopped = s.state === 'stopped';
   if (r.stopped !== stopped) { r.stopped = stopped; e.cancel.hidden = stopped; e.resume.hidden = !stopped; }
   setText(e.recovery, s.note);
-  if (s.noteTitle && s.note) setAttr(e.recovery, 'title', s.noteTitle);
+  setAttr(e.recovery, 'title', s.note ? s.noteTitle : '');
   if (r.count !== s.count) { r.count = s.count; setText(e.value, valueText(s.value)); }
   renderStats(s, now);
 }

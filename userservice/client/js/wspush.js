@@ -297,13 +297,7 @@ export class Client {
     this.#reconnectTimer = null;
     const ws = this.#ws;
     this.#dropConnection();
-    if (ws) {
-      try {
-        ws.close(1000, "closed by client");
-      } catch {
-        // already closing
-      }
-    }
+    discard(ws, 1000, "closed by client");
     const err = new WspushError("closed", `wspush: connection closed (${code}${reason ? " " + reason : ""})`);
     for (const keys of this.#subs.values()) {
       for (const st of keys.values()) for (const w of st.waiters) w.fail(err);
@@ -481,11 +475,7 @@ export class Client {
   #abandon(reason) {
     const ws = this.#ws;
     this.#dropConnection();
-    try {
-      ws?.close(4000, reason);
-    } catch {
-      // already closing
-    }
+    discard(ws, 4000, reason);
     this.#scheduleReconnect(1006, reason);
   }
 
@@ -730,7 +720,7 @@ export class Client {
           else if (st.hasPos && !st.fresh) s = { seq: st.seq, epoch: st.epoch };
           st.sentSince = s;
           if (s) {
-            since[k] = s;
+            since[k] = st.legacy && !st.userSince ? s.seq : s;
             any = true;
           }
         }
@@ -820,7 +810,7 @@ export class Client {
     // A key unsubscribed, or subscribed again and waiting for that ack:
     // what comes before the ack is replayed after it.
     if (!st || st.pendingId !== 0 || !st.hasPos) return;
-    const accept = seq === st.seq + 1 || (st.fresh && seq === st.seq);
+    const accept = seq === st.seq + 1 || (st.fresh && (seq === st.seq || st.legacy));
     if (!accept) {
       const expected = st.seq + 1;
       this.#emit("protocol", { app, key, seq, expected, epoch: st.epoch });
@@ -870,6 +860,7 @@ export class Client {
       if (!st || st.pendingId !== cmd.id) continue;
       st.pendingId = 0;
       const p = positions[k];
+      st.legacy = !p;
       if (st.sentSince) {
         st.seq = st.sentSince.seq;
         // A server without positions gives no epoch: keep ours.
@@ -881,7 +872,8 @@ export class Client {
         st.fresh = true;
       } else {
         // A server older than positions (docs/PROTOCOL.md, The client
-        // rule): the first data sets the position.
+        // rule): the first data sets the position, and the key resumes
+        // with the bare since form.
         st.seq = 0;
         st.epoch = "";
         st.fresh = true;
@@ -950,6 +942,22 @@ export class Client {
     }, Math.max(o.minBackoff, Math.round(Math.random() * cap)));
     this.#retryTimers.add(t);
   }
+}
+
+// discard closes a socket the client no longer listens to. One still
+// connecting is closed once open: closing it during the handshake makes
+// browsers log an error.
+function discard(ws, code, reason) {
+  if (!ws) return;
+  const close = () => {
+    try {
+      ws.close(code, reason.slice(0, 100));
+    } catch {
+      // already closing
+    }
+  };
+  if (ws.readyState === 0) ws.onopen = close;
+  else close();
 }
 
 function unsubscribeCommand(app, keys) {

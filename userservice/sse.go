@@ -214,12 +214,19 @@ type sseStream struct {
 
 	wake chan struct{} // capacity 1: something was queued or the stream ends
 
-	mu      sync.Mutex
-	queue   []*proto.Frame
-	queued  int // bytes in queue
-	endCode int // non-zero once the stream is to end (a close code)
-	endMsg  string
-	aborted bool
+	mu     sync.Mutex
+	queue  []*proto.Frame
+	queued int // bytes in queue
+	// While subscribing is set (the Router's Subscribe runs), what is
+	// queued is the ack and the resume's replay: bounded by the history
+	// the node retains, not by QueueMaxBytes, else a resume of more than
+	// the queue would overflow at every reconnect. allowance is its size,
+	// added to the limit until the writer has taken it.
+	subscribing bool
+	allowance   int
+	endCode     int // non-zero once the stream is to end (a close code)
+	endMsg      string
+	aborted     bool
 	// rc is the response's controller while run may use it; abort sets
 	// its write deadline to now so that a blocked write returns.
 	rc *http.ResponseController
@@ -237,7 +244,9 @@ func (st *sseStream) Enqueue(f *proto.Frame) bool {
 		st.mu.Unlock()
 		return true // ending: the client resumes from its last id
 	}
-	if st.queued+len(f.Bytes) > st.srv.cfg.QueueMaxBytes {
+	if st.subscribing {
+		st.allowance += len(f.Bytes)
+	} else if st.queued+len(f.Bytes) > st.srv.cfg.QueueMaxBytes+st.allowance {
 		st.endLocked(proto.CloseTooSlow, "too slow: outgoing queue overflowed")
 		st.mu.Unlock()
 		st.srv.metrics.overflows.Inc()
@@ -273,7 +282,7 @@ func (st *sseStream) endLocked(code int, msg string) {
 	st.endCode, st.endMsg = code, msg
 	if code == proto.CloseTooSlow {
 		clear(st.queue)
-		st.queue, st.queued = nil, 0
+		st.queue, st.queued, st.allowance = nil, 0, 0
 	}
 	st.signal()
 }
@@ -298,7 +307,7 @@ func (st *sseStream) take(batch []*proto.Frame) (_ []*proto.Frame, endCode int, 
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	batch, st.queue = st.queue, batch[:0]
-	st.queued = 0
+	st.queued, st.allowance = 0, 0
 	return batch, st.endCode, st.endMsg, st.aborted
 }
 
@@ -438,9 +447,17 @@ func (st *sseStream) subscribe(ctx context.Context) error {
 		}
 		since[st.req.keys[i]] = p
 	}
+	st.setSubscribing(true)
+	defer st.setSubscribing(false)
 	return st.srv.router.Subscribe(ctx, st, middle.SubscribeRequest{
 		App: st.req.app, Keys: st.req.keys, Format: proto.FormatJSON, Since: since,
 	})
+}
+
+func (st *sseStream) setSubscribing(on bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.subscribing = on
 }
 
 func (st *sseStream) unsubscribe() {

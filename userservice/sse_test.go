@@ -267,3 +267,40 @@ func TestSSEStreamQueueOverflowEndsIt(t *testing.T) {
 		t.Fatalf("close event %q", got)
 	}
 }
+
+// What the Router queues while the subscribe runs (the ack and a resume's
+// replay) is not held to QueueMaxBytes: it is bounded by the history, and
+// a resume longer than the queue would otherwise overflow at every
+// reconnect. Once the writer has taken it, the limit is the usual one.
+func TestSSEStreamSubscribeBurstIsNotAnOverflow(t *testing.T) {
+	st := testStream(t, Config{QueueMaxBytes: 1000}, sseRequest{app: "a", keys: []string{"k"}})
+	f := textFrame(strings.Repeat("x", 400))
+	st.setSubscribing(true)
+	for i := range 5 {
+		if !st.Enqueue(f) {
+			t.Fatalf("replay frame %d refused", i)
+		}
+	}
+	st.setSubscribing(false)
+	if !st.Enqueue(f) || !st.Enqueue(f) { // within the limit beyond the burst
+		t.Fatal("live frames refused after the burst")
+	}
+	if st.Enqueue(f) {
+		t.Fatal("overflow beyond the burst accepted")
+	}
+
+	st = testStream(t, Config{QueueMaxBytes: 1000}, sseRequest{app: "a", keys: []string{"k"}})
+	st.setSubscribing(true)
+	st.Enqueue(f)
+	st.Enqueue(f)
+	st.Enqueue(f)
+	st.setSubscribing(false)
+	if batch, code, _, _ := st.take(nil); len(batch) != 3 || code != 0 {
+		t.Fatalf("took %d, code %d", len(batch), code)
+	}
+	st.Enqueue(f)
+	st.Enqueue(f)
+	if st.Enqueue(f) {
+		t.Fatal("the burst's allowance outlived the write")
+	}
+}

@@ -3,7 +3,10 @@
 // validate and rate-limit client commands), one bounded outgoing queue and
 // one writer per connection, heartbeats, dead-connection reaping, and close
 // codes. It knows nothing of Redis or AMQP: it hands subscriptions to a
-// Router and receives ready-made frames through Enqueue.
+// Router and receives ready-made frames through Enqueue. It also serves the
+// same stream as Server-Sent Events (GET /sse, sse.go), for clients that
+// cannot use the WebSocket: same admission, auth, origin and queue limits,
+// with the frames turned into events whose ids carry the positions.
 //
 // gorilla/websocket performs the upgrade; after it, the connection is read
 // and written without gorilla's Conn, whose buffers are dropped:

@@ -1,9 +1,11 @@
 // Command datacenter serves a simulated data center: the getRealTimeData
 // API of docs/PROTOCOL.md ("Data-center API") with random-walk sensors, for demos, tests and
-// benchmarks of wspush's poller. Any app ID is accepted and any valid key
-// returns a value such as {"temp":21.53,"humidity":40.1}.
+// benchmarks of wspush's poller. By default any app ID is accepted and any
+// valid key returns a value such as {"temp":21.53,"humidity":40.1};
+// --apps and --sensors limit it as wspush --demo does (app demo, s001..s100).
 //
 //	datacenter --addr :9090 --step 1s
+//	datacenter --apps demo --sensors 100
 //	curl -d '{"appID":"demo","ids":["s001","s002"]}' localhost:9090/getRealTimeData
 package main
 
@@ -22,6 +24,7 @@ import (
 	"time"
 
 	"github.com/wspush/wspush/dataservice/simulator"
+	"github.com/wspush/wspush/proto"
 )
 
 // envPrefix makes every flag's environment twin: --max-ids is
@@ -46,6 +49,8 @@ func run(args []string) error {
 	maxIDs := fs.Int("max-ids", simulator.DefaultMaxIDs, "most IDs one request may ask for")
 	seed := fs.Uint64("seed", 0, "seed of the sensors' walks (same seed, same values)")
 	faultName := fs.String("fault", "none", "fault mode for testing clients: none, error500, garbage, slow or extra")
+	appList := fs.String("apps", "", "comma-separated apps the data center knows; others get no values (empty: every app)")
+	sensors := fs.Int("sensors", 0, "sensors per app, IDs s001..sNNN; other IDs are omitted (0: every valid ID)")
 	fs.Usage = func() {
 		out := fs.Output()
 		fmt.Fprintf(out, "Usage: datacenter [flags]\n\n"+
@@ -76,9 +81,22 @@ func run(args []string) error {
 	if *maxIDs <= 0 {
 		return fmt.Errorf("--max-ids %d: must be positive", *maxIDs)
 	}
+	if *sensors < 0 {
+		return fmt.Errorf("--sensors %d: must be 0 (every ID) or positive", *sensors)
+	}
+	var apps []string
+	for _, a := range strings.Split(*appList, ",") {
+		if a = strings.TrimSpace(a); a == "" {
+			continue
+		}
+		if err := proto.ValidateName(a); err != nil {
+			return fmt.Errorf("--apps: %q: %w", a, err)
+		}
+		apps = append(apps, a)
+	}
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	sim := simulator.New(simulator.Config{Step: *step, MaxIDs: *maxIDs, Seed: *seed, Fault: fault})
+	sim := simulator.New(simulator.Config{Step: *step, MaxIDs: *maxIDs, Seed: *seed, Fault: fault, Apps: apps, Sensors: *sensors})
 	mux := http.NewServeMux()
 	mux.Handle(simulator.Path, sim)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -102,7 +120,8 @@ func run(args []string) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("data center simulator listening", "addr", ln.Addr().String(), "step", *step, "fault", fault.String())
+	log.Info("data center simulator listening", "addr", ln.Addr().String(), "step", *step, "fault", fault.String(),
+		"apps", *appList, "sensors", *sensors)
 
 	select {
 	case err := <-errc:

@@ -47,7 +47,20 @@ type Config struct {
 	SlowDelay time.Duration
 	// Now is the clock (default time.Now); tests fix it to pin the step.
 	Now func() time.Time
+	// Apps, when not empty, are the only apps the data center knows: a
+	// request for another app is answered with no values ({"data":[]}),
+	// as for IDs it does not know (docs/PROTOCOL.md, "Data-center API").
+	// Empty: every app has sensors.
+	Apps []string
+	// Sensors, when positive, is how many sensors each app has, with the
+	// IDs SensorID(1)..SensorID(Sensors) ("s001", ...); other IDs are
+	// omitted from the answer. 0: every valid ID is a sensor.
+	Sensors int
 }
+
+// SensorID is the ID of sensor n of an app when Config.Sensors limits
+// them: "s" and n in at least three digits (s001, s100, s1000).
+func SensorID(n int) string { return fmt.Sprintf("s%03d", n) }
 
 func (c Config) withDefaults() Config {
 	if c.Step <= 0 {
@@ -65,6 +78,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Sensors < 0 {
+		c.Sensors = 0
 	}
 	return c
 }
@@ -123,6 +139,7 @@ func ParseFault(s string) (Fault, error) {
 // POST /getRealTimeData. It is safe for concurrent use.
 type Simulator struct {
 	cfg      Config
+	apps     map[string]bool // nil: every app
 	stepMs   int64
 	maxBody  int64
 	requests atomic.Uint64
@@ -139,8 +156,50 @@ func New(cfg Config) *Simulator {
 		// quoted and comma-separated, plus the envelope.
 		maxBody: int64(cfg.MaxIDs)*(proto.MaxNameLen+3) + 1024,
 	}
+	if len(cfg.Apps) > 0 {
+		s.apps = make(map[string]bool, len(cfg.Apps))
+		for _, a := range cfg.Apps {
+			s.apps[a] = true
+		}
+	}
 	s.fault.Store(int32(cfg.Fault))
 	return s
+}
+
+// known keeps the IDs of ids that are sensors of app, in place, in order.
+func (s *Simulator) known(app string, ids []string) []string {
+	if s.apps != nil && !s.apps[app] {
+		return ids[:0]
+	}
+	if s.cfg.Sensors == 0 {
+		return ids
+	}
+	out := ids[:0]
+	for _, id := range ids {
+		if isSensor(id, s.cfg.Sensors) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// isSensor reports whether id is SensorID(n) for some n in [1, sensors].
+func isSensor(id string, sensors int) bool {
+	if len(id) < 4 || id[0] != 's' {
+		return false
+	}
+	n := 0
+	for i := 1; i < len(id); i++ {
+		c := id[i]
+		if c < '0' || c > '9' {
+			return false
+		}
+		if n = n*10 + int(c-'0'); n > sensors {
+			return false
+		}
+	}
+	// One spelling per sensor: zero-padded to three digits, no further.
+	return n >= 1 && (len(id) == 4 || id[1] != '0')
 }
 
 // SetFault switches the fault mode for the requests that follow.
@@ -225,7 +284,8 @@ func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	body := s.appendResponse(make([]byte, 0, 16+len(req.IDs)*80), req.AppID, req.IDs, fault == FaultExtra)
+	ids := s.known(req.AppID, req.IDs)
+	body := s.appendResponse(make([]byte, 0, 16+len(ids)*80), req.AppID, ids, fault == FaultExtra)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	_, _ = w.Write(body)

@@ -38,6 +38,13 @@ import (
 	jsclient "github.com/wspush/wspush/userservice/client/js"
 )
 
+// The simulated data center of Config.Demo answers for app DemoApp and its
+// sensors simulator.SensorID(1)..SensorID(DemoSensors) (s001..s100) only.
+const (
+	DemoApp     = "demo"
+	DemoSensors = 100
+)
+
 // Config is the whole configuration of a process.
 type Config struct {
 	// Demo starts the simulated data center in-process and polls it.
@@ -208,7 +215,9 @@ func New(cfg Config) (*App, error) {
 	}
 
 	if cfg.Demo {
-		a.sim = simulator.New(simulator.Config{})
+		// The demo's data center knows the dashboard's app and sensors
+		// only, so that other apps carry only what is published to them.
+		a.sim = simulator.New(simulator.Config{Apps: []string{DemoApp}, Sensors: DemoSensors})
 	}
 	if cfg.Demo || cfg.DatacenterURL != "" {
 		pc := cfg.Poller
@@ -341,7 +350,8 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 		g.Go(func() error { return serve(simSrv, simLn) })
 		g.Go(func() error { <-gctx.Done(); return simSrv.Close() })
 		a.cfg.Poller.URL = "http://" + simLn.Addr().String()
-		a.log.Info("demo data center started", "url", a.cfg.Poller.URL, "app", "demo", "keys", "s001..s100")
+		a.log.Info("demo data center started", "url", a.cfg.Poller.URL, "app", DemoApp,
+			"keys", simulator.SensorID(1)+".."+simulator.SensorID(DemoSensors))
 	}
 	if a.cfg.Poller.URL != "" {
 		p, err := dataservice.New(a.cfg.Poller, a.node, a.node.Source("poller"))

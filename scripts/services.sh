@@ -35,6 +35,54 @@ ensure_go() {
       apt_install golang-go
     fi
   fi
+  ensure_go_toolchain
+}
+
+# go_wanted prints go.mod's go line (1.26.8): the oldest Go that builds the
+# module. go_have prints the version of the go on PATH.
+go_wanted() { sed -n 's/^go \([0-9][0-9.]*\)[[:space:]]*$/\1/p' go.mod | head -n 1; }
+go_have() { go version | awk '{print $3}' | sed 's/^go//'; }
+
+# version_lt A B: version A is older than B (1.19.8 < 1.26, 1.26 < 1.26.8).
+version_lt() {
+  [ "$1" != "$2" ] && [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n 1)" = "$1" ]
+}
+
+# ensure_go_toolchain: when the go found (a distribution's golang-go, say)
+# is older than go.mod asks, use Go $want from the Go module proxy rather
+# than a Go that cannot build the module. Go 1.21 and later do it
+# themselves with GOTOOLCHAIN=go$want; an older go downloads the toolchain
+# module (golang.org/toolchain, what GOTOOLCHAIN fetches) and is replaced
+# by it on PATH.
+ensure_go_toolchain() {
+  local want have
+  want="$(go_wanted)"
+  have="$(go_have)"
+  if [ -z "$want" ] || ! version_lt "$have" "$want"; then return 0; fi
+  if ! version_lt "$have" 1.21; then
+    log "go $have is older than go.mod's $want: using GOTOOLCHAIN=go$want (from the Go module proxy)"
+    export GOTOOLCHAIN="go$want"
+  else
+    log "go $have is older than go.mod's $want and predates GOTOOLCHAIN: fetching go$want from the Go module proxy"
+    local mod dir
+    mod="golang.org/toolchain@v0.0.1-go$want.$(go env GOOS)-$(go env GOARCH)"
+    dir="$(cd / && GO111MODULE=on GOFLAGS=-mod=mod go mod download -json "$mod" |
+      sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+    if [ -z "$dir" ] || [ ! -f "$dir/bin/go" ]; then
+      log "could not download $mod"
+      return 1
+    fi
+    # Module zips carry no file modes: make the tools executable, as the go
+    # command does for a toolchain it fetched.
+    chmod -R u+w "$dir" && chmod +x "$dir"/bin/* "$dir"/pkg/tool/*/*
+    export PATH="$dir/bin:$PATH" GOTOOLCHAIN=local
+  fi
+  have="$(go_have)"
+  if version_lt "$have" "$want"; then
+    log "still go $have after switching toolchains, want $want"
+    return 1
+  fi
+  log "using go $have"
 }
 
 # The JS client's tests (userservice/client/js/test) run on Node.js 18 or

@@ -21,22 +21,31 @@ if [ -z "${WSPUSH_REDIS_CLUSTER_URL:-}" ]; then # the Redis Cluster variants of 
   trap stop_redis_cluster EXIT
 fi
 
-echo "== go mod download"
+# Progress: each stage is announced with the seconds elapsed so far, and
+# the slow race build says each package as its test binary is built.
+stage() { printf '== [%ds] %s\n' "$SECONDS" "$*"; }
+pkgs=("$@")
+[ "${#pkgs[@]}" -gt 0 ] || pkgs=(./...)
+
+stage "go mod download"
 go mod download
-echo "== go vet ./..."
+stage "go vet ./..."
 go vet ./...
-echo "== go test -race ./..."
-if [ "$#" -gt 0 ]; then
-  go test -race -count=1 -timeout 20m "$@"
-else
-  go test -race -count=1 -timeout 20m ./...
-fi
+# The race build of every test binary takes minutes on a small machine:
+# built here with the tests not run (-exec true), one line per package, then
+# go test finds them in the build cache.
+stage "building test binaries with -race: ${pkgs[*]}"
+go test -race -count=1 -exec true "${pkgs[@]}" 2>&1 |
+  sed -u -e 's/^ok[[:space:]]*\([^[:space:]]*\).*/   built \1/' -e '/^?[[:space:]]/d'
+stage "go test -race: ${pkgs[*]} (one line per package as it finishes, in package order)"
+go test -race -count=1 -timeout 20m "${pkgs[@]}"
+stage "go test done"
 
 # The JS client (userservice/client/js) against a real wspush binary. Node
 # 22 has a global WebSocket, 20 has it behind a flag; on 18 the tests bring
 # their own.
 if [ "$#" -eq 0 ]; then
-  echo "== node --test userservice/client/js/test"
+  stage "node --test userservice/client/js/test"
   js_tmp="$(mktemp -d)"
   go build -o "$js_tmp/wspush" ./cmd/wspush
   node_flags=()

@@ -157,7 +157,8 @@ func envName(flagName string) string {
 // httpBase turns a server URL into the base of its HTTP endpoints:
 // http(s)://host[:port] stays, ws(s)://host/ws becomes http(s)://host, so
 // that one WSPUSH_URL serves every command. A path is kept (a server
-// behind a reverse proxy's prefix), without the /ws of a WebSocket URL.
+// behind a reverse proxy's prefix), without an endpoint's own path (/ws,
+// /metrics, /api/publish) pasted from elsewhere.
 func httpBase(raw string) (string, error) {
 	u, err := parseServerURL(raw)
 	if err != nil {
@@ -169,7 +170,10 @@ func httpBase(raw string) (string, error) {
 	case "wss":
 		u.Scheme = "https"
 	}
-	u.Path = strings.TrimSuffix(strings.TrimSuffix(u.Path, "/"), "/ws")
+	u.Path = strings.TrimSuffix(u.Path, "/")
+	for _, endpoint := range []string{"/ws", "/metrics", "/api/publish"} {
+		u.Path = strings.TrimSuffix(u.Path, endpoint)
+	}
 	u.RawPath = ""
 	return u.String(), nil
 }
@@ -188,7 +192,11 @@ func wsURL(raw string) (string, error) {
 		u.Scheme = "wss"
 	}
 	if !strings.HasSuffix(u.Path, "/ws") {
-		u.Path = strings.TrimSuffix(u.Path, "/") + "/ws"
+		u.Path = strings.TrimSuffix(u.Path, "/")
+		for _, endpoint := range []string{"/metrics", "/api/publish"} {
+			u.Path = strings.TrimSuffix(u.Path, endpoint)
+		}
+		u.Path += "/ws"
 		u.RawPath = ""
 	}
 	return u.String(), nil

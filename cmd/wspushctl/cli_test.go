@@ -38,6 +38,8 @@ func TestServerURLs(t *testing.T) {
 		{"ws://127.0.0.1:8080/ws", "http://127.0.0.1:8080", "ws://127.0.0.1:8080/ws"},
 		{"wss://push.example/ws?token=x", "https://push.example", "wss://push.example/ws"},
 		{"https://push.example/wspush", "https://push.example/wspush", "wss://push.example/wspush/ws"},
+		{"http://127.0.0.1:9100/metrics", "http://127.0.0.1:9100", "ws://127.0.0.1:9100/ws"},
+		{"http://127.0.0.1:8080/api/publish", "http://127.0.0.1:8080", "ws://127.0.0.1:8080/ws"},
 	} {
 		h, err := httpBase(tc.in)
 		if err != nil || h != tc.http {

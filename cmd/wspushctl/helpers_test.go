@@ -6,15 +6,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/wspush/wspush/internal/app"
 	"github.com/wspush/wspush/internal/testutil"
 )
 
@@ -107,38 +104,6 @@ func randomName(prefix string) string {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	return prefix + hex.EncodeToString(b)
-}
-
-// startAppAt runs a wspush process on addr ("127.0.0.1:0" for any port),
-// so that a test can restart a node where its clients reconnect. It
-// returns the base URL and stop, which shuts the node down gracefully
-// (also at the end of the test).
-func startAppAt(t *testing.T, cfg app.Config, addr string) (base string, a *app.App, stop func()) {
-	t.Helper()
-	a, err := app.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ln net.Listener
-	// The previous node's port may take a moment to be free again.
-	testutil.Eventually(t, 5*time.Second, 50*time.Millisecond, func() error {
-		ln, err = net.Listen("tcp", addr)
-		return err
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx, ln) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("wspush on %s: %v", ln.Addr(), err)
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return "http://" + ln.Addr().String(), a, stop
 }
 
 // waitLines waits until stdout holds at least n lines.

@@ -26,7 +26,7 @@ func startCluster(t *testing.T) (base, amqpPrefix string) {
 		cleanRedis(t, redisPfx)
 		cleanAMQP(t, amqpPfx)
 	})
-	base, a, _ := startAppAt(t, app.Config{
+	base, a, _ := wstest.StartAppAt(t, app.Config{
 		NodeID: randomName("ctl-"), RedisURL: wstest.RedisURL, AMQPURL: wstest.AMQPURL,
 		Redis: redis.StoreConfig{Prefix: redisPfx},
 		AMQP:  amqp.Topology{Prefix: amqpPfx, Partitions: 1},

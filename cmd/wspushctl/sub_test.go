@@ -40,7 +40,7 @@ func checkValue(t *testing.T, l map[string]any, key string, seq int, data string
 func TestSubPrintsValuesAndResetsAcrossARestart(t *testing.T) {
 	for _, format := range []string{"json", "binary"} {
 		t.Run(format, func(t *testing.T) {
-			base, _, stop := startAppAt(t, app.Config{}, "127.0.0.1:0")
+			base, _, stop := wstest.StartAppAt(t, app.Config{}, "127.0.0.1:0")
 			publishT(t, base, "plant-7", "001=1", "001=2")
 			sub := ctlBackground(t, "sub", "--url", wstest.WSURL(base), "--app", "plant-7", "--format", format, "001", "002")
 			lines := sub.waitLines(t, 1)
@@ -52,7 +52,7 @@ func TestSubPrintsValuesAndResetsAcrossARestart(t *testing.T) {
 			epoch := lines[2]["epoch"]
 
 			stop()
-			base, _, _ = startAppAt(t, app.Config{}, strings.TrimPrefix(base, "http://"))
+			base, _, _ = wstest.StartAppAt(t, app.Config{}, strings.TrimPrefix(base, "http://"))
 			testutil.Eventually(t, 15*time.Second, 20*time.Millisecond, func() error {
 				if !strings.Contains(sub.stderr.String(), "reconnected") {
 					return fmt.Errorf("stderr: %s", sub.stderr.String())
@@ -98,7 +98,7 @@ func TestSubResumesWithoutLossOnACluster(t *testing.T) {
 	cfg := func() app.Config {
 		return app.Config{NodeID: randomName("ctl-"), RedisURL: wstest.RedisURL, Redis: redis.StoreConfig{Prefix: prefix}}
 	}
-	base, a, stop := startAppAt(t, cfg(), "127.0.0.1:0")
+	base, a, stop := wstest.StartAppAt(t, cfg(), "127.0.0.1:0")
 	testutil.Eventually(t, 15*time.Second, 50*time.Millisecond, a.Ready)
 	publishT(t, base, "plant-7", "001=1")
 	sub := ctlBackground(t, "sub", "--url", base, "--app", "plant-7", "001")
@@ -107,10 +107,10 @@ func TestSubResumesWithoutLossOnACluster(t *testing.T) {
 	stop()
 	addr := strings.TrimPrefix(base, "http://")
 	// Published while sub is disconnected: through another node.
-	other, b, _ := startAppAt(t, cfg(), "127.0.0.1:0")
+	other, b, _ := wstest.StartAppAt(t, cfg(), "127.0.0.1:0")
 	testutil.Eventually(t, 15*time.Second, 50*time.Millisecond, b.Ready)
 	publishT(t, other, "plant-7", "001=2", "001=3")
-	base, a, _ = startAppAt(t, cfg(), addr)
+	base, a, _ = wstest.StartAppAt(t, cfg(), addr)
 	testutil.Eventually(t, 15*time.Second, 50*time.Millisecond, a.Ready)
 	publishT(t, base, "plant-7", "001=4")
 	lines := sub.waitLines(t, 4)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wspush/wspush/dataservice/simulator"
 	"github.com/wspush/wspush/internal/app"
 	"github.com/wspush/wspush/internal/wstest"
 	"github.com/wspush/wspush/middle/redis"
@@ -198,9 +200,12 @@ func TestTableHTTPEndToEnd(t *testing.T) {
 }
 
 func TestTablePollerEndToEnd(t *testing.T) {
-	// Demo mode runs the simulated data center in-process and polls it
-	// every second, for any app, so the poller publishes the bench keys.
-	srv := startServer(t, app.Config{Demo: true})
+	// The simulated data center, as cmd/datacenter runs it, answers for
+	// every app and ID, so the poller publishes the bench keys (--demo's
+	// knows app demo only).
+	dc := httptest.NewServer(simulator.New(simulator.Config{}))
+	t.Cleanup(dc.Close)
+	srv := startServer(t, app.Config{DatacenterURL: dc.URL})
 	r := newTestRunner(t, Options{Servers: []ServerURL{srv}, Drain: 1500 * time.Millisecond})
 	rep, err := r.Table(t.Context(), TableConfig{Steps: []int{10}, Source: SourcePoller, Duration: 2 * time.Second, Warmup: time.Second}, nil)
 	s := onlyStep(t, rep, err)

@@ -5,6 +5,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/wspush/wspush/internal/app"
 )
@@ -15,11 +16,25 @@ import (
 // the test too; calling it earlier is how a test stops a node.
 func StartApp(t testing.TB, cfg app.Config) (base string, a *app.App, stop func()) {
 	t.Helper()
+	return StartAppAt(t, cfg, "127.0.0.1:0")
+}
+
+// StartAppAt is StartApp on addr: the address of a node the test stopped,
+// to start its successor where the clients reconnect. The old listener's
+// port may take a moment to be free again, so the listen is retried for up
+// to 5 s.
+func StartAppAt(t testing.TB, cfg app.Config, addr string) (base string, a *app.App, stop func()) {
+	t.Helper()
 	a, err := app.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	var ln net.Listener
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if ln, err = net.Listen("tcp", addr); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

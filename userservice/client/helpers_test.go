@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/wspush/wspush/internal/app"
+	"github.com/wspush/wspush/internal/wstest"
 	"github.com/wspush/wspush/userservice/client"
 )
 
@@ -37,37 +37,8 @@ func startServer(t testing.TB, cfg app.Config, addr string) *server {
 
 func (s *server) start() {
 	s.t.Helper()
-	a, err := app.New(s.cfg)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	var ln net.Listener
-	// The port of a stopped server is free again at once (SO_REUSEADDR),
-	// but the accept loop may take a moment to let go of it.
-	for i := 0; ; i++ {
-		ln, err = net.Listen("tcp", s.addr)
-		if err == nil || i == 50 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	s.addr = ln.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx, ln) }()
-	var once sync.Once
-	s.app = a
-	s.stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				s.t.Errorf("wspush on %s: %v", s.addr, err)
-			}
-		})
-	}
+	base, a, stop := wstest.StartAppAt(s.t, s.cfg, s.addr)
+	s.addr, s.app, s.stop = strings.TrimPrefix(base, "http://"), a, stop
 }
 
 // restart stops the server and starts a new one on the same address.

@@ -13,6 +13,10 @@ const MAX_SENSORS = 1000; // the server's --max-subscriptions default
 const TABLE_FROM = 48;    // more sensors than this switch the page to the table view
 const LOG_N = 50;
 const RATE_S = 10;        // the rate is averaged over this many whole seconds
+// A reset's "NOT recovered" note stays at least this long, values or not:
+// a reset and the next value often land in the same frame, and a note
+// nobody could see would hide the loss.
+const RESET_NOTE_MS = 1500;
 
 // docs/PROTOCOL.md, Close codes. A refused upgrade (bad origin, 503, 429)
 // never reaches WebSocket: the browser reports 1006 with no reason, the
@@ -194,6 +198,7 @@ function onReset(r) {
   s.pos = { seq: r.seq, epoch: r.epoch };
   s.hadData = true; // a reset ends freshness: resume from it
   s.resets++;
+  s.resetAt = Date.now();
   s.note = `NOT recovered (${r.reason}): values after ${was} lost`;
   s.noteTitle = RESET_MEANING[r.reason] ?? r.reason;
   s.series.mark(Date.now(), r.reason);
@@ -225,7 +230,11 @@ function onData(p) {
   const nums = typeof v === 'number' ? [['value', v]]
     : v && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array) ? Object.entries(v).filter(([, x]) => typeof x === 'number') : [];
   s.series.push(p.ts, s.lat, nums);
-  if (s.state !== 'live') { s.note = ''; setState(s, 'live'); } else markDirty(s);
+  // Values resumed: the state says so at once, a reset's note only after
+  // RESET_NOTE_MS.
+  const noteDue = !s.resetAt || now - s.resetAt >= RESET_NOTE_MS;
+  if (noteDue && s.note) { s.note = ''; s.resetAt = 0; }
+  if (s.state !== 'live') setState(s, 'live'); else markDirty(s);
   s.chartDirty = true;
 }
 
@@ -486,7 +495,7 @@ function expand(tok) { // "s001..s010" -> s001 s002 … s010
 function newSensor(app, key, format) {
   const s = {
     id: `${app}/${key}`, app, key, format, state: 'waiting', pos: null, hadData: false,
-    lastSeq: 0, stoppedAt: 0, ts: 0, lat: NaN, value: undefined, count: 0, resets: 0, note: '', noteTitle: '',
+    lastSeq: 0, stoppedAt: 0, resetAt: 0, ts: 0, lat: NaN, value: undefined, count: 0, resets: 0, note: '', noteTitle: '',
     sec: -1, first: Date.now(), buckets: new Uint16Array(BUCKETS), series: new Series(), picked: null, chartDirty: true,
   };
   makeElement(s);

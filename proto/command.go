@@ -1,9 +1,11 @@
 package proto
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 )
 
 // Ops a client may send.
@@ -66,6 +68,58 @@ func ParseFormat(s string) (Format, error) {
 	return 0, fmt.Errorf("format %q: want \"json\" or \"binary\"", s)
 }
 
+// Mode is a subscription's delivery mode (docs/PROTOCOL.md, "Delivery
+// modes").
+type Mode uint8
+
+const (
+	// ModeStream delivers every value, in order (the default).
+	ModeStream Mode = iota
+	// ModeLatest delivers the newest value of a key; values in between may
+	// be skipped.
+	ModeLatest
+)
+
+// Names of the modes in the "mode" field.
+const (
+	ModeNameStream = "stream"
+	ModeNameLatest = "latest"
+)
+
+func (m Mode) String() string {
+	if m == ModeLatest {
+		return ModeNameLatest
+	}
+	return ModeNameStream
+}
+
+// ParseMode maps the "mode" field of a subscribe command to a Mode. The
+// empty string means stream.
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "", ModeNameStream:
+		return ModeStream, nil
+	case ModeNameLatest:
+		return ModeLatest, nil
+	}
+	return 0, fmt.Errorf("mode %q: want \"stream\" or \"latest\"", s)
+}
+
+// MaxRateLimit is the highest max_rate (values per second per key).
+const MaxRateLimit = 1000
+
+// ValidateMaxRate checks a max_rate given with mode (docs/PROTOCOL.md,
+// "Delivery modes"): 0 < rate <= MaxRateLimit, and only for latest.
+func ValidateMaxRate(rate float64, mode Mode) error {
+	if mode != ModeLatest {
+		return errors.New("max_rate needs \"mode\":\"latest\"")
+	}
+	if !(rate > 0 && rate <= MaxRateLimit) { // NaN fails too
+		return fmt.Errorf("max_rate %s: want 0 < max_rate <= %d", strconv.FormatFloat(rate, 'g', -1, 64), MaxRateLimit)
+	}
+	return nil
+}
+
 // Command is one client command. Fields that an op does not use are zero.
 type Command struct {
 	Op     string   `json:"op"`
@@ -76,6 +130,11 @@ type Command struct {
 	// Since maps keys to the position to resume after (docs/PROTOCOL.md,
 	// "Resuming").
 	Since map[string]Position `json:"since,omitempty"`
+	// Mode is "stream" (or empty) or "latest"; MaxRate, values per second
+	// per key, only with latest; 0: none (docs/PROTOCOL.md, "Delivery
+	// modes").
+	Mode    string  `json:"mode,omitempty"`
+	MaxRate float64 `json:"max_rate,omitempty"`
 	// Token is the new JWT of a refresh.
 	Token string `json:"token,omitempty"`
 }
@@ -108,6 +167,10 @@ func DecodeCommand(b []byte) (Command, error) {
 	if err := json.Unmarshal(b, &c); err != nil {
 		return Command{}, &CommandError{ID: peekID(b), Err: fmt.Errorf("malformed JSON: %w", err)}
 	}
+	if c.MaxRate == 0 && hasMaxRate(b) {
+		// 0 decodes as "no max_rate"; given, it is out of range.
+		return c, &CommandError{ID: c.ID, Err: fmt.Errorf("max_rate 0: want 0 < max_rate <= %d", MaxRateLimit)}
+	}
 	if err := c.Validate(); err != nil {
 		return c, &CommandError{ID: c.ID, Err: err}
 	}
@@ -124,6 +187,19 @@ func peekID(b []byte) uint64 {
 		return 0
 	}
 	return p.ID
+}
+
+// hasMaxRate reports whether b, a JSON object, has a max_rate field: one
+// with the value 0 decodes as none, and must be refused. It decodes again
+// only when b may name the field at all.
+func hasMaxRate(b []byte) bool {
+	if !bytes.Contains(b, []byte("rate")) && !bytes.Contains(b, []byte(`\u`)) && !bytes.Contains(b, []byte("RATE")) {
+		return false
+	}
+	var p struct {
+		MaxRate *float64 `json:"max_rate"`
+	}
+	return json.Unmarshal(b, &p) == nil && p.MaxRate != nil
 }
 
 // Validate checks the command's shape (see DecodeCommand).
@@ -157,10 +233,22 @@ func (c *Command) Validate() error {
 		if c.Format != "" || c.Since != nil {
 			return errors.New("unsubscribe takes no format or since")
 		}
+		if c.Mode != "" || c.MaxRate != 0 {
+			return errors.New("unsubscribe takes no mode or max_rate")
+		}
 		return nil
 	}
 	if _, err := ParseFormat(c.Format); err != nil {
 		return err
+	}
+	mode, err := ParseMode(c.Mode)
+	if err != nil {
+		return err
+	}
+	if c.MaxRate != 0 {
+		if err := ValidateMaxRate(c.MaxRate, mode); err != nil {
+			return err
+		}
 	}
 	for k, p := range c.Since {
 		if !contains(c.Keys, k) {
@@ -179,7 +267,7 @@ func (c *Command) Validate() error {
 // base64url segments separated by dots) and no other field. Whether the
 // token is valid is the server's to decide.
 func (c *Command) validateRefresh() error {
-	if c.App != "" || c.Keys != nil || c.Format != "" || c.Since != nil {
+	if c.App != "" || c.Keys != nil || c.Format != "" || c.Since != nil || c.Mode != "" || c.MaxRate != 0 {
 		return errors.New("refresh takes only a token")
 	}
 	if c.Token == "" {

@@ -20,9 +20,21 @@ const MaxFrameHeaderLen = 10
 // Frame is one complete server-to-client WebSocket frame (header and
 // payload), encoded once and shared read-only by every connection that sends
 // it. Seq is the publication's sequence number, 0 for anything else.
+// Stream, set on the data and reset frames of a key, names the key's
+// stream, so that a connection can tell the frames of its latest keys
+// apart (docs/PROTOCOL.md, "Delivery modes"); nil for anything else.
 type Frame struct {
-	Seq   uint64
-	Bytes []byte
+	Seq    uint64
+	Bytes  []byte
+	Stream *StreamRef
+}
+
+// StreamRef names one key's stream on a node. The node holds one per key
+// it serves, for as long as the key has a subscriber there, and puts it on
+// every data and reset frame of the key: a connection compares the
+// pointer, not the names.
+type StreamRef struct {
+	App, Key string
 }
 
 // AppendFrameHeader appends the header of a final, unmasked server frame

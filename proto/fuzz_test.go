@@ -39,6 +39,7 @@ func FuzzDecodeCommand(f *testing.F) {
 // Keys or Since are the same (both are omitted when encoded).
 func commandsEqual(a, b Command) bool {
 	if a.Op != b.Op || a.ID != b.ID || a.App != b.App || a.Format != b.Format || a.Token != b.Token ||
+		a.Mode != b.Mode || a.MaxRate != b.MaxRate ||
 		len(a.Keys) != len(b.Keys) || len(a.Since) != len(b.Since) {
 		return false
 	}

@@ -55,8 +55,22 @@ type KeyPosition struct {
 // AppendAck appends {"op":"ack","id":N}, with "recovered" when r says so
 // and "positions" when there are any (docs/PROTOCOL.md, "Ack").
 func AppendAck(dst []byte, id uint64, r Recovery, positions []KeyPosition) []byte {
+	return AppendAckMode(dst, id, r, ModeStream, 0, positions)
+}
+
+// AppendAckMode is AppendAck for a subscribe in mode m: a latest one's ack
+// repeats "mode":"latest" and, when not 0, "max_rate"; a stream one's has
+// no mode (docs/PROTOCOL.md, "Ack").
+func AppendAckMode(dst []byte, id uint64, r Recovery, m Mode, maxRate float64, positions []KeyPosition) []byte {
 	dst = append(dst, `{"op":"ack","id":`...)
 	dst = strconv.AppendUint(dst, id, 10)
+	if m == ModeLatest {
+		dst = append(dst, `,"mode":"latest"`...)
+		if maxRate > 0 {
+			dst = append(dst, `,"max_rate":`...)
+			dst = strconv.AppendFloat(dst, maxRate, 'g', -1, 64)
+		}
+	}
 	switch r {
 	case Recovered:
 		dst = append(dst, `,"recovered":true`...)
@@ -128,6 +142,8 @@ type ServerMessage struct {
 	Op        string              `json:"op"`
 	ID        uint64              `json:"id,omitempty"`
 	Recovered *bool               `json:"recovered,omitempty"`
+	Mode      string              `json:"mode,omitempty"`
+	MaxRate   float64             `json:"max_rate,omitempty"`
 	Positions map[string]Position `json:"positions,omitempty"`
 	Epoch     string              `json:"epoch,omitempty"`
 	Reason    string              `json:"reason,omitempty"`

@@ -73,6 +73,13 @@ type Config struct {
 	// breaks the connection (and the client resumes). Default 1 MiB (the
 	// server's publications are at most 64 KiB by default).
 	MaxMessageSize int64
+	// MaxBandwidth, when not 0, asks the server to write at most that many
+	// bytes of values per second to the connection (1024 to 10^9), sent as
+	// the query parameter max_bandwidth of the URL (docs/PROTOCOL.md,
+	// Delivery modes). Keys subscribed with ModeLatest then skip values
+	// rather than fall behind; ModeStream keys wait in the server's queue,
+	// whose limit (close 4008, then a resume) still applies.
+	MaxBandwidth int
 }
 
 // State is the connection state of a Client.
@@ -216,6 +223,22 @@ const (
 	FormatBinary Format = "binary"
 )
 
+// Mode is how many of a key's values a subscription gets
+// (docs/PROTOCOL.md, Delivery modes).
+type Mode string
+
+const (
+	// ModeStream (the default): every value, in order, exactly once.
+	ModeStream Mode = "stream"
+	// ModeLatest: the newest value of the key; values in between may be
+	// skipped (by SubscribeOptions.MaxRate, or when the connection is
+	// slow). Publication.Seq still numbers the key's values: a jump of k
+	// means k-1 values were skipped. Positions, epochs, Resets and resumes
+	// work as for ModeStream, but a resume replays no history: it brings
+	// the newest value only.
+	ModeLatest Mode = "latest"
+)
+
 // SubscribeOptions are the options of one Subscribe.
 type SubscribeOptions struct {
 	// Format defaults to FormatJSON.
@@ -224,4 +247,11 @@ type SubscribeOptions struct {
 	// Positions before a restart); keys not in it start at their latest
 	// value.
 	Since map[string]Position
+	// Mode defaults to ModeStream.
+	Mode Mode
+	// MaxRate, with ModeLatest only, is the most values per second each
+	// key delivers (0 < MaxRate <= 1000; fractions such as 0.5 allowed; 0:
+	// no limit): a value that comes sooner waits, replaced by any newer
+	// one, so the newest value arrives at most 1/MaxRate late.
+	MaxRate float64
 }

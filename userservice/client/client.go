@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/url"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -25,6 +26,14 @@ const (
 	DefaultMaxKeysPerSubscribe = 100
 	DefaultMaxSubscriptions    = 1000
 	DefaultMaxMessageSize      = 1 << 20
+)
+
+// The bounds of Config.MaxBandwidth (bytes/s) and of SubscribeOptions.MaxRate
+// (values/s) that the server accepts (docs/PROTOCOL.md, Delivery modes).
+const (
+	bandwidthMin = 1024
+	bandwidthMax = 1_000_000_000
+	rateMax      = 1000
 )
 
 // Client is a connection to a wspush node that reconnects and resumes on
@@ -132,6 +141,15 @@ func (cfg *Config) fill() error {
 	}
 	if u.Path == "" || u.Path == "/" {
 		u.Path = "/ws"
+	}
+	if cfg.MaxBandwidth != 0 {
+		// docs/PROTOCOL.md, Delivery modes: max_bandwidth.
+		if cfg.MaxBandwidth < bandwidthMin || cfg.MaxBandwidth > bandwidthMax {
+			return fmt.Errorf("wspush client: MaxBandwidth %d: want 0 (none) or %d..%d bytes/s", cfg.MaxBandwidth, bandwidthMin, bandwidthMax)
+		}
+		q := u.Query()
+		q.Set("max_bandwidth", strconv.Itoa(cfg.MaxBandwidth))
+		u.RawQuery = q.Encode()
 	}
 	cfg.URL = u.String()
 	dur := func(d *time.Duration, def time.Duration) {

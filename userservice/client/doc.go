@@ -1,6 +1,7 @@
 // Package client is the Go client of wspush: it holds one WebSocket
 // connection to a node, subscribes to keys, and hands every value of those
-// keys to a Handler exactly once and in order, across reconnects.
+// keys to a Handler exactly once and in order, across reconnects (or, for
+// keys subscribed with ModeLatest, their newest values; see Delivery modes).
 //
 // It owns the connection (one reader and one writer goroutine), the
 // positions of the keys it subscribed (docs/PROTOCOL.md, Positions), the
@@ -20,6 +21,25 @@
 // every value in order exactly once, or a Reset saying which values will not
 // come; each (re)subscribe ends in an Ack that says whether the resume
 // recovered everything.
+//
+// # Delivery modes
+//
+// A Subscribe chooses how many of its keys' values it wants
+// (docs/PROTOCOL.md, Delivery modes). ModeStream, the default, is every
+// value as described above. ModeLatest is the newest value of each key:
+// the server may skip values, at most SubscribeOptions.MaxRate deliveries
+// per second per key when given, and conflates them when the connection
+// is slow, so a slow connection is never closed for its latest keys. For
+// such a key the client accepts any seq above the position (a jump of k
+// means k-1 values were skipped on purpose, not a fault: no resume) and
+// ignores a seq at or below it. Epochs and Resets work as for ModeStream;
+// a resume keeps the mode and MaxRate and brings the newest value only.
+// Config.MaxBandwidth caps the bytes per second of values the server
+// writes to the connection.
+//
+//	c.Subscribe(ctx, "plant-7", keys, client.SubscribeOptions{
+//		Mode: client.ModeLatest, MaxRate: 2, // at most 2 values/s per key, always the newest
+//	}, h)
 //
 // # Slow handlers
 //

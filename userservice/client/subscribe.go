@@ -33,10 +33,12 @@ type keyState struct {
 
 // Subscription is the keys of one Subscribe, with their Handler.
 type Subscription struct {
-	c      *Client
-	app    string
-	format Format
-	h      Handler
+	c       *Client
+	app     string
+	format  Format
+	mode    Mode    // ModeStream or ModeLatest; every (re)subscribe carries it
+	maxRate float64 // ModeLatest only; 0 for none
+	h       Handler
 
 	// Guarded by c.mu.
 	entries []*keyState
@@ -108,6 +110,22 @@ func (c *Client) Subscribe(ctx context.Context, app string, keys []string, opts 
 	default:
 		return nil, fmt.Errorf("wspush subscribe: format %q: want %q or %q", opts.Format, FormatJSON, FormatBinary)
 	}
+	switch opts.Mode {
+	case "":
+		opts.Mode = ModeStream
+	case ModeStream, ModeLatest:
+	default:
+		return nil, fmt.Errorf("wspush subscribe: mode %q: want %q or %q", opts.Mode, ModeStream, ModeLatest)
+	}
+	if opts.MaxRate != 0 {
+		// docs/PROTOCOL.md, Delivery modes: max_rate.
+		if opts.Mode != ModeLatest {
+			return nil, fmt.Errorf("wspush subscribe: MaxRate needs Mode %q", ModeLatest)
+		}
+		if !(opts.MaxRate > 0 && opts.MaxRate <= rateMax) { // NaN fails too
+			return nil, fmt.Errorf("wspush subscribe: MaxRate %v: want 0 < MaxRate <= %d", opts.MaxRate, rateMax)
+		}
+	}
 	for k, p := range opts.Since {
 		if !slices.Contains(keys, k) {
 			return nil, fmt.Errorf("wspush subscribe: since %q: not among the keys", k)
@@ -119,7 +137,8 @@ func (c *Client) Subscribe(ctx context.Context, app string, keys []string, opts 
 		}
 	}
 
-	sub := &Subscription{c: c, app: app, format: opts.Format, h: h, waiting: len(keys), ready: make(chan struct{})}
+	sub := &Subscription{c: c, app: app, format: opts.Format, mode: opts.Mode, maxRate: opts.MaxRate,
+		h: h, waiting: len(keys), ready: make(chan struct{})}
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
@@ -265,7 +284,8 @@ func (c *Client) unsubscribe(ctx context.Context, app string, keys []string, onl
 
 // sendPending subscribes on cn every key not subscribed on it yet, per
 // Subscription in commands of at most MaxKeysPerSubscribe keys, with since
-// per rule 4 of docs/PROTOCOL.md, The client rule. It does not wait for the
+// per rule 4 of docs/PROTOCOL.md, The client rule, and the Subscription's
+// mode and max_rate (so a resume keeps them). It does not wait for the
 // acks: the reader handles them (subscribed).
 func (c *Client) sendPending(cn *conn) error {
 	c.mu.Lock()
@@ -292,7 +312,7 @@ func (c *Client) sendPending(cn *conn) error {
 				if sub.format == FormatBinary {
 					cmd.Format = string(FormatBinary)
 				}
-				pc := &pendingCmd{sub: sub}
+				pc := &pendingCmd{sub: sub, mode: sub.mode, maxRate: sub.maxRate}
 				for _, e := range chunk {
 					if e.removed || e.sentGen == cn.gen || sub.failed {
 						continue
@@ -456,6 +476,13 @@ func (cn *conn) data(p *proto.Publication) error {
 	case !hasPos: // a server without positions: seq alone
 	case n == pos.Seq+1:
 	case fresh && n == pos.Seq: // the latest value the ack announced
+	case e.sub.mode == ModeLatest:
+		// docs/PROTOCOL.md, Delivery modes: a latest key's seq may jump
+		// (the values between were skipped on purpose); an older or the
+		// same seq is ignored, and neither is a server fault.
+		if n <= pos.Seq {
+			return nil
+		}
 	default:
 		c.mu.Lock()
 		e.fresh = false

@@ -87,10 +87,11 @@ func (t *amqpTransport) close() { _ = t.conn.CloseDeadline(time.Now().Add(time.S
 
 // send publishes b's values and waits for the broker's confirms. An ack
 // means the broker has the value, not yet that a server sequenced it.
-func (t *amqpTransport) send(ctx context.Context, _ int, b batch) ([]bool, error) {
+// The broker does not tell the seqs: seqs is nil.
+func (t *amqpTransport) send(ctx context.Context, _ int, b batch) (seqs []uint64, failed []bool, err error) {
 	ch, err := t.channel()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer t.release(ch)
 	// A publish held up by the broker's flow control (a resource alarm)
@@ -98,11 +99,11 @@ func (t *amqpTransport) send(ctx context.Context, _ int, b batch) ([]bool, error
 	defer context.AfterFunc(ctx, t.close)()
 
 	confirms := make([]*amqp.DeferredConfirmation, 0, len(b.keys))
-	for _, k := range b.keys {
+	for i, k := range b.keys {
 		dc, perr := ch.PublishWithDeferredConfirmWithContext(ctx, t.exchange, proto.RoutingKey(b.app, k), false, false, amqp.Publishing{
 			ContentType:  "application/json",
 			DeliveryMode: amqp.Transient,
-			Body:         b.payload,
+			Body:         b.payloads[i],
 		})
 		if perr != nil {
 			err = fmt.Errorf("AMQP: publish to %s: %w", t.exchange, perr)
@@ -110,7 +111,7 @@ func (t *amqpTransport) send(ctx context.Context, _ int, b batch) ([]bool, error
 		}
 		confirms = append(confirms, dc)
 	}
-	failed := make([]bool, len(b.keys))
+	failed = make([]bool, len(b.keys))
 	for i := range failed {
 		failed[i] = true // until acked
 	}
@@ -129,11 +130,11 @@ func (t *amqpTransport) send(ctx context.Context, _ int, b batch) ([]bool, error
 	}
 	switch {
 	case err != nil:
-		return failed, err
+		return nil, failed, err
 	case nacks > 0:
-		return failed, fmt.Errorf("AMQP: the broker nacked %d of %d values", nacks, len(b.keys))
+		return nil, failed, fmt.Errorf("AMQP: the broker nacked %d of %d values", nacks, len(b.keys))
 	}
-	return nil, nil
+	return nil, nil, nil
 }
 
 // channel takes an idle channel or opens one. The publisher bounds the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -61,8 +62,14 @@ func TestAMQPTransport(t *testing.T) {
 	if tr.targets() != 1 {
 		t.Fatalf("%d targets, want 1", tr.targets())
 	}
-	payload := appendPayload(nil, 42)
-	if failed, err := tr.send(t.Context(), 0, batch{app: "a1", keys: []string{"k1", "k2", "k1"}, payload: payload}); err != nil || failed != nil {
+	payloads := func(n int) [][]byte {
+		out := make([][]byte, n)
+		for i := range out {
+			out[i] = appendPayload(nil, int64(42+i))
+		}
+		return out
+	}
+	if _, failed, err := tr.send(t.Context(), 0, batch{app: "a1", keys: []string{"k1", "k2", "k1"}, payloads: payloads(3)}); err != nil || failed != nil {
 		t.Fatalf("send: failed %v, %v", failed, err)
 	}
 	for i, want := range []string{"a1.k1", "a1.k2", "a1.k1"} {
@@ -70,13 +77,13 @@ func TestAMQPTransport(t *testing.T) {
 		if err != nil || !ok {
 			t.Fatalf("message %d: %v, %v", i, ok, err)
 		}
-		if d.RoutingKey != want || d.ContentType != "application/json" || string(d.Body) != `{"t":42}` {
+		if d.RoutingKey != want || d.ContentType != "application/json" || string(d.Body) != fmt.Sprintf(`{"t":%d}`, 42+i) {
 			t.Fatalf("message %d: routing key %q, content type %q, body %s", i, d.RoutingKey, d.ContentType, d.Body)
 		}
 	}
 
 	// The queue takes 3 of 5: the last 2 fail.
-	failed, err := tr.send(t.Context(), 0, batch{app: "a1", keys: []string{"k1", "k2", "k3", "k4", "k5"}, payload: payload})
+	_, failed, err := tr.send(t.Context(), 0, batch{app: "a1", keys: []string{"k1", "k2", "k3", "k4", "k5"}, payloads: payloads(5)})
 	if err == nil || !strings.Contains(err.Error(), "nacked 2 of 5") {
 		t.Fatalf("err %v, want 2 of 5 nacked", err)
 	}
@@ -87,7 +94,7 @@ func TestAMQPTransport(t *testing.T) {
 	// A cancelled send closes the connection; later sends fail at once.
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	if _, err := tr.send(ctx, 0, batch{app: "a1", keys: []string{"k1"}, payload: payload}); !errors.Is(err, context.Canceled) {
+	if _, _, err := tr.send(ctx, 0, batch{app: "a1", keys: []string{"k1"}, payloads: payloads(1)}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled send: %v", err)
 	}
 	wstest.Eventually(t, 5*time.Second, func() error {
@@ -96,7 +103,7 @@ func TestAMQPTransport(t *testing.T) {
 		}
 		return nil
 	})
-	if _, err := tr.send(t.Context(), 0, batch{app: "a1", keys: []string{"k1"}, payload: payload}); err == nil {
+	if _, _, err := tr.send(t.Context(), 0, batch{app: "a1", keys: []string{"k1"}, payloads: payloads(1)}); err == nil {
 		t.Fatal("send on a closed connection: no error")
 	}
 }

@@ -250,7 +250,7 @@ func (c *client) onValue(key []byte, seq uint64, ts int64, payload []byte, now i
 		return
 	}
 	c.subs[slot].Observe(seq)
-	w.latency.Record(now - sent)
+	w.latency.recordAt(c.idx, now-sent)
 	c.lastReceive = now
 	w.counted.Add(1)
 }

@@ -1,8 +1,10 @@
 // Package bench is the engine of wsbench, the wspush load tester: the
 // scenarios (capacity, fanout, table), the worker processes that hold the
-// connections, the publisher (over HTTP or AMQP), the statistics (a
-// mergeable log-linear latency histogram, loss counting by seq) and the
-// reports (text, JSON, SVG).
+// connections, the publisher (over HTTP or AMQP; each value stamped with
+// its scheduled send time, so that a publisher falling behind shows in the
+// latency), the statistics (HdrHistogram latency histograms that merge
+// exactly across workers, loss counting by seq) and the reports (text,
+// JSON, SVG).
 //
 // It speaks the wspush protocol through package proto and talks to
 // servers only over the network, never in-process, and only to loopback

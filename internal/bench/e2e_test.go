@@ -358,3 +358,39 @@ func TestAMQPSourceEndToEnd(t *testing.T) {
 	checkClean(t, s)
 	checkDeliveries(t, s, 10, 10)
 }
+
+// TestFanoutPublisherStallShowsInLatency: a publisher that falls behind
+// its schedule (here it stalls once, as a starved load generator would)
+// must not hide it. The value due when it stalled goes out late; its
+// latency counts from its scheduled time, so every subscriber's latency
+// of it, and the publisher's lag, are at least the stall.
+func TestFanoutPublisherStallShowsInLatency(t *testing.T) {
+	const stall = 400 * time.Millisecond
+	srv := startServer(t, app.Config{})
+	r := newTestRunner(t, Options{Servers: []ServerURL{srv}})
+	r.o.publishStall = func(v int64) {
+		if v == 10 {
+			time.Sleep(stall)
+		}
+	}
+	// 20 subscribers on 2 keys, 40 values: value 10 reaches 10
+	// subscribers, more than 1% of the 400 deliveries.
+	rep, err := r.Fanout(t.Context(), FanoutConfig{Subscribers: 20, Keys: 2, Rate: 20, Duration: 2 * time.Second})
+	s := onlyStep(t, rep, err)
+	checkClean(t, s)
+	checkDeliveries(t, s, 40, 40*10)
+	stallMs := float64(stall) / 1e6
+	if s.Latency.P99 < stallMs || s.Latency.Max < stallMs {
+		t.Errorf("latency %+v: p99 and max should be at least the %s stall", s.Latency, stall)
+	}
+	if s.PublishLag.Count != 40 || s.PublishLag.Max < stallMs || s.PublishMaxLagMs != s.PublishLag.Max {
+		t.Errorf("publisher lag %+v (max %g ms): want 40 values, max at least %s", s.PublishLag, s.PublishMaxLagMs, stall)
+	}
+	var b strings.Builder
+	if err := WriteText(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "publisher lag ms:") {
+		t.Errorf("the report does not show the publisher's lag:\n%s", b.String())
+	}
+}

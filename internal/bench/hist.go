@@ -3,163 +3,158 @@ package bench
 import (
 	"encoding/json"
 	"fmt"
-	"math"
-	"math/bits"
-	"sync/atomic"
+	"sync"
 	"time"
+
+	hdr "github.com/HdrHistogram/hdrhistogram-go"
 )
 
-// The histogram is log-linear, like HdrHistogram: values below subCount
-// have a bucket each; above, every power of two is cut into subCount
-// buckets of equal width. A bucket's width is at most 1/subCount of its
-// lower bound, so a value read back (the bucket's midpoint) is within
-// 1/(2*subCount) of the truth: 0.4% with subBits = 7.
+// Every histogram of wsbench is an HdrHistogram of nanoseconds from 1 ns
+// to an hour with 3 significant digits: a value read back is within 0.1%
+// of the truth. All of them share this geometry, so that merging two of
+// them adds counts index by index and is exact, whichever process
+// recorded them.
 const (
-	subBits    = 7
-	subCount   = 1 << subBits
-	numBuckets = (64 - subBits + 1) * subCount
+	histLowest  = 1
+	histHighest = int64(time.Hour)
+	histDigits  = 3
 )
 
 // HistRelError is the largest relative error of a value read back from a
-// Histogram (quantiles; Min, Max and Mean are exact).
-const HistRelError = 1.0 / (2 * subCount)
+// Histogram (quantiles, min, max, mean).
+const HistRelError = 1e-3
 
-// Histogram counts non-negative int64 values (nanoseconds here) in
-// log-linear buckets. Record is safe for concurrent use and does not
-// allocate; two histograms merge by adding counts. The zero value is
-// empty and ready.
+func newHDR() *hdr.Histogram { return hdr.New(histLowest, histHighest, histDigits) }
+
+// Histogram counts durations in nanoseconds. It wraps hdrhistogram-go's
+// Histogram, which is not safe for concurrent use, with a lock per shard:
+// a histogram that many connections record into has several shards
+// (newShardedHistogram), each connection recording into its own
+// (recordAt), and they are merged when read. Values below 0 count as 0,
+// values above an hour as an hour.
 type Histogram struct {
-	counts [numBuckets]atomic.Uint64
-	count  atomic.Uint64
-	sum    atomic.Uint64
-	min    atomic.Uint64 // stored as value+1 so that 0 means "none yet"
-	max    atomic.Uint64
+	shards []histShard
 }
 
-// NewHistogram returns an empty histogram.
-func NewHistogram() *Histogram { return new(Histogram) }
+type histShard struct {
+	mu sync.Mutex
+	h  *hdr.Histogram
+	_  [48]byte // a shard's lock on its own cache line
+}
 
-func bucketOf(v uint64) int {
-	if v < subCount {
-		return int(v)
+// NewHistogram returns an empty histogram of one shard.
+func NewHistogram() *Histogram { return newShardedHistogram(1) }
+
+// newShardedHistogram returns an empty histogram of n shards.
+func newShardedHistogram(n int) *Histogram {
+	h := &Histogram{shards: make([]histShard, max(n, 1))}
+	for i := range h.shards {
+		h.shards[i].h = newHDR()
 	}
-	shift := bits.Len64(v) - 1 - subBits
-	return (shift+1)*subCount + int(v>>shift) - subCount
+	return h
 }
 
-// bucketRange is the lowest value of bucket i and the bucket's width.
-func bucketRange(i int) (low, width uint64) {
-	if i < subCount {
-		return uint64(i), 1
-	}
-	shift := i/subCount - 1
-	mant := uint64(i%subCount + subCount)
-	return mant << shift, 1 << shift
+func clampValue(v int64) int64 { return min(max(v, 0), histHighest) }
+
+// Record adds one value.
+func (h *Histogram) Record(v int64) { h.recordAt(0, v) }
+
+// recordAt adds one value to shard i mod the shards: callers that record
+// concurrently pass different i (a connection number) to take different
+// locks.
+func (h *Histogram) recordAt(i int, v int64) {
+	s := &h.shards[i%len(h.shards)]
+	s.mu.Lock()
+	_ = s.h.RecordValue(clampValue(v)) // in range: clamped
+	s.mu.Unlock()
 }
 
-// Record adds one value; negative values count as 0.
-func (h *Histogram) Record(v int64) {
-	if v < 0 {
-		v = 0
-	}
-	u := uint64(v)
-	h.counts[bucketOf(u)].Add(1)
-	h.count.Add(1)
-	h.sum.Add(u)
-	storeMin(&h.min, u+1)
-	storeMax(&h.max, u)
-}
-
-func storeMin(a *atomic.Uint64, v uint64) {
-	for {
-		old := a.Load()
-		if old != 0 && old <= v || a.CompareAndSwap(old, v) {
-			return
-		}
-	}
-}
-
-func storeMax(a *atomic.Uint64, v uint64) {
-	for {
-		old := a.Load()
-		if old >= v || a.CompareAndSwap(old, v) {
-			return
-		}
-	}
-}
-
-// Merge adds every value of o to h. o must not be recorded into
-// concurrently.
-func (h *Histogram) Merge(o *Histogram) {
-	if o == nil || o.count.Load() == 0 {
+// read calls f with every value of h in one hdr histogram, which f must
+// not keep or change.
+func (h *Histogram) read(f func(*hdr.Histogram)) {
+	if len(h.shards) == 1 {
+		s := &h.shards[0]
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		f(s.h)
 		return
 	}
-	for i := range o.counts {
-		if c := o.counts[i].Load(); c != 0 {
-			h.counts[i].Add(c)
-		}
+	all := newHDR()
+	for i := range h.shards {
+		s := &h.shards[i]
+		s.mu.Lock()
+		all.Merge(s.h)
+		s.mu.Unlock()
 	}
-	h.count.Add(o.count.Load())
-	h.sum.Add(o.sum.Load())
-	storeMin(&h.min, o.min.Load())
-	storeMax(&h.max, o.max.Load())
+	f(all)
+}
+
+// Merge adds every value of o to h.
+func (h *Histogram) Merge(o *Histogram) {
+	if o == nil {
+		return
+	}
+	var from *hdr.Histogram
+	o.read(func(x *hdr.Histogram) {
+		if x.TotalCount() > 0 {
+			from = x.Clone()
+		}
+	})
+	if from == nil {
+		return
+	}
+	s := &h.shards[0]
+	s.mu.Lock()
+	s.h.Merge(from) // same geometry: nothing is dropped
+	s.mu.Unlock()
 }
 
 // Count is the number of values recorded.
-func (h *Histogram) Count() uint64 { return h.count.Load() }
-
-// Min is the smallest value recorded (0 when empty).
-func (h *Histogram) Min() int64 {
-	m := h.min.Load()
-	if m == 0 {
-		return 0
+func (h *Histogram) Count() (n uint64) {
+	for i := range h.shards {
+		s := &h.shards[i]
+		s.mu.Lock()
+		n += uint64(s.h.TotalCount())
+		s.mu.Unlock()
 	}
-	return int64(m - 1)
+	return n
 }
 
-// Max is the largest value recorded.
-func (h *Histogram) Max() int64 { return int64(h.max.Load()) }
+// Min is the smallest value recorded (0 when empty).
+func (h *Histogram) Min() (v int64) {
+	h.read(func(x *hdr.Histogram) { v = x.Min() })
+	return v
+}
 
-// Mean is the exact average (0 when empty).
-func (h *Histogram) Mean() float64 {
-	n := h.count.Load()
-	if n == 0 {
-		return 0
-	}
-	return float64(h.sum.Load()) / float64(n)
+// Max is the largest value recorded (0 when empty).
+func (h *Histogram) Max() (v int64) {
+	h.read(func(x *hdr.Histogram) { v = x.Max() })
+	return v
+}
+
+// Mean is the average (0 when empty).
+func (h *Histogram) Mean() (v float64) {
+	h.read(func(x *hdr.Histogram) { v = x.Mean() })
+	return v
 }
 
 // Quantile returns the value below or at which a fraction q (0..1) of the
-// values lie, within HistRelError: the midpoint of the bucket holding the
-// value of rank ceil(q*count), clamped to [Min, Max].
-func (h *Histogram) Quantile(q float64) int64 {
-	n := h.count.Load()
-	if n == 0 {
-		return 0
-	}
-	rank := uint64(math.Ceil(q * float64(n)))
-	rank = min(max(rank, 1), n)
-	var seen uint64
-	for i := range h.counts {
-		seen += h.counts[i].Load()
-		if seen >= rank {
-			low, width := bucketRange(i)
-			v := int64(low + (width-1)/2)
-			return min(max(v, h.Min()), h.Max())
-		}
-	}
-	return h.Max()
+// values lie, within HistRelError.
+func (h *Histogram) Quantile(q float64) (v int64) {
+	h.read(func(x *hdr.Histogram) { v = x.ValueAtQuantile(q * 100) })
+	return v
 }
 
 // Buckets calls f for every non-empty bucket in increasing order with its
 // bounds [low, low+width) and count.
 func (h *Histogram) Buckets(f func(low, width, count uint64)) {
-	for i := range h.counts {
-		if c := h.counts[i].Load(); c != 0 {
-			low, width := bucketRange(i)
-			f(low, width, c)
+	h.read(func(x *hdr.Histogram) {
+		for _, b := range x.Distribution() {
+			if b.Count > 0 {
+				f(uint64(b.From), uint64(b.To-b.From+1), uint64(b.Count))
+			}
 		}
-	}
+	})
 }
 
 // Summary is a histogram of durations in milliseconds, for reports.
@@ -177,68 +172,57 @@ type Summary struct {
 func nsToMs(v float64) float64 { return v / float64(time.Millisecond) }
 
 // Summarize reads h's figures as milliseconds.
-func (h *Histogram) Summarize() Summary {
-	q := func(p float64) float64 { return nsToMs(float64(h.Quantile(p))) }
-	return Summary{
-		Count: h.Count(),
-		Avg:   nsToMs(h.Mean()),
-		Min:   nsToMs(float64(h.Min())),
-		P50:   q(0.50),
-		P90:   q(0.90),
-		P99:   q(0.99),
-		P999:  q(0.999),
-		Max:   nsToMs(float64(h.Max())),
-	}
-}
-
-// histJSON is the wire and file form: exact figures and the non-empty
-// buckets as [index, count] pairs, so that a histogram read back merges
-// like the original.
-type histJSON struct {
-	SubBits int         `json:"sub_bits"`
-	Count   uint64      `json:"count"`
-	Sum     uint64      `json:"sum"`
-	Min     int64       `json:"min"`
-	Max     int64       `json:"max"`
-	Buckets [][2]uint64 `json:"buckets"`
-}
-
-// MarshalJSON implements json.Marshaler.
-func (h *Histogram) MarshalJSON() ([]byte, error) {
-	j := histJSON{SubBits: subBits, Count: h.Count(), Sum: h.sum.Load(), Min: h.Min(), Max: h.Max(), Buckets: [][2]uint64{}}
-	for i := range h.counts {
-		if c := h.counts[i].Load(); c != 0 {
-			j.Buckets = append(j.Buckets, [2]uint64{uint64(i), c})
+func (h *Histogram) Summarize() (s Summary) {
+	h.read(func(x *hdr.Histogram) {
+		if x.TotalCount() == 0 {
+			return
 		}
-	}
-	return json.Marshal(j)
+		q := x.ValueAtPercentilesSlice([]float64{50, 90, 99, 99.9})
+		s = Summary{
+			Count: uint64(x.TotalCount()),
+			Avg:   nsToMs(x.Mean()),
+			Min:   nsToMs(float64(x.Min())),
+			P50:   nsToMs(float64(q[0])),
+			P90:   nsToMs(float64(q[1])),
+			P99:   nsToMs(float64(q[2])),
+			P999:  nsToMs(float64(q[3])),
+			Max:   nsToMs(float64(x.Max())),
+		}
+	})
+	return s
 }
 
-// UnmarshalJSON implements json.Unmarshaler; h must be empty.
+// MarshalJSON implements json.Marshaler: the histogram travels (between
+// a worker and its coordinator) and is kept (in --json reports) as
+// HdrHistogram's standard V2 compressed encoding in base64, a string that
+// HdrHistogram's tools in any language decode.
+func (h *Histogram) MarshalJSON() ([]byte, error) {
+	var enc []byte
+	var err error
+	h.read(func(x *hdr.Histogram) { enc, err = x.EncodeV2() })
+	if err != nil {
+		return nil, fmt.Errorf("histogram: %w", err)
+	}
+	return json.Marshal(string(enc))
+}
+
+// UnmarshalJSON implements json.Unmarshaler; h's values are replaced by
+// those read. A histogram of another geometry is re-recorded into
+// wsbench's; one holding values that wsbench's cannot is refused.
 func (h *Histogram) UnmarshalJSON(b []byte) error {
-	var j histJSON
-	if err := json.Unmarshal(b, &j); err != nil {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("histogram: want HdrHistogram's V2 encoding as a string: %w", err)
+	}
+	dec, err := hdr.Decode([]byte(s))
+	if err != nil {
 		return fmt.Errorf("histogram: %w", err)
 	}
-	if j.SubBits != subBits {
-		return fmt.Errorf("histogram: sub_bits %d, this build uses %d", j.SubBits, subBits)
+	x := newHDR()
+	if dropped := x.Merge(dec); dropped > 0 {
+		return fmt.Errorf("histogram: %d values outside 0 to %s", dropped, time.Duration(histHighest))
 	}
-	var total uint64
-	for _, b := range j.Buckets {
-		if b[0] >= numBuckets {
-			return fmt.Errorf("histogram: bucket %d out of range", b[0])
-		}
-		h.counts[b[0]].Add(b[1])
-		total += b[1]
-	}
-	if total != j.Count {
-		return fmt.Errorf("histogram: buckets hold %d values, count says %d", total, j.Count)
-	}
-	h.count.Store(j.Count)
-	h.sum.Store(j.Sum)
-	if j.Count > 0 {
-		h.min.Store(uint64(j.Min) + 1)
-		h.max.Store(uint64(j.Max))
-	}
+	*h = Histogram{shards: make([]histShard, 1)}
+	h.shards[0].h = x
 	return nil
 }

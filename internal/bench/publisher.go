@@ -28,11 +28,11 @@ func newHTTPClient(conns int) *http.Client {
 }
 
 // batch is what the publisher sends to one target in one go: a value
-// for each of keys (a key may repeat), all with the same payload.
+// for each of keys (a key may repeat), value i carrying payloads[i].
 type batch struct {
-	app     string
-	keys    []string
-	payload []byte // {"t":<send time, Unix ns>}, see appendPayload
+	app      string
+	keys     []string
+	payloads [][]byte // {"t":<scheduled send time, Unix ns>}, see appendPayload
 }
 
 // transport carries the publisher's batches: over HTTP to one server
@@ -44,8 +44,9 @@ type transport interface {
 	targets() int
 	// send publishes b to target. A nil error means every value was
 	// accepted. With an error, failed marks the values that were not,
-	// and a nil failed means all of them.
-	send(ctx context.Context, target int, b batch) (failed []bool, err error)
+	// and a nil failed means all of them. seqs, when the transport learns
+	// them (HTTP), are the seqs the server gave b's values.
+	send(ctx context.Context, target int, b batch) (seqs []uint64, failed []bool, err error)
 	// close releases what the transport holds; sends must have ended.
 	close()
 }
@@ -54,6 +55,14 @@ type transport interface {
 // at Rate per second, value v going to key v mod keys, each sent to every
 // target with a subscriber of that key (or, in a cluster, to one target).
 // Each tick sends what is due as one batch per target.
+//
+// Value v is scheduled at start + v/Rate, and its payload carries that
+// time, not the time it actually went out: a receiver's latency is
+// measured from when the value should have been sent, so a publisher that
+// falls behind (a stalled process, a full machine, slow answers holding
+// every publish slot) shows in the latency instead of hiding it
+// (coordinated omission). How far behind each value went out is the
+// publisher's own lag histogram.
 type publisher struct {
 	tr          transport
 	app, prefix string
@@ -66,18 +75,23 @@ type publisher struct {
 	interval    time.Duration
 	maxBatch    int
 	concurrency int
+	// stall, when not nil, is called before value v is batched, which is
+	// when v is due; tests make it sleep to play a publisher that falls
+	// behind.
+	stall func(v int64)
 
-	mu           sync.Mutex
-	counts       [][]uint64 // values accepted per target and key (cluster: summed over targets)
-	items        int64
-	failedItems  int64
-	failedDeliv  uint64 // planned deliveries of failed items
-	requests     int64
-	failedReqs   int64
-	errs         []string
-	maxLag       time.Duration
-	firstSend    time.Time
-	lastResponse time.Time
+	startNano int64 // Unix ns of value 0's schedule
+	lag       *Histogram
+
+	mu          sync.Mutex
+	counts      [][]uint64 // values accepted per target and key (cluster: summed over targets)
+	finals      [][]uint64 // highest seq the server answered per target and key (HTTP)
+	items       int64
+	failedItems int64
+	failedDeliv uint64 // planned deliveries of failed items
+	requests    int64
+	failedReqs  int64
+	errs        []string
 }
 
 type publisherConfig struct {
@@ -91,6 +105,7 @@ type publisherConfig struct {
 	Interval    time.Duration
 	MaxBatch    int
 	Concurrency int
+	Stall       func(v int64) // see publisher.stall
 }
 
 // newPublisher checks that c's targets are the nodes of c.Subs unless
@@ -103,11 +118,14 @@ func newPublisher(c publisherConfig) (*publisher, error) {
 	p := &publisher{
 		tr: c.Transport, app: c.App, prefix: c.Prefix,
 		keys: c.Keys, rate: c.Rate, total: c.Total, cluster: c.Cluster, subs: c.Subs,
-		interval: c.Interval, maxBatch: c.MaxBatch, concurrency: c.Concurrency,
+		interval: c.Interval, maxBatch: c.MaxBatch, concurrency: c.Concurrency, stall: c.Stall,
+		lag: NewHistogram(),
 	}
 	p.counts = make([][]uint64, targets)
+	p.finals = make([][]uint64, targets)
 	for n := range p.counts {
 		p.counts[n] = make([]uint64, c.Keys)
+		p.finals[n] = make([]uint64, c.Keys)
 	}
 	p.nodesOf = make([][]int32, c.Keys)
 	for k := range c.Keys {
@@ -136,6 +154,20 @@ func (p *publisher) expected(node int, key int) uint64 {
 	return p.counts[node][key]
 }
 
+// final is the seq of the last value of key that subscribers on node
+// should get: the highest seq the servers answered (0: unknown, or no
+// value accepted). In a cluster the servers share one sequencer.
+func (p *publisher) final(node int, key int) uint64 {
+	if p.cluster {
+		var s uint64
+		for _, f := range p.finals {
+			s = max(s, f[key])
+		}
+		return s
+	}
+	return p.finals[node][key]
+}
+
 // subscribersOf is how many planned subscriptions a value of key sent to
 // target reaches.
 func (p *publisher) subscribersOf(target, key int) uint64 {
@@ -149,18 +181,29 @@ func (p *publisher) subscribersOf(target, key int) uint64 {
 	return n
 }
 
+// scheduled is the Unix ns at which value v is due.
+func (p *publisher) scheduled(v int64) int64 {
+	return p.startNano + int64(float64(v)/p.rate*float64(time.Second))
+}
+
+// pubItem is one value of a batch: its key and number.
+type pubItem struct {
+	key int32
+	v   int64
+}
+
 // run publishes until Total values are out and every batch has been
 // answered, or ctx ends.
 func (p *publisher) run(ctx context.Context) error {
 	sem := make(chan struct{}, p.concurrency)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	batches := make([][]int32, len(p.counts))
+	batches := make([][]pubItem, len(p.counts))
 	flush := func(target int) error {
 		if len(batches[target]) == 0 {
 			return nil
 		}
-		keys := batches[target]
+		items := batches[target]
 		batches[target] = nil
 		select {
 		case sem <- struct{}{}:
@@ -169,29 +212,25 @@ func (p *publisher) run(ctx context.Context) error {
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			p.send(ctx, target, keys)
+			p.send(ctx, target, items)
 		})
 		return nil
 	}
 	start := time.Now()
-	p.mu.Lock()
-	p.firstSend = start
-	p.mu.Unlock()
+	p.startNano = start.UnixNano()
 	t := time.NewTicker(p.interval)
 	defer t.Stop()
 	var sent int64
 	for sent < p.total {
-		elapsed := time.Since(start)
-		due := min(p.total, int64(p.rate*elapsed.Seconds())+1)
-		if lag := elapsed - time.Duration(float64(sent)/p.rate*float64(time.Second)); sent < due && lag > 0 {
-			p.mu.Lock()
-			p.maxLag = max(p.maxLag, lag)
-			p.mu.Unlock()
-		}
+		// Value v is due once v/rate seconds have passed.
+		due := min(p.total, int64(p.rate*time.Since(start).Seconds())+1)
 		for ; sent < due; sent++ {
+			if p.stall != nil {
+				p.stall(sent)
+			}
 			k := int32(sent % int64(p.keys))
 			for _, n := range p.nodesOf[k] {
-				batches[n] = append(batches[n], k)
+				batches[n] = append(batches[n], pubItem{k, sent})
 				if len(batches[n]) >= p.maxBatch {
 					if err := flush(int(n)); err != nil {
 						return err
@@ -216,33 +255,39 @@ func (p *publisher) run(ctx context.Context) error {
 	return nil
 }
 
-// send publishes one batch of keys to target and counts the outcome.
-func (p *publisher) send(ctx context.Context, target int, keys []int32) {
-	b := batch{app: p.app, keys: make([]string, len(keys))}
-	for i, k := range keys {
-		b.keys[i] = keyName(p.prefix, int(k))
+// send publishes one batch of values to target and counts the outcome.
+func (p *publisher) send(ctx context.Context, target int, items []pubItem) {
+	b := batch{app: p.app, keys: make([]string, len(items)), payloads: make([][]byte, len(items))}
+	for i, it := range items {
+		b.keys[i] = keyName(p.prefix, int(it.key))
+		b.payloads[i] = appendPayload(nil, p.scheduled(it.v))
 	}
-	b.payload = appendPayload(nil, time.Now().UnixNano())
-	failed, err := p.tr.send(ctx, target, b)
+	now := time.Now().UnixNano()
+	for _, it := range items {
+		p.lag.Record(now - p.scheduled(it.v))
+	}
+	seqs, failed, err := p.tr.send(ctx, target, b)
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.requests++
-	p.lastResponse = time.Now()
 	if err != nil {
 		p.failedReqs++
 		if ctx.Err() == nil {
 			p.errs = addErrorSample(p.errs, err.Error())
 		}
 	}
-	for i, k := range keys {
+	for i, it := range items {
 		if err != nil && (failed == nil || failed[i]) {
 			p.failedItems++
-			p.failedDeliv += p.subscribersOf(target, int(k))
+			p.failedDeliv += p.subscribersOf(target, int(it.key))
 			continue
 		}
 		p.items++
-		p.counts[target][k]++
+		p.counts[target][it.key]++
+		if i < len(seqs) {
+			p.finals[target][it.key] = max(p.finals[target][it.key], seqs[i])
+		}
 	}
 }
 
@@ -260,8 +305,8 @@ func (t *httpTransport) close() {}
 
 // send posts b to server target; the server answers once every value is
 // sequenced, and it takes all of them or none.
-func (t *httpTransport) send(ctx context.Context, target int, b batch) ([]bool, error) {
-	body := make([]byte, 0, 16+len(b.keys)*(48+len(b.app)+len(b.payload)))
+func (t *httpTransport) send(ctx context.Context, target int, b batch) ([]uint64, []bool, error) {
+	body := make([]byte, 0, 16+len(b.keys)*(48+len(b.app)+32))
 	body = append(body, `{"items":[`...)
 	for i, k := range b.keys {
 		if i > 0 {
@@ -272,7 +317,7 @@ func (t *httpTransport) send(ctx context.Context, target int, b batch) ([]bool, 
 		body = append(body, `","key":"`...)
 		body = append(body, k...)
 		body = append(body, `","data":`...)
-		body = append(body, b.payload...)
+		body = append(body, b.payloads[i]...)
 		body = append(body, '}')
 	}
 	body = append(body, "]}"...)
@@ -280,7 +325,10 @@ func (t *httpTransport) send(ctx context.Context, target int, b batch) ([]bool, 
 	if err == nil && len(seqs) != len(b.keys) {
 		err = fmt.Errorf("publish to %s: %d seqs for %d items", t.bases[target], len(seqs), len(b.keys))
 	}
-	return nil, err
+	if err != nil {
+		return nil, nil, err
+	}
+	return seqs, nil, nil
 }
 
 func (t *httpTransport) post(ctx context.Context, base string, body []byte) ([]uint64, error) {

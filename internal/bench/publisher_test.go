@@ -3,19 +3,23 @@ package bench
 import (
 	"context"
 	"errors"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 )
 
-// fakeTransport records every batch and fails some through fail.
+// fakeTransport records every batch, fails some through fail and
+// answers seqs as a server would: per target and key, from 1.
 type fakeTransport struct {
 	n    int
 	fail func(call int, b batch) ([]bool, error)
 
 	mu    sync.Mutex
 	sends []fakeSend
+	seqs  map[[2]string]uint64
 }
 
 type fakeSend struct {
@@ -28,7 +32,7 @@ type fakeSend struct {
 func (f *fakeTransport) targets() int { return f.n }
 func (f *fakeTransport) close()       {}
 
-func (f *fakeTransport) send(_ context.Context, target int, b batch) ([]bool, error) {
+func (f *fakeTransport) send(_ context.Context, target int, b batch) ([]uint64, []bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var failed []bool
@@ -37,7 +41,19 @@ func (f *fakeTransport) send(_ context.Context, target int, b batch) ([]bool, er
 		failed, err = f.fail(len(f.sends), b)
 	}
 	f.sends = append(f.sends, fakeSend{target, b, failed, err})
-	return failed, err
+	if err != nil {
+		return nil, failed, err
+	}
+	if f.seqs == nil {
+		f.seqs = make(map[[2]string]uint64)
+	}
+	seqs := make([]uint64, len(b.keys))
+	for i, k := range b.keys {
+		tk := [2]string{strconv.Itoa(target), k}
+		f.seqs[tk]++
+		seqs[i] = f.seqs[tk]
+	}
+	return seqs, nil, nil
 }
 
 // twoNodeSubs: 3 keys, subscribers on node 0 and node 1.
@@ -69,8 +85,13 @@ func TestPublisherOneTargetForACluster(t *testing.T) {
 		if s.target != 0 || s.b.app != "a1" || len(s.b.keys) > 4 {
 			t.Fatalf("batch to %d, app %q, %d keys; want target 0, app a1, at most 4", s.target, s.b.app, len(s.b.keys))
 		}
-		if _, ok := parseSendTime(s.b.payload); !ok {
-			t.Fatalf("payload %s", s.b.payload)
+		if len(s.b.payloads) != len(s.b.keys) {
+			t.Fatalf("%d payloads for %d keys", len(s.b.payloads), len(s.b.keys))
+		}
+		for _, pl := range s.b.payloads {
+			if _, ok := parseSendTime(pl); !ok {
+				t.Fatalf("payload %s", pl)
+			}
 		}
 		values += len(s.b.keys)
 	}
@@ -81,6 +102,9 @@ func TestPublisherOneTargetForACluster(t *testing.T) {
 		for k := range 3 {
 			if got := p.expected(node, k); got != 3 {
 				t.Errorf("node %d key %d: expects %d values, want 3", node, k, got)
+			}
+			if got := p.final(node, k); got != 3 {
+				t.Errorf("node %d key %d: final seq %d, want 3", node, k, got)
 			}
 		}
 	}
@@ -153,5 +177,56 @@ func TestPublisherNeedsATargetPerServerOutsideACluster(t *testing.T) {
 	_, err := newPublisher(publisherConfig{Transport: &fakeTransport{n: 1}, Keys: 3, Subs: twoNodeSubs})
 	if err == nil || !strings.Contains(err.Error(), "1 publish targets for 2 servers") {
 		t.Fatalf("err %v", err)
+	}
+}
+
+// TestPublisherStampsTheScheduledTime: every value carries the time the
+// rate plan gave it, not the time it went out, and a publisher that falls
+// behind records how far in its lag histogram.
+func TestPublisherStampsTheScheduledTime(t *testing.T) {
+	const stall = 80 * time.Millisecond
+	tr := &fakeTransport{n: 1}
+	p, err := newPublisher(publisherConfig{
+		Transport: tr, App: "a1", Prefix: "f", Keys: 3, Rate: 200, Total: 20, Cluster: true,
+		Subs: twoNodeSubs, Interval: time.Millisecond, MaxBatch: 4, Concurrency: 2,
+		Stall: func(v int64) {
+			if v == 7 {
+				time.Sleep(stall)
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.run(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var stamps []int64
+	for _, s := range tr.sends {
+		for _, pl := range s.b.payloads {
+			ts, ok := parseSendTime(pl)
+			if !ok {
+				t.Fatalf("payload %s", pl)
+			}
+			stamps = append(stamps, ts)
+		}
+	}
+	slices.Sort(stamps)
+	if len(stamps) != 20 {
+		t.Fatalf("%d values sent, want 20", len(stamps))
+	}
+	for v, ts := range stamps {
+		if want := p.scheduled(int64(v)); ts != want {
+			t.Errorf("value %d stamped %d, scheduled %d", v, ts, want)
+		}
+	}
+	if p.scheduled(1)-p.scheduled(0) != int64(5*time.Millisecond) {
+		t.Errorf("values 0 and 1 scheduled %d ns apart, want 5ms at 200/s", p.scheduled(1)-p.scheduled(0))
+	}
+	// Value 7 was due when the stall began, so it went out at least the
+	// stall late.
+	lag := p.lag.Summarize()
+	if lag.Count != 20 || lag.Max < float64(stall)/1e6 {
+		t.Errorf("publisher lag %+v: want 20 values, max at least %s", lag, stall)
 	}
 }

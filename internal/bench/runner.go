@@ -67,6 +67,10 @@ type Options struct {
 	// Deadline, when set, is passed to the workers so that they stop
 	// whatever happens to the coordinator.
 	Deadline time.Time
+
+	// publishStall is the publisher's stall hook (tests only; see
+	// publisher.stall).
+	publishStall func(v int64)
 }
 
 // Defaults of Options.

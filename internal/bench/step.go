@@ -64,6 +64,7 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepReport, error)
 			Transport: tr, App: plan.App, Prefix: plan.KeyPrefix, Keys: plan.KeySpace,
 			Rate: spec.rate, Total: spec.total, Cluster: r.cluster(spec.source), Subs: plan.subscribers(),
 			Interval: r.o.BatchInterval, MaxBatch: r.o.MaxBatch, Concurrency: r.o.PublishConns,
+			Stall: r.o.publishStall,
 		})
 		if err != nil {
 			return s, err
@@ -165,7 +166,9 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepReport, error)
 	}
 	if pub != nil {
 		s.Publications, s.PublishFailed, s.PublishRequests = pub.items, pub.failedItems, pub.requests
-		s.PublishErrors, s.PublishMaxLagMs = pub.errs, float64(pub.maxLag)/1e6
+		s.PublishErrors = pub.errs
+		s.PublishLag = pub.lag.Summarize()
+		s.PublishMaxLagMs = s.PublishLag.Max
 	}
 	var lastReceive int64
 	for _, m := range results {

@@ -62,6 +62,11 @@ func (l *lineWriter) send(m wireMsg) error {
 	return nil
 }
 
+// latencyShards is how many locks the latency histogram of a worker is
+// split into: its connections record into it concurrently, connection i
+// into shard i mod latencyShards.
+const latencyShards = 16
+
 // worker is one worker's state during a step.
 type worker struct {
 	cfg       WorkerConfig
@@ -89,7 +94,7 @@ func newWorker(cfg WorkerConfig) *worker {
 		cfg:         cfg,
 		handshake:   NewHistogram(),
 		subscribe:   NewHistogram(),
-		latency:     NewHistogram(),
+		latency:     newShardedHistogram(latencyShards),
 		allResolved: make(chan struct{}),
 		closeCodes:  make(map[string]int),
 		clients:     make([]*client, cfg.Count),

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/wspush/wspush/proto"
 )
 
 // Defaults of Config.
@@ -33,7 +35,7 @@ const (
 const (
 	bandwidthMin = 1024
 	bandwidthMax = 1_000_000_000
-	rateMax      = 1000
+	rateMax      = proto.MaxRateLimit
 )
 
 // Client is a connection to a wspush node that reconnects and resumes on

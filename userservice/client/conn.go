@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -53,10 +52,6 @@ type pendingCmd struct {
 	reply chan proto.ServerMessage // cap 1
 	opens bool                     // the first ping: its pong makes the connection open
 	timer *time.Timer
-
-	// A subscribe's mode and max_rate (docs/PROTOCOL.md, Delivery modes).
-	mode    Mode
-	maxRate float64
 }
 
 // dial makes one connection attempt with a token from the config.
@@ -292,7 +287,7 @@ func (cn *conn) issue(build func(id uint64) (*proto.Command, *pendingCmd)) (*pen
 	if cmd == nil {
 		return nil, nil
 	}
-	b, err := encodeCommand(cmd, pc)
+	b, err := proto.EncodeCommand(cmd)
 	if err != nil {
 		return nil, err
 	}
@@ -337,26 +332,4 @@ func (cn *conn) wait(ctx context.Context, pc *pendingCmd) (m proto.ServerMessage
 	case <-ctx.Done():
 		return m, false, ctx.Err()
 	}
-}
-
-// latestCommand is a subscribe with "mode":"latest" and its optional
-// "max_rate" (docs/PROTOCOL.md, Delivery modes), after the fields of
-// proto.Command.
-type latestCommand struct {
-	*proto.Command
-	Mode    Mode    `json:"mode"`
-	MaxRate float64 `json:"max_rate,omitempty"`
-}
-
-// encodeCommand encodes cmd. A stream subscribe carries no mode: it is
-// byte for byte the command of a client that knows no modes.
-func encodeCommand(cmd *proto.Command, pc *pendingCmd) ([]byte, error) {
-	if cmd.Op != proto.OpSubscribe || pc.mode != ModeLatest {
-		return proto.EncodeCommand(cmd)
-	}
-	b, err := json.Marshal(latestCommand{Command: cmd, Mode: ModeLatest, MaxRate: pc.maxRate})
-	if err != nil {
-		return nil, fmt.Errorf("encode %s command: %w", cmd.Op, err)
-	}
-	return b, nil
 }

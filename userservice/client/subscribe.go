@@ -312,7 +312,12 @@ func (c *Client) sendPending(cn *conn) error {
 				if sub.format == FormatBinary {
 					cmd.Format = string(FormatBinary)
 				}
-				pc := &pendingCmd{sub: sub, mode: sub.mode, maxRate: sub.maxRate}
+				if sub.mode == ModeLatest {
+					// A stream subscribe carries no mode: byte for byte the
+					// command of a client that knows no modes.
+					cmd.Mode, cmd.MaxRate = string(ModeLatest), sub.maxRate
+				}
+				pc := &pendingCmd{sub: sub}
 				for _, e := range chunk {
 					if e.removed || e.sentGen == cn.gen || sub.failed {
 						continue

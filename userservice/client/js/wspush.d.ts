@@ -70,10 +70,10 @@ export declare class WspushError extends Error {
   /**
    * A server error code (docs/PROTOCOL.md, Error codes: bad_request, unauthorized, forbidden, limit,
    * unavailable, internal; `id` is then the command's), or the client's own: "bad_request" (an
-   * invalid app, key, format or since, thrown by subscribe), "limit" (more than maxSubscriptions
+   * invalid app, key, format, mode, maxRate or since, thrown by subscribe), "limit" (more than maxSubscriptions
    * keys, thrown by subscribe), "protocol" (a server message that breaks the protocol), "closed"
-   * (the client was closed, or the keys unsubscribed, before an ack), "client" (a bad option, a
-   * failed getToken).
+   * (the client was closed, or the keys unsubscribed, before an ack), "client" (a bad option such
+   * as maxBandwidth, thrown by the constructor; a failed getToken).
    * Subscribes refused with "unavailable" or "internal" are retried with backoff; `ready` waits.
    */
   code: string;
@@ -110,13 +110,39 @@ export interface ClientOptions {
   maxSubscriptions?: number;
   /** Connect on construction (default true); otherwise call connect(). */
   autoConnect?: boolean;
+  /**
+   * Bytes of values per second the server writes to this connection at most (an integer from 1024
+   * to 1e9; default: no limit), sent as the `max_bandwidth` query parameter of the URL
+   * (docs/PROTOCOL.md, Delivery modes). Keys in mode "latest" then skip values rather than fall
+   * behind; "stream" keys wait in the server's queue, whose limit (close 4008, then a resume)
+   * still applies. The constructor throws WspushError "client" for another value.
+   */
+  maxBandwidth?: number;
 }
+
+/** How many of a key's values a subscription gets (docs/PROTOCOL.md, Delivery modes). */
+export type Mode = "stream" | "latest";
 
 export interface SubscribeOptions {
   /** "json" (default) or "binary" (docs/PROTOCOL.md, Binary frames). */
   format?: "json" | "binary";
   /** Resume from these positions (full form only) instead of starting from the latest value. */
   since?: Positions;
+  /**
+   * "stream" (default): every value, in order, exactly once. "latest": the newest value of each
+   * key; values in between may be skipped (by maxRate, or when the connection is slow), and a
+   * `seq` that jumps by k means k-1 values were skipped. For a latest key the client accepts any
+   * seq above its position and ignores an older one (no "protocol" event, no resume). Resets,
+   * epochs and resumes work as for "stream", but a resume brings the newest value only; every
+   * resubscribe keeps the key's mode and maxRate.
+   */
+  mode?: Mode;
+  /**
+   * With mode "latest" only: at most this many values per second per key (0 < maxRate <= 1000,
+   * fractions allowed, e.g. 0.5; default: no limit), always the newest; a value that comes sooner
+   * waits and is sent when the interval ends, so the newest value is never more than 1/maxRate late.
+   */
+  maxRate?: number;
   onData?: (p: Publication) => void;
   onReset?: (r: Reset) => void;
   onAck?: (a: Ack) => void;
@@ -138,7 +164,7 @@ export interface Subscription {
 export type EventMap = {
   state: StateEvent;
   error: WspushError;
-  /** A data message that broke the client rule (docs/PROTOCOL.md, The client rule, 3). */
+  /** A data message that broke the client rule (docs/PROTOCOL.md, The client rule, 3); never for a "latest" key's jump. */
   protocol: { app: string; key: string; seq: number; expected: number; epoch: string };
 };
 
@@ -154,9 +180,10 @@ export declare class Client {
   on<K extends keyof EventMap>(event: K, fn: (e: EventMap[K]) => void): () => void;
   off<K extends keyof EventMap>(event: K, fn: (e: EventMap[K]) => void): void;
   /**
-   * Subscribes keys of app. Keys already subscribed change their callbacks and format and keep
-   * their position (the server receives a resubscribe with since). Throws WspushError "limit"
-   * when the connection would exceed maxSubscriptions keys.
+   * Subscribes keys of app. Keys already subscribed change their callbacks, format, mode and
+   * maxRate, and keep their position (the server receives a resubscribe with since). Throws
+   * WspushError "bad_request" for an invalid option (a maxRate without mode "latest", or out of
+   * 0 < maxRate <= 1000), "limit" when the connection would exceed maxSubscriptions keys.
    */
   subscribe(app: string, keys: string[], options?: SubscribeOptions): Subscription;
   /** Unsubscribes keys, in commands of at most maxKeysPerCommand keys, paced under the command rate. */

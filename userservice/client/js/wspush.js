@@ -8,6 +8,12 @@
 
 const NAME = /^[A-Za-z0-9_-]{1,64}$/;
 
+// Bounds of maxRate (values/s per key) and maxBandwidth (bytes/s), as the
+// server checks them (docs/PROTOCOL.md, Delivery modes).
+const MAX_RATE = 1000;
+const MIN_BANDWIDTH = 1024;
+const MAX_BANDWIDTH = 1e9;
+
 // Close codes after which reconnecting would fail the same way
 // (docs/PROTOCOL.md, Close codes): the client goes to "closed".
 const FATAL_CLOSE = new Set([1002, 1007, 1008, 1009, 4001]);
@@ -223,6 +229,11 @@ export class Client {
       throw new WspushError("client", "wspush: need commandRate > 0 and commandBurst >= 1");
     }
     if (!(o.maxKeysPerCommand >= 1)) throw new WspushError("client", "wspush: need maxKeysPerCommand >= 1");
+    if (o.maxBandwidth !== undefined && o.maxBandwidth !== null && o.maxBandwidth !== 0 &&
+        !(Number.isInteger(o.maxBandwidth) && o.maxBandwidth >= MIN_BANDWIDTH && o.maxBandwidth <= MAX_BANDWIDTH)) {
+      throw new WspushError("client",
+        `wspush: maxBandwidth ${JSON.stringify(o.maxBandwidth)}: want an integer from ${MIN_BANDWIDTH} to ${MAX_BANDWIDTH} (bytes/s)`);
+    }
     // After the caller's synchronous code, so that listeners added right
     // after construction see "connecting".
     if (o.autoConnect) {
@@ -328,9 +339,12 @@ export class Client {
     let ws;
     try {
       let url = this.#url;
-      if (token) {
+      const bw = this.#opts.maxBandwidth;
+      if (token || bw) {
         const u = new URL(url);
-        u.searchParams.set("token", token);
+        if (token) u.searchParams.set("token", token);
+        // docs/PROTOCOL.md, Delivery modes: max_bandwidth.
+        if (bw) u.searchParams.set("max_bandwidth", String(bw));
         url = u.toString();
       }
       ws = new this.#WS(url);
@@ -385,13 +399,14 @@ export class Client {
     this.#tokens = this.#opts.commandBurst;
     this.#tokensAt = now;
     this.#enqueue({ op: "ping" }, true);
-    // Resubscribe everything, per app and format, from the positions
-    // (docs/PROTOCOL.md, The client rule, 4).
+    // Resubscribe everything, per app, format and mode, from the positions
+    // (docs/PROTOCOL.md, The client rule, 4); a latest key keeps its mode
+    // and maxRate (Delivery modes).
     for (const [app, keys] of this.#subs) {
       const groups = new Map();
       for (const st of keys.values()) {
         st.pendingId = 0;
-        const g = st.format + (st.hasPos ? "+" : "-");
+        const g = kindOf(st) + (st.hasPos ? "+" : "-");
         let list = groups.get(g);
         if (!list) groups.set(g, (list = []));
         list.push(st);
@@ -547,6 +562,18 @@ export class Client {
     if (format !== "json" && format !== "binary") {
       throw new WspushError("bad_request", `wspush: format ${JSON.stringify(format)}: want "json" or "binary"`);
     }
+    // docs/PROTOCOL.md, Delivery modes.
+    const mode = options.mode ?? "stream";
+    if (mode !== "stream" && mode !== "latest") {
+      throw new WspushError("bad_request", `wspush: mode ${JSON.stringify(mode)}: want "stream" or "latest"`);
+    }
+    const maxRate = options.maxRate ?? 0;
+    if (maxRate !== 0) {
+      if (mode !== "latest") throw new WspushError("bad_request", `wspush: maxRate needs mode "latest"`);
+      if (typeof maxRate !== "number" || !(maxRate > 0 && maxRate <= MAX_RATE)) {
+        throw new WspushError("bad_request", `wspush: maxRate ${JSON.stringify(maxRate)}: want 0 < maxRate <= ${MAX_RATE} (values/s)`);
+      }
+    }
     const since = options.since ?? {};
     for (const [k, p] of Object.entries(since)) {
       if (!p || typeof p.seq !== "number" || p.seq < 0 || typeof p.epoch !== "string") {
@@ -574,6 +601,8 @@ export class Client {
         appKeys.set(key, st);
       }
       st.format = format;
+      st.mode = mode;
+      st.maxRate = maxRate;
       st.onData = options.onData;
       st.onReset = options.onReset;
       st.onAck = options.onAck;
@@ -632,15 +661,17 @@ export class Client {
 
   // #enqueueSubscribe sends subscribe commands for the key states in list,
   // at most maxKeysPerCommand keys each.
+  // The keys of list share their format, mode and maxRate.
   #enqueueSubscribe(app, format, list, resumed, retries = 0) {
     const max = this.#opts.maxKeysPerCommand;
+    const { mode, maxRate } = list[0];
     let i = 0;
     // Keys join the last queued subscribe of the same kind while it has
     // room: a subscribe per key in a loop costs a few commands, not one
     // per key (docs/PROTOCOL.md, Commands: the rate limit).
     const tail = this.#queue[this.#queue.length - 1];
     if (tail && tail.op === "subscribe" && tail.app === app && tail.format === format &&
-        tail.resumed === resumed && tail.keys.length < max) {
+        tail.mode === mode && tail.maxRate === maxRate && tail.resumed === resumed && tail.keys.length < max) {
       for (; i < list.length && tail.keys.length < max; i++) {
         const st = list[i];
         if (!tail.keys.includes(st.key)) tail.keys.push(st.key);
@@ -649,7 +680,7 @@ export class Client {
     }
     for (; i < list.length; i += max) {
       const chunk = list.slice(i, i + max);
-      const cmd = { op: "subscribe", app, format, keys: chunk.map((st) => st.key), resumed, retries };
+      const cmd = { op: "subscribe", app, format, mode, maxRate, keys: chunk.map((st) => st.key), resumed, retries };
       this.#enqueue(cmd);
       for (const st of chunk) st.pendingId = cmd.id;
     }
@@ -725,6 +756,12 @@ export class Client {
           }
         }
         if (any) msg.since = since;
+        // A stream subscribe carries no mode: the same command as before
+        // modes existed (docs/PROTOCOL.md, Delivery modes).
+        if (cmd.mode === "latest") {
+          msg.mode = "latest";
+          if (cmd.maxRate) msg.max_rate = cmd.maxRate;
+        }
         break;
       }
       case "unsubscribe":
@@ -811,7 +848,12 @@ export class Client {
     // what comes before the ack is replayed after it.
     if (!st || st.pendingId !== 0 || !st.hasPos) return;
     const accept = seq === st.seq + 1 || (st.fresh && (seq === st.seq || st.legacy));
-    if (!accept) {
+    if (!accept && st.mode === "latest") {
+      // docs/PROTOCOL.md, Delivery modes: a latest key's seq may jump (the
+      // values between were skipped on purpose); an older or the same seq
+      // is ignored. Neither is a fault: no resume.
+      if (!(seq > st.seq)) return;
+    } else if (!accept) {
       const expected = st.seq + 1;
       this.#emit("protocol", { app, key, seq, expected, epoch: st.epoch });
       this.#emit("error", new WspushError("protocol",
@@ -937,7 +979,8 @@ export class Client {
     const t = setTimeout(() => {
       this.#retryTimers.delete(t);
       const appKeys = this.#subs.get(cmd.app);
-      const still = list.filter((st) => appKeys?.get(st.key) === st && st.pendingId === 0 && st.format === cmd.format);
+      const still = list.filter((st) => appKeys?.get(st.key) === st && st.pendingId === 0 &&
+        st.format === cmd.format && st.mode === cmd.mode && st.maxRate === cmd.maxRate);
       if (still.length > 0 && this.#live) this.#enqueueSubscribe(cmd.app, cmd.format, still, cmd.resumed, cmd.retries + 1);
     }, Math.max(o.minBackoff, Math.round(Math.random() * cap)));
     this.#retryTimers.add(t);
@@ -967,6 +1010,11 @@ function unsubscribeCommand(app, keys) {
     failed: (err) => { for (const w of cmd.waiters) w.reject(err); },
   };
   return cmd;
+}
+
+// kindOf is what keys must share to go in one subscribe command.
+function kindOf(st) {
+  return `${st.format}/${st.mode}/${st.maxRate}`;
 }
 
 function checkName(what, v) {

@@ -93,17 +93,30 @@ func fanoutScenario() *scenario {
 in batches: over POST /api/publish (--source http), or to the RabbitMQ
 exchange wspush.ingest that a cluster's servers share (--source amqp,
 routing key <app>.<key>, publisher confirms; implies --cluster). Every
-value carries its send time; reports deliveries per second, end-to-end
-latency (avg, p50, p99, p99.9, max) and loss by seq (lost, duplicates,
-out of order) per key per connection. With amqp, a value counts as
-published once the broker confirms it, and latency includes the servers'
-ingestion.`}
+value carries the time the rate plan scheduled it for, and latency is
+measured from then: a publisher that falls behind shows in the latency
+(and in "publisher lag", how late each value went out) instead of
+hiding it. Reports deliveries per second, end-to-end latency (avg, p50,
+p99, p99.9, max) and loss by seq (lost, duplicates, out of order) per key
+per connection. With amqp, a value counts as published once the broker
+confirms it, and latency includes the servers' ingestion.
+
+--mode latest subscribes with "mode":"latest" (and "max_rate" from
+--max-rate): values may be skipped by design, so loss is not counted by
+seq; instead every seq must be higher than the one before (a duplicate
+or a lower seq is an error), the last value of every key must arrive (a
+subscription without it counts as lost), and no subscription may get
+more than ceil(max_rate)+1 values within one second of the run. Reports
+delivered values/s per subscription and the age of the values delivered
+(receive time - scheduled send time). Needs --source http.`}
 	s.flags = func(fs *flag.FlagSet) func() error {
 		fs.IntVar(&c.Subscribers, "subscribers", 1000, "subscriber connections")
 		fs.IntVar(&c.Keys, "keys", 1, "keys the subscribers are spread over")
 		fs.Float64Var(&c.Rate, "rate", 100, "values published per second, all keys together")
 		fs.DurationVar(&c.Duration, "duration", 10*time.Second, "how long to publish")
 		fs.StringVar(&source, "source", "http", "how wsbench publishes: http (POST /api/publish) or amqp (exchange wspush.ingest at --amqp-url)")
+		fs.StringVar(&c.Mode, "mode", "stream", "delivery mode of the subscriptions: stream (every value) or latest (the newest value per key)")
+		fs.Float64Var(&c.MaxRate, "max-rate", 0, "with --mode latest: at most this many values per second per key (0.01 to 1000, fractions allowed; 0: no limit)")
 		return func() error {
 			var err error
 			if c.Source, err = bench.ParseSource(source); err == nil && !c.Source.FromWsbench() {
@@ -112,7 +125,19 @@ ingestion.`}
 			if err != nil {
 				err = fmt.Errorf("--source: %w", err)
 			}
-			return errors.Join(err,
+			var modeErr error
+			switch {
+			case c.Mode != "stream" && c.Mode != "latest":
+				modeErr = fmt.Errorf("--mode %q: want stream or latest", c.Mode)
+			case c.MaxRate != 0 && c.Mode != "latest":
+				modeErr = errors.New("--max-rate needs --mode latest")
+			case c.MaxRate != 0:
+				modeErr = floatIn("--max-rate", c.MaxRate, 0.01, 1000)
+			}
+			if modeErr == nil && c.Mode == "latest" && c.Source != bench.SourceHTTP {
+				modeErr = errors.New("--mode latest needs --source http: the seq of each key's last value, which must arrive, comes from the publish answers")
+			}
+			return errors.Join(err, modeErr,
 				intIn("--subscribers", c.Subscribers, 1, maxConnections),
 				intIn("--keys", c.Keys, 1, c.Subscribers),
 				floatIn("--rate", c.Rate, 0.1, maxRate),

@@ -42,7 +42,7 @@ func TestHelp(t *testing.T) {
 func TestScenarioHelp(t *testing.T) {
 	for scenario, flags := range map[string][]string{
 		"capacity": {"--connections", "--keys-per-conn", "--key-space", "--hold"},
-		"fanout":   {"--subscribers", "--keys", "--rate", "--duration", "--source"},
+		"fanout":   {"--subscribers", "--keys", "--rate", "--duration", "--source", "--mode", "--max-rate"},
 		"table":    {"--steps", "--source", "--duration", "--warmup"},
 	} {
 		code, out, _ := runCLI(t, "", scenario, "--help")
@@ -70,6 +70,11 @@ func TestBadUsage(t *testing.T) {
 		{[]string{"fanout", "--rate", "0"}, "--rate 0"},
 		{[]string{"fanout", "--subscribers", "5", "--keys", "6"}, "--keys 6: want 1 to 5"},
 		{[]string{"fanout", "--duration", "2h"}, "--duration 2h0m0s"},
+		{[]string{"fanout", "--mode", "newest"}, `--mode "newest": want stream or latest`},
+		{[]string{"fanout", "--max-rate", "2"}, "--max-rate needs --mode latest"},
+		{[]string{"fanout", "--mode", "latest", "--max-rate", "1001"}, "--max-rate 1001"},
+		{[]string{"fanout", "--mode", "latest", "--max-rate", "-1"}, "--max-rate -1"},
+		{[]string{"fanout", "--mode", "latest", "--source", "amqp"}, "--mode latest needs --source http"},
 		{[]string{"table", "--steps", "10,x"}, "--steps"},
 		{[]string{"table", "--steps", ""}, "--steps"},
 		{[]string{"table", "--source", "kafka"}, `--source: source "kafka": want http, amqp or poller`},

@@ -25,6 +25,10 @@ type client struct {
 	url  string
 	keys []int32 // key indexes, sorted
 	subs []SeqTracker
+	// Latest mode only, per key as subs: the highest seq received, for
+	// the worker's drain to read, and the values per second.
+	tops    []atomic.Uint64
+	seconds []secondCount
 
 	lastReceive int64
 	ready       atomic.Bool
@@ -42,6 +46,10 @@ func newClient(w *worker, idx int) *client {
 	}
 	slices.Sort(c.keys)
 	c.subs = make([]SeqTracker, len(c.keys))
+	if p.latest() {
+		c.tops = make([]atomic.Uint64, len(c.keys))
+		c.seconds = make([]secondCount, len(c.keys))
+	}
 	return c
 }
 
@@ -142,6 +150,12 @@ func (c *client) run(ctx context.Context, dialer *websocket.Dialer, dialing <-ch
 			if resolved || m.ID == 0 || m.ID > uint64(pending) {
 				continue
 			}
+			if p := &w.cfg.Plan; p.latest() && (m.Mode != proto.ModeNameLatest || m.MaxRate != p.MaxRate) {
+				// A server that does not know modes ignores the fields and
+				// streams: every figure of the run would be wrong.
+				resolve(fmt.Errorf("subscribe: ack with mode %q max_rate %g, want %q %g: the server does not know delivery modes", m.Mode, m.MaxRate, p.Mode, p.MaxRate))
+				return
+			}
 			pending--
 			if pending == 0 {
 				w.subscribe.Record(int64(time.Since(subStart)))
@@ -172,7 +186,11 @@ func (c *client) subscribe(ws *websocket.Conn) (int, error) {
 			keys = append(keys, keyName(p.KeyPrefix, int(k)))
 		}
 		n++
-		b, err := proto.EncodeCommand(&proto.Command{Op: proto.OpSubscribe, ID: uint64(n), App: p.App, Keys: keys, Format: p.Format})
+		cmd := proto.Command{Op: proto.OpSubscribe, ID: uint64(n), App: p.App, Keys: keys, Format: p.Format}
+		if p.latest() {
+			cmd.Mode, cmd.MaxRate = p.Mode, p.MaxRate
+		}
+		b, err := proto.EncodeCommand(&cmd)
 		if err != nil {
 			return 0, err
 		}
@@ -250,6 +268,13 @@ func (c *client) onValue(key []byte, seq uint64, ts int64, payload []byte, now i
 		return
 	}
 	c.subs[slot].Observe(seq)
+	if c.tops != nil {
+		_, hi := c.subs[slot].Range()
+		c.tops[slot].Store(hi)
+		c.seconds[slot].add((now - start) / int64(time.Second))
+	}
+	// For a latest key, this is the age of the newest value when it
+	// arrived.
 	w.latency.recordAt(c.idx, now-sent)
 	c.lastReceive = now
 	w.counted.Add(1)

@@ -394,3 +394,45 @@ func TestFanoutPublisherStallShowsInLatency(t *testing.T) {
 		t.Errorf("the report does not show the publisher's lag:\n%s", b.String())
 	}
 }
+
+// TestFanoutLatestEndToEnd subscribes in mode latest with max_rate
+// (docs/PROTOCOL.md, "Delivery modes") to keys that change faster than
+// that: values are skipped, but the seqs rise, every key's last value
+// arrives and no subscription gets more than its rate.
+func TestFanoutLatestEndToEnd(t *testing.T) {
+	srv := startServer(t, app.Config{})
+	r := newTestRunner(t, Options{Servers: []ServerURL{srv}})
+	// 10 subscribers on 2 keys, 50 values per key per second for 2s,
+	// delivered at most 4 per second.
+	rep, err := r.Fanout(t.Context(), FanoutConfig{Subscribers: 10, Keys: 2, Rate: 100, Duration: 2 * time.Second, Mode: "latest", MaxRate: 4})
+	s := onlyStep(t, rep, err)
+	checkClean(t, s) // no lost final value, duplicate, seq going back, foreign data
+	if s.Publications != 200 || s.PublishFailed != 0 {
+		t.Errorf("publications %d (%d failed), want 200", s.Publications, s.PublishFailed)
+	}
+	l := s.Latest
+	if l == nil || s.Loss.Expected != 10 {
+		t.Fatalf("latest figures %+v, loss %+v: want 10 final values due", l, s.Loss)
+	}
+	if l.RateViolations != 0 || l.MaxPerSecond > 5 || l.MaxRate != 4 {
+		t.Errorf("latest figures %+v: at most ceil(4)+1 values per second per subscription", l)
+	}
+	// A subscription can get at most 4/s, a little over 2s: far fewer
+	// than the 100 values of its key.
+	if s.Loss.Received < 10 || s.Loss.Received > 10*20 || l.Skipped != 10*100-s.Loss.Distinct {
+		t.Errorf("received %d (distinct %d), skipped %d: want 10 to 200 received, the rest skipped", s.Loss.Received, s.Loss.Distinct, l.Skipped)
+	}
+	if s.Latency.Count != s.Loss.Received || l.DeliveredPerSec <= 0 || l.DeliveredPerSec > 5 {
+		t.Errorf("%d ages for %d values, %g delivered values/s per subscription", s.Latency.Count, s.Loss.Received, l.DeliveredPerSec)
+	}
+	var b strings.Builder
+	if err := WriteText(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Join(strings.Fields(b.String()), " ")
+	for _, want := range []string{"mode latest at most 4/s per key", "final values: 10 of 10 arrived", "age ms:", "delivered values/s per subscription"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the report lacks %q:\n%s", want, b.String())
+		}
+	}
+}

@@ -3,6 +3,7 @@ package bench
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"time"
 
@@ -56,6 +57,25 @@ type Plan struct {
 	SourceIPs   int      `json:"source_ips"`
 	Format      string   `json:"format"` // "binary" or "json"
 	Source      Source   `json:"source"`
+	// Mode is the subscriptions' delivery mode, "" (stream) or "latest",
+	// and MaxRate a latest subscription's max_rate (0: none); see
+	// docs/PROTOCOL.md, "Delivery modes".
+	Mode    string  `json:"mode,omitempty"`
+	MaxRate float64 `json:"max_rate,omitempty"`
+}
+
+// latest tells whether the subscriptions are of mode latest.
+func (p *Plan) latest() bool { return p.Mode == proto.ModeNameLatest }
+
+// rateLimit is the most values a latest subscription may get within one
+// second of the window: a server that spaces them 1/max_rate apart puts
+// at most ceil(max_rate) in a second, and one more is allowed for the
+// jitter of the receiver. 0: no limit.
+func (p *Plan) rateLimit() uint32 {
+	if !p.latest() || p.MaxRate <= 0 {
+		return 0
+	}
+	return uint32(math.Ceil(p.MaxRate)) + 1
 }
 
 // Validate checks the plan's shape.
@@ -84,6 +104,13 @@ func (p *Plan) Validate() error {
 	}
 	if _, err := proto.ParseFormat(p.Format); err != nil {
 		errs = append(errs, err)
+	}
+	if mode, err := proto.ParseMode(p.Mode); err != nil {
+		errs = append(errs, err)
+	} else if p.MaxRate != 0 {
+		if err := proto.ValidateMaxRate(p.MaxRate, mode); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -365,6 +365,15 @@ func (t *httpTransport) post(ctx context.Context, base string, body []byte) ([]u
 // connections first..first+count-1 of plan subscribe to: the finish
 // message of their worker.
 func (p *publisher) expectedFor(plan *Plan, first, count int) [][3]uint64 {
+	return p.perKeyFor(plan, first, count, p.expected)
+}
+
+// finalsFor lists [node, key, final seq] as expectedFor lists counts.
+func (p *publisher) finalsFor(plan *Plan, first, count int) [][3]uint64 {
+	return p.perKeyFor(plan, first, count, p.final)
+}
+
+func (p *publisher) perKeyFor(plan *Plan, first, count int, value func(node, key int) uint64) [][3]uint64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	seen := make(map[uint64]bool)
@@ -378,7 +387,7 @@ func (p *publisher) expectedFor(plan *Plan, first, count int) [][3]uint64 {
 				continue
 			}
 			seen[nk] = true
-			out = append(out, [3]uint64{uint64(n), uint64(k), p.expected(n, k)})
+			out = append(out, [3]uint64{uint64(n), uint64(k), value(n, k)})
 		}
 	}
 	return out

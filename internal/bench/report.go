@@ -4,10 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/wspush/wspush/proto"
 )
 
 // Report is everything a run measured; --json writes it.
@@ -98,9 +101,13 @@ type StepReport struct {
 	PublishLag      Summary `json:"publish_lag"`
 	PublishMaxLagMs float64 `json:"publish_max_lag_ms"` // PublishLag.Max
 
-	Loss    Loss   `json:"loss"`
-	Stale   uint64 `json:"stale"`   // replays of values older than the window
-	Foreign uint64 `json:"foreign"` // data wsbench did not publish (or garbled)
+	// Loss, in latest mode: Expected is the final values due (one per
+	// subscription), Lost those that did not arrive (see
+	// Loss.AccountLatest).
+	Loss    Loss           `json:"loss"`
+	Latest  *LatestFigures `json:"latest,omitempty"` // latest mode
+	Stale   uint64         `json:"stale"`            // replays of values older than the window
+	Foreign uint64         `json:"foreign"`          // data wsbench did not publish (or garbled)
 
 	DeliveriesPerSec float64 `json:"deliveries_per_sec"`
 	// ErrorRate is (lost values + deliveries of failed publications) /
@@ -282,6 +289,12 @@ func writeStep(w io.Writer, r *Report, s *StepReport) error {
 		if f.Source != SourceNone {
 			fmt.Fprintf(tw, ", source %s", f.Source)
 		}
+		if f.Mode == proto.ModeNameLatest {
+			fmt.Fprintf(tw, ", mode latest")
+			if f.MaxRate > 0 {
+				fmt.Fprintf(tw, " at most %g/s per key", f.MaxRate)
+			}
+		}
 		fmt.Fprintln(tw)
 	}
 	if s.Skipped != "" {
@@ -301,14 +314,34 @@ func writeStep(w io.Writer, r *Report, s *StepReport) error {
 		for _, e := range s.PublishErrors {
 			fmt.Fprintf(tw, "  publish error:\t%s\n", e)
 		}
-		fmt.Fprintf(tw, "  deliveries:\t%d expected, %d received, %.0f/s\n", s.Loss.Expected, s.Loss.Received, s.DeliveriesPerSec)
-		fmt.Fprintf(tw, "  latency ms:\t%s\n", summaryLine(s.Latency, true))
-		fmt.Fprintf(tw, "  loss:\t%d lost, %d duplicates, %d out of order, %d unexpected, %d stale, %d foreign\n",
-			s.Loss.Lost, s.Loss.Duplicates, s.Loss.OutOfOrder, s.Loss.Unexpected, s.Stale, s.Foreign)
+		if l := s.Latest; l != nil {
+			writeLatest(tw, s, l)
+		} else {
+			fmt.Fprintf(tw, "  deliveries:\t%d expected, %d received, %.0f/s\n", s.Loss.Expected, s.Loss.Received, s.DeliveriesPerSec)
+			fmt.Fprintf(tw, "  latency ms:\t%s\n", summaryLine(s.Latency, true))
+			fmt.Fprintf(tw, "  loss:\t%d lost, %d duplicates, %d out of order, %d unexpected, %d stale, %d foreign\n",
+				s.Loss.Lost, s.Loss.Duplicates, s.Loss.OutOfOrder, s.Loss.Unexpected, s.Stale, s.Foreign)
+		}
 	}
 	fmt.Fprintf(tw, "  error rate:\t%.4f%%\n", s.ErrorRate*100)
 	writeServer(tw, s)
 	return tw.Flush()
+}
+
+// writeLatest prints the deliveries of a latest-mode fanout: values are
+// skipped by design; what counts is that seqs rise, every key's last value
+// arrives and no key gets more than its max_rate.
+func writeLatest(w io.Writer, s *StepReport, l *LatestFigures) {
+	fmt.Fprintf(w, "  deliveries:\t%d received, %.0f/s; delivered values/s per subscription %.2f on average, at most %d in one second",
+		s.Loss.Received, s.DeliveriesPerSec, l.DeliveredPerSec, l.MaxPerSecond)
+	if l.MaxRate > 0 {
+		fmt.Fprintf(w, " (max_rate %g: %d subscriptions over %d)", l.MaxRate, l.RateViolations, uint32(math.Ceil(l.MaxRate))+1)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "  age ms:\t%s\n", summaryLine(s.Latency, true))
+	fmt.Fprintf(w, "  final values:\t%d of %d arrived, %d lost\n", s.Loss.Expected-s.Loss.Lost, s.Loss.Expected, s.Loss.Lost)
+	fmt.Fprintf(w, "  loss:\t%d skipped by design, %d duplicates, %d out of order, %d unexpected, %d stale, %d foreign\n",
+		l.Skipped, s.Loss.Duplicates, s.Loss.OutOfOrder, s.Loss.Unexpected, s.Stale, s.Foreign)
 }
 
 func writeServer(w io.Writer, s *StepReport) {

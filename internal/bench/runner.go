@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/wspush/wspush/internal/retry"
+	"github.com/wspush/wspush/proto"
 )
 
 // Options are the settings every scenario shares. Zero fields take the
@@ -210,6 +211,13 @@ type FanoutConfig struct {
 	Duration    time.Duration `json:"duration"`
 	// Source is SourceHTTP (the default) or SourceAMQP.
 	Source Source `json:"source,omitempty"`
+	// Mode is the subscriptions' delivery mode: "stream" (the default,
+	// every value) or "latest" (the newest value; SourceHTTP only, whose
+	// answers tell the seq of each key's last value). MaxRate is latest's
+	// max_rate, values per second per key (0: none). See
+	// docs/PROTOCOL.md, "Delivery modes".
+	Mode    string  `json:"mode,omitempty"`
+	MaxRate float64 `json:"max_rate,omitempty"`
 }
 
 // Fanout runs the fanout scenario.
@@ -228,16 +236,40 @@ func (r *Runner) Fanout(ctx context.Context, c FanoutConfig) (*Report, error) {
 		err = fmt.Errorf("source %q: fanout publishes its own values, over http or amqp", c.Source)
 	case c.Keys > c.Subscribers:
 		err = fmt.Errorf("%d keys for %d subscribers: some keys would have nobody to deliver to", c.Keys, c.Subscribers)
+	default:
+		err = c.checkMode()
 	}
 	if err != nil {
 		rep.Error = err.Error()
 		return rep, err
 	}
+	mode := c.Mode
+	if mode == proto.ModeNameStream {
+		mode = "" // a stream subscribe is sent as before, without mode
+	}
 	err = r.runSteps(ctx, rep, []stepSpec{{
 		label: "fanout", conns: c.Subscribers, keysPerConn: 1, keySpace: c.Keys, prefix: "f",
 		source: c.Source, rate: c.Rate, total: int64(math.Round(c.Rate * c.Duration.Seconds())), window: c.Duration,
+		mode: mode, maxRate: c.MaxRate,
 	}})
 	return rep, err
+}
+
+// checkMode checks Mode and MaxRate.
+func (c *FanoutConfig) checkMode() error {
+	mode, err := proto.ParseMode(c.Mode)
+	switch {
+	case err != nil:
+		return err
+	case c.MaxRate != 0:
+		if err := proto.ValidateMaxRate(c.MaxRate, mode); err != nil {
+			return err
+		}
+	}
+	if mode == proto.ModeLatest && c.Source != SourceHTTP {
+		return fmt.Errorf("mode latest needs source http: the seq of each key's last value, which must arrive, comes from the publish answers")
+	}
+	return nil
 }
 
 // TableConfig is the paper's experiment as a sweep: for each connection
@@ -286,6 +318,8 @@ type stepSpec struct {
 	total       int64         // FromWsbench: values
 	window      time.Duration // the measured time
 	warmup      time.Duration // SourcePoller
+	mode        string        // Plan.Mode
+	maxRate     float64       // Plan.MaxRate
 	onDone      func(StepReport)
 }
 

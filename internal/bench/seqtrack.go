@@ -119,6 +119,30 @@ func (l *Loss) Account(t *SeqTracker, expected uint64) {
 	}
 }
 
+// AccountLatest adds one subscription of mode latest (docs/PROTOCOL.md,
+// "Delivery modes") to l. Such a subscription may skip values by design,
+// but its seqs must rise (a duplicate or a seq below one already seen is
+// an error) and the key's last value, of seq final, must arrive. Expected
+// counts the final values due (one per subscription of a key that got
+// values, final > 0), Lost those that did not arrive, Unexpected the
+// subscriptions that got a seq beyond final (another publisher).
+func (l *Loss) AccountLatest(t *SeqTracker, final uint64) {
+	l.Received += t.received
+	l.Distinct += t.distinct
+	l.Duplicates += t.duplicates
+	l.OutOfOrder += t.outOfOrder
+	if final == 0 {
+		return
+	}
+	l.Expected++
+	switch {
+	case t.received == 0 || t.hi < final:
+		l.Lost++
+	case t.hi > final:
+		l.Unexpected++
+	}
+}
+
 // AccountGaps adds a subscription whose expected count is unknown (values
 // come from the poller): it should have received every seq from the
 // lowest to the highest it saw, and ifSilent values when it saw none.
@@ -139,4 +163,61 @@ func (l *Loss) Add(o Loss) {
 	l.OutOfOrder += o.OutOfOrder
 	l.Lost += o.Lost
 	l.Unexpected += o.Unexpected
+}
+
+// secondCount counts a subscription's values per second of the window
+// (latest mode with max_rate), keeping the most any second had.
+type secondCount struct {
+	sec  int64 // the second counted: (receive time - window start) / 1s
+	n    uint32
+	most uint32
+}
+
+func (s *secondCount) add(sec int64) {
+	if sec != s.sec {
+		s.sec, s.n = sec, 0
+	}
+	s.n++
+	s.most = max(s.most, s.n)
+}
+
+// LatestFigures is what a fanout of mode latest measured besides Loss:
+// how often each subscription got a value.
+type LatestFigures struct {
+	// MaxRate is the subscriptions' max_rate (0: none).
+	MaxRate float64 `json:"max_rate,omitempty"`
+	// MaxPerSecond is the most values one subscription got within one
+	// second of the window.
+	MaxPerSecond uint32 `json:"max_per_second"`
+	// RateViolations counts subscriptions that got more than
+	// ceil(max_rate) + 1 values within one second (with max_rate only).
+	RateViolations uint64 `json:"rate_violations"`
+	// Skipped is the values published to a subscription's key that it
+	// did not get, by design: published - distinct received.
+	Skipped uint64 `json:"skipped"`
+	// DeliveredPerSec is the values one subscription got per second, on
+	// average, from the start of publishing to the last value received.
+	DeliveredPerSec float64 `json:"delivered_per_sec"`
+}
+
+// add adds one subscription that got distinct values of the published
+// ones, at most most within one second, to f; limit is Plan.rateLimit.
+func (f *LatestFigures) add(published, distinct uint64, most, limit uint32) {
+	f.MaxPerSecond = max(f.MaxPerSecond, most)
+	if limit > 0 && most > limit {
+		f.RateViolations++
+	}
+	if published > distinct {
+		f.Skipped += published - distinct
+	}
+}
+
+// merge adds a worker's figures to f.
+func (f *LatestFigures) merge(o *LatestFigures) {
+	if o == nil {
+		return
+	}
+	f.MaxPerSecond = max(f.MaxPerSecond, o.MaxPerSecond)
+	f.RateViolations += o.RateViolations
+	f.Skipped += o.Skipped
 }

@@ -26,6 +26,7 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepReport, error)
 	plan := Plan{
 		App: r.o.App, KeyPrefix: spec.prefix, Conns: spec.conns, KeysPerConn: spec.keysPerConn,
 		KeySpace: spec.keySpace, SourceIPs: ips, Format: r.o.Format, Source: spec.source,
+		Mode: spec.mode, MaxRate: spec.maxRate,
 	}
 	for _, u := range r.o.Servers {
 		plan.URLs = append(plan.URLs, u.WS)
@@ -33,13 +34,18 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepReport, error)
 	if err := plan.Validate(); err != nil {
 		return s, err
 	}
+	drain := r.o.Drain
+	if plan.MaxRate > 0 {
+		// A latest key's last value may wait 1/max_rate.
+		drain = max(drain, time.Duration(2/plan.MaxRate*float64(time.Second)))
+	}
 	cfgs := make([]WorkerConfig, workers)
 	for w := range cfgs {
 		first := w * spec.conns / workers
 		cfgs[w] = WorkerConfig{
 			ID: w, Plan: plan, First: first, Count: (w+1)*spec.conns/workers - first,
 			RampRate: r.o.RampRate / float64(workers), MaxDialing: r.o.MaxDialing,
-			HandshakeTimeout: r.o.HandshakeTimeout, Drain: r.o.Drain, ProgressEvery: 250 * time.Millisecond,
+			HandshakeTimeout: r.o.HandshakeTimeout, Drain: drain, ProgressEvery: 250 * time.Millisecond,
 			SilentExpect: uint64(spec.window / time.Second), Deadline: r.o.Deadline,
 		}
 	}
@@ -116,11 +122,15 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepReport, error)
 			return s, fmt.Errorf("publish: %w", err)
 		}
 		for i, c := range cfgs {
-			if err := f.send(i, wireMsg{Type: msgFinish, Expected: pub.expectedFor(&plan, c.First, c.Count)}); err != nil {
+			m := wireMsg{Type: msgFinish, Expected: pub.expectedFor(&plan, c.First, c.Count)}
+			if plan.latest() {
+				m.Finals = pub.finalsFor(&plan, c.First, c.Count)
+			}
+			if err := f.send(i, m); err != nil {
 				return s, err
 			}
 		}
-		pv.setPhase("drain", r.o.Drain)
+		pv.setPhase("drain", drain)
 	case spec.source == SourcePoller:
 		// Values carry the start of their 1s step as ts; a window on whole
 		// seconds holds exactly one step per second.
@@ -182,6 +192,15 @@ func (r *Runner) runStep(ctx context.Context, spec stepSpec) (StepReport, error)
 		failedDeliv = pub.failedDeliv
 	}
 	switch den := s.Loss.Expected + failedDeliv; {
+	case plan.latest():
+		// Values skipped, failed publications included, are by design;
+		// what counts is that each key's last value arrived.
+		if s.Loss.Expected > 0 {
+			s.ErrorRate = float64(s.Loss.Lost) / float64(s.Loss.Expected)
+		}
+		if s.Latest != nil && s.Loss.Expected > 0 {
+			s.Latest.DeliveredPerSec = s.DeliveriesPerSec / float64(s.Loss.Expected)
+		}
 	case den > 0:
 		s.ErrorRate = float64(s.Loss.Lost+failedDeliv) / float64(den)
 	case spec.source == SourceNone:
@@ -214,6 +233,12 @@ func merge(s *StepReport, results []wireMsg) error {
 		sub.Merge(res.Subscribe)
 		prog.Add(res.Progress)
 		s.Loss.Add(res.Loss)
+		if res.Latest != nil {
+			if s.Latest == nil {
+				s.Latest = &LatestFigures{MaxRate: res.Latest.MaxRate}
+			}
+			s.Latest.merge(res.Latest)
+		}
 		for _, e := range res.Errors {
 			s.ErrorSamples = addErrorSample(s.ErrorSamples, e)
 		}

@@ -8,7 +8,7 @@ package bench
 //	worker → coordinator   {"type":"ready"}     every planned connection is up or failed
 //	coordinator → worker   {"type":"start","window_start":ns,"window_end":ns}
 //	worker → coordinator   {"type":"started"}   values from now on are counted
-//	coordinator → worker   {"type":"finish","expected":[[node,key,count],...]}
+//	coordinator → worker   {"type":"finish","expected":[[node,key,count],...],"finals":[[node,key,seq],...]}
 //	worker → coordinator   {"type":"drained"}   values due have arrived (or Drain passed)
 //	coordinator → worker   {"type":"stop"}
 //	worker → coordinator   {"type":"result","result":{...}}
@@ -46,9 +46,13 @@ type wireMsg struct {
 	// Expected lists [node, key index, values published] for every (node,
 	// key) the worker subscribes to (FromWsbench). Nil: counts come from
 	// the seqs received (SourcePoller) or no values are due (capacity).
-	Expected [][3]uint64   `json:"expected,omitempty"`
-	Result   *WorkerResult `json:"result,omitempty"`
-	Error    string        `json:"error,omitempty"`
+	Expected [][3]uint64 `json:"expected,omitempty"`
+	// Finals lists [node, key index, seq of the key's last value] for
+	// every (node, key) the worker subscribes to, in latest mode: that
+	// value must arrive (docs/PROTOCOL.md, "Delivery modes").
+	Finals [][3]uint64   `json:"finals,omitempty"`
+	Result *WorkerResult `json:"result,omitempty"`
+	Error  string        `json:"error,omitempty"`
 }
 
 // Progress is a worker's running counts.
@@ -82,6 +86,7 @@ type WorkerResult struct {
 	Subscribe  *Histogram     `json:"subscribe"`             // subscribe sent to last ack, ns
 	Latency    *Histogram     `json:"latency"`               // value sent (or made) to received, ns
 	Loss       Loss           `json:"loss"`
+	Latest     *LatestFigures `json:"latest,omitempty"` // latest mode
 	// LastReceive is the Unix ns of the last value counted (0: none).
 	LastReceive int64 `json:"last_receive"`
 }

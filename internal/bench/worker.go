@@ -143,7 +143,7 @@ func runWorker(ctx context.Context, first wireMsg, msgs <-chan wireMsg, lw *line
 	})
 
 	allResolved := w.allResolved
-	var expected map[uint64]uint64
+	var expected, finals map[uint64]uint64
 loop:
 	for {
 		select {
@@ -167,11 +167,8 @@ loop:
 					return err
 				}
 			case msgFinish:
-				expected = make(map[uint64]uint64, len(m.Expected))
-				for _, e := range m.Expected {
-					expected[nodeKey(int(e[0]), int32(e[1]))] = e[2]
-				}
-				if err := w.drain(ctx, expected); err != nil {
+				expected, finals = perNodeKey(m.Expected), perNodeKey(m.Finals)
+				if err := w.drain(ctx, expected, finals); err != nil {
 					return err
 				}
 				p := w.progress()
@@ -189,10 +186,19 @@ loop:
 	stopProgress()
 	bg.Wait()
 	w.conns.Wait()
-	return lw.send(wireMsg{Type: msgResult, Result: w.result(expected)})
+	return lw.send(wireMsg{Type: msgResult, Result: w.result(expected, finals)})
 }
 
 func nodeKey(node int, key int32) uint64 { return uint64(node)<<32 | uint64(uint32(key)) }
+
+// perNodeKey maps the [node, key, n] of a finish message by nodeKey.
+func perNodeKey(list [][3]uint64) map[uint64]uint64 {
+	m := make(map[uint64]uint64, len(list))
+	for _, e := range list {
+		m[nodeKey(int(e[0]), int32(e[1]))] = e[2]
+	}
+	return m
+}
 
 // ramp starts the worker's connections at cfg.RampRate per second, with
 // at most cfg.MaxDialing handshakes in flight.
@@ -274,25 +280,42 @@ func (w *worker) progress() Progress {
 }
 
 // drain waits, for the sources of wsbench, until the connections still
-// open have received every value published to their keys, or cfg.Drain
-// has passed.
-func (w *worker) drain(ctx context.Context, expected map[uint64]uint64) error {
+// open have received every value published to their keys (in latest
+// mode: the last value of each key), or cfg.Drain has passed.
+func (w *worker) drain(ctx context.Context, expected, finals map[uint64]uint64) error {
 	if !w.cfg.Plan.Source.FromWsbench() {
 		return nil
 	}
+	live := func(c *client) bool { return c != nil && c.ready.Load() && !c.dropped.Load() }
 	var due uint64
 	for _, c := range w.clients {
-		if c == nil || !c.ready.Load() || c.dropped.Load() {
+		if !live(c) {
 			continue
 		}
 		for _, k := range c.keys {
 			due += expected[nodeKey(c.node, k)]
 		}
 	}
+	done := func() bool { return w.counted.Load() >= due }
+	if w.cfg.Plan.latest() {
+		done = func() bool {
+			for _, c := range w.clients {
+				if !live(c) {
+					continue
+				}
+				for j, k := range c.keys {
+					if c.tops[j].Load() < finals[nodeKey(c.node, k)] {
+						return false
+					}
+				}
+			}
+			return true
+		}
+	}
 	deadline := time.Now().Add(w.cfg.Drain)
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
-	for w.counted.Load() < due && time.Now().Before(deadline) {
+	for !done() && time.Now().Before(deadline) {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("worker %d: drain: %w", w.cfg.ID, context.Cause(ctx))
@@ -303,7 +326,7 @@ func (w *worker) drain(ctx context.Context, expected map[uint64]uint64) error {
 }
 
 // result gathers the worker's figures; the connections must have ended.
-func (w *worker) result(expected map[uint64]uint64) *WorkerResult {
+func (w *worker) result(expected, finals map[uint64]uint64) *WorkerResult {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	r := &WorkerResult{
@@ -317,13 +340,21 @@ func (w *worker) result(expected map[uint64]uint64) *WorkerResult {
 	if len(w.closeCodes) > 0 {
 		r.CloseCodes = w.closeCodes
 	}
+	plan := &w.cfg.Plan
+	if plan.latest() {
+		r.Latest = &LatestFigures{MaxRate: plan.MaxRate}
+	}
 	for _, c := range w.clients {
 		if c == nil {
 			continue
 		}
 		r.LastReceive = max(r.LastReceive, c.lastReceive)
 		for j, k := range c.keys {
-			switch src := w.cfg.Plan.Source; {
+			nk := nodeKey(c.node, k)
+			switch src := plan.Source; {
+			case src.FromWsbench() && plan.latest():
+				r.Loss.AccountLatest(&c.subs[j], finals[nk])
+				r.Latest.add(expected[nk], c.subs[j].Distinct(), c.seconds[j].most, plan.rateLimit())
 			case src.FromWsbench():
 				r.Loss.Account(&c.subs[j], expected[nodeKey(c.node, k)])
 			case src == SourcePoller:

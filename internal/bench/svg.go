@@ -260,6 +260,9 @@ func histogramSVG(b *bytes.Buffer, r *Report) {
 		h, what = step.HandshakeHistogram, "handshake time"
 	} else {
 		h = step.LatencyHistogram
+		if step.Latest != nil {
+			what = "age of delivered values" // mode latest
+		}
 	}
 	svgOpen(b, fmt.Sprintf("wspush %s: %s distribution, %d connections", r.Scenario, what, step.Connections))
 	if h == nil || h.Count() == 0 {

@@ -4,9 +4,12 @@ package main
 // in this process, the embedded dashboard (webFS) loaded in headless
 // Chromium driven over the DevTools protocol by chromedp, and the paper's
 // demo played through the dashboard's DOM contract (data-sensor,
-// data-state, data-seq, data-format, button.cancel, select.format, #conn):
-// subscribe s001–s003, cancel s002 and watch it stop while s001 goes on,
-// switch s003 to binary, restart the server and watch the page resume.
+// data-state, data-seq, data-format, data-mode, button.cancel,
+// select.format, select.rate, #conn): subscribe s001–s003, cancel s002 and
+// watch it stop while s001 goes on, switch s003 to binary, switch s001 to
+// the latest value at most once a second (issue 11), restart the server and
+// watch the page resume, then resume s002 in the delivery chosen while it
+// was stopped.
 //
 // Needs Debian's chromium (scripts/services.sh ensure_chromium installs it;
 // WSPUSH_CHROMIUM names another binary). Without it the test skips, or
@@ -214,6 +217,50 @@ func TestBrowserDashboard(t *testing.T) {
 	p.shot("browser-3-binary")
 	con.check(t, "after switching s003 to binary")
 
+	// 4b. Switch s001 to "≤ 1/s" (latest, max_rate 1; docs/PROTOCOL.md,
+	// Delivery modes): it resubscribes from its position and stays live.
+	// The demo publishes about once a second, so its seq keeps growing, and
+	// it shows no reset: a seq jump of a latest key is a skip, not a loss.
+	before = p.view()
+	s001 = before.Sensors["demo/s001"].seq()
+	if m := before.Sensors["demo/s001"].Mode; m != "stream" {
+		t.Errorf(`[data-sensor="demo/s001"] data-mode=%q before any switch, want stream`, m)
+	}
+	p.eval(`(() => {
+		const s = document.querySelector('[data-sensor="demo/s001"] select.rate');
+		if (!s) throw new Error('no [data-sensor="demo/s001"] select.rate');
+		s.value = "latest:1";
+		s.dispatchEvent(new Event("input", {bubbles: true}));
+		s.dispatchEvent(new Event("change", {bubbles: true}));
+	})()`)
+	p.waitFor(`[data-sensor="demo/s001"][data-mode="latest:1"][data-state=live] with 2 more values`, 3*demoPeriod+8*time.Second,
+		func(v pageView) (bool, error) {
+			s := v.Sensors["demo/s001"]
+			if err := stoppedAt(v, "demo/s002", stopSeq); err != nil {
+				return false, err
+			}
+			return s.Mode == "latest:1" && s.Rate != nil && *s.Rate == "latest:1" && s.State == "live" && s.seq() >= s001+2, nil
+		})
+	p.monotonic("demo/s001", before.Now)
+	// A stopped sensor's delivery can change too: it takes effect when it
+	// is resumed (step 6).
+	p.eval(`(() => {
+		const s = document.querySelector('[data-sensor="demo/s002"] select.rate');
+		if (!s) throw new Error('no [data-sensor="demo/s002"] select.rate');
+		s.value = "latest:5";
+		s.dispatchEvent(new Event("change", {bubbles: true}));
+	})()`)
+	p.waitFor(`[data-sensor="demo/s002"][data-mode="latest:5"], still stopped`, 5*time.Second, func(v pageView) (bool, error) {
+		return v.Sensors["demo/s002"].Mode == "latest:5", stoppedAt(v, "demo/s002", stopSeq)
+	})
+	for _, k := range []string{"demo/s003"} {
+		if m := p.view().Sensors[k].Mode; m != "stream" {
+			t.Errorf(`[data-sensor=%q] data-mode=%q after switching s001 only, want stream`, k, m)
+		}
+	}
+	p.shot("browser-3b-latest")
+	con.check(t, "after switching s001 to latest at most 1/s")
+
 	// 5. Restart the server on the same address. An embedded store starts
 	// every key's history afresh (a new epoch): the page gets a reset for
 	// s001 and s003, shows it, and carries on; s002 stays stopped.
@@ -259,6 +306,9 @@ func TestBrowserDashboard(t *testing.T) {
 	if f := end.Sensors["demo/s003"].Format; f != "binary" {
 		t.Errorf(`[data-sensor="demo/s003"] data-format=%q after the restart, want binary`, f)
 	}
+	if m := end.Sensors["demo/s001"].Mode; m != "latest:1" {
+		t.Errorf(`[data-sensor="demo/s001"] data-mode=%q after the restart, want latest:1`, m)
+	}
 	p.history("demo/s002", down.Now, func(e histEntry) error {
 		if e.State != "stopped" || e.Seq != stopSeq {
 			return fmt.Errorf("across the restart it showed data-state=%q data-seq=%q (want stopped at %q)", e.State, e.Seq, stopSeq)
@@ -266,6 +316,23 @@ func TestBrowserDashboard(t *testing.T) {
 		return nil
 	})
 	p.shot("browser-5-resumed")
+	con.check(t, "after the restart")
+
+	// 6. "Resume stopped" resubscribes s002 from its position, in the
+	// delivery chosen while it was stopped: it lives again (after a reset:
+	// its position is of the first server's epoch), and every sensor keeps
+	// its mode.
+	p.do("click #resume-all", chromedp.Click(chromedp.CSS("#resume-all")))
+	p.waitFor(`[data-sensor="demo/s002"][data-mode="latest:5"][data-state=live] with a new value`, 3*demoPeriod+8*time.Second, func(v pageView) (bool, error) {
+		s := v.Sensors["demo/s002"]
+		return s.State == "live" && s.Mode == "latest:5" && s.Rate != nil && *s.Rate == "latest:5" && s.Seq != stopSeq, nil
+	})
+	for k, want := range map[string]string{"demo/s001": "latest:1", "demo/s003": "stream"} {
+		if s := p.view().Sensors[k]; s.Mode != want || s.State != "live" {
+			t.Errorf(`[data-sensor=%q] data-mode=%q data-state=%q after "Resume stopped", want %s and live`, k, s.Mode, s.State, want)
+		}
+	}
+	p.shot("browser-6-resumed-stopped")
 	con.check(t, "at the end")
 	t.Logf("browser test took %s", time.Since(started).Round(time.Millisecond))
 }
@@ -363,12 +430,12 @@ const observerJS = `(() => {
   const hist = [], last = new Map();
   const view = el => ({
     key: el.dataset.sensor, state: el.dataset.state ?? "", seq: el.dataset.seq ?? "",
-    format: el.dataset.format ?? "", recovery: (el.querySelector(".recovery")?.textContent ?? "").trim(),
+    format: el.dataset.format ?? "", mode: el.dataset.mode ?? "", recovery: (el.querySelector(".recovery")?.textContent ?? "").trim(),
   });
   const record = () => {
     const t = Date.now(), conn = document.querySelector("#conn");
     const views = [...document.querySelectorAll("[data-sensor]")].map(view);
-    views.push({key: "#conn", state: conn?.dataset.state ?? "", seq: "", format: "", recovery: ""});
+    views.push({key: "#conn", state: conn?.dataset.state ?? "", seq: "", format: "", mode: "", recovery: ""});
     for (const v of views) {
       const s = JSON.stringify(v);
       if (last.get(v.key) === s) continue;
@@ -386,7 +453,8 @@ const observerJS = `(() => {
       const conn = document.querySelector("#conn"), sensors = {};
       for (const el of document.querySelectorAll("[data-sensor]")) {
         sensors[el.dataset.sensor] = {...view(el), text: el.textContent.replace(/\s+/g, " ").trim().slice(0, 300),
-          cancel: !!el.querySelector("button.cancel"), select: el.querySelector("select.format")?.value ?? null};
+          cancel: !!el.querySelector("button.cancel"), select: el.querySelector("select.format")?.value ?? null,
+          rate: el.querySelector("select.rate")?.value ?? null};
       }
       return {now: Date.now(), conn: {state: conn?.dataset.state ?? "", text: conn?.textContent.trim() ?? ""}, sensors};
     },
@@ -407,10 +475,12 @@ type sensorView struct {
 	State    string  `json:"state"`
 	Seq      string  `json:"seq"`
 	Format   string  `json:"format"`
+	Mode     string  `json:"mode"` // data-mode: "stream", "latest", "latest:1", …
 	Recovery string  `json:"recovery"`
 	Text     string  `json:"text"`
 	Cancel   bool    `json:"cancel"`
-	Select   *string `json:"select"`
+	Select   *string `json:"select"` // select.format's value
+	Rate     *string `json:"rate"`   // select.rate's value
 }
 
 // seq is data-seq as a number; 0 before any value (or not a number).
@@ -425,6 +495,7 @@ type histEntry struct {
 	State    string `json:"state"`
 	Seq      string `json:"seq"`
 	Format   string `json:"format"`
+	Mode     string `json:"mode"`
 	Recovery string `json:"recovery"`
 }
 

@@ -17,6 +17,27 @@ const RATE_S = 10;        // the rate is averaged over this many whole seconds
 // a reset and the next value often land in the same frame, and a note
 // nobody could see would hide the loss.
 const RESET_NOTE_MS = 1500;
+// Delivery modes (docs/PROTOCOL.md, Delivery modes): the value of a
+// select.rate option and of data-mode, and its short label. "latest" alone
+// has no max_rate; "latest:R" delivers at most R values per second.
+const MODES = [
+  ['stream', 'every value'], ['latest', 'latest'],
+  ['latest:10', '≤ 10/s'], ['latest:5', '≤ 5/s'], ['latest:1', '≤ 1/s'], ['latest:0.5', '≤ 0.5/s'],
+];
+const MODE_LABEL = new Map(MODES);
+const MODE_HELP = 'Delivery: every value (stream), or only the latest (values in between may be skipped), at most so many per second; switching resubscribes from the last position';
+// modeOpts is what client.subscribe takes for a data-mode value.
+function modeOpts(mode) {
+  if (mode === 'stream') return { mode: 'stream' };
+  const [, rate] = mode.split(':');
+  return rate ? { mode: 'latest', maxRate: Number(rate) } : { mode: 'latest' };
+}
+// A sensor's selects are clones of these: 1,000 sensors cost 2,000 cheap
+// clones, not 10,000 createElement calls.
+const MODE_SELECT = el('select', { class: 'rate', title: MODE_HELP },
+  ...MODES.map(([v, label]) => el('option', { value: v, text: label })));
+const FORMAT_SELECT = el('select', { class: 'format', title: 'Format of the data frames: switching resubscribes from the last position' },
+  el('option', { text: 'json' }), el('option', { text: 'binary' }));
 
 // docs/PROTOCOL.md, Close codes. A refused upgrade (bad origin, 503, 429)
 // never reaches WebSocket: the browser reports 1006 with no reason, the
@@ -130,10 +151,11 @@ function onState({ state, code, reason, delay, attempt }) {
   if (state !== 'open') for (const s of sensors.values()) if (s.state === 'live') setState(s, 'waiting');
 }
 
-// subscribeSensors subscribes sensors through the client: grouped by app
-// and format; a sensor that already had values resumes from its position,
-// one that had none asks for the latest value (docs/PROTOCOL.md, The client
-// rule, 4). The client splits and paces the commands.
+// subscribeSensors subscribes sensors through the client: grouped by app,
+// format and delivery mode; a sensor that already had values resumes from
+// its position, one that had none asks for the latest value
+// (docs/PROTOCOL.md, The client rule, 4). The client splits and paces the
+// commands.
 function subscribeSensors(list) {
   if (client.state === 'closed') { // after Disconnect or a close that must not be retried
     $('sub-msg').textContent = 'Not connected: press Connect, and the waiting sensors are subscribed.';
@@ -142,13 +164,13 @@ function subscribeSensors(list) {
   const groups = new Map();
   for (const s of list) {
     const resume = s.pos && s.hadData;
-    const g = `${s.app}\n${s.format}\n${resume}`;
-    if (!groups.has(g)) groups.set(g, { app: s.app, format: s.format, resume, list: [] });
+    const g = `${s.app}\n${s.format}\n${s.mode}\n${resume}`;
+    if (!groups.has(g)) groups.set(g, { app: s.app, format: s.format, mode: s.mode, resume, list: [] });
     groups.get(g).list.push(s);
   }
-  for (const { app, format, resume, list: group } of groups.values()) {
+  for (const { app, format, mode, resume, list: group } of groups.values()) {
     const keys = group.map((s) => s.key);
-    const opts = { format, onData, onReset, onAck };
+    const opts = { format, ...modeOpts(mode), onData, onReset, onAck };
     if (resume) opts.since = Object.fromEntries(group.map((s) => [s.key, { seq: s.pos.seq, epoch: s.pos.epoch }]));
     let sub;
     try {
@@ -158,7 +180,7 @@ function subscribeSensors(list) {
       continue;
     }
     sub.ready.then((a) => {
-      log(a.recovered === false ? 'warn' : 'ok', `subscribed ${app}: ${plural(keys.length, 'key')} (${format}${resume ? `, resumed: ${a.recovered === false ? 'NOT recovered' : 'recovered'}` : ''})`);
+      log(a.recovered === false ? 'warn' : 'ok', `subscribed ${app}: ${plural(keys.length, 'key')} (${format}${mode === 'stream' ? '' : `, ${mode === 'latest' ? 'latest' : `latest ${MODE_LABEL.get(mode)}`}`}${resume ? `, resumed: ${a.recovered === false ? 'NOT recovered' : 'recovered'}` : ''})`);
     }, (err) => refuse(group, err));
   }
 }
@@ -212,6 +234,10 @@ function onData(p) {
   if (!s || s.state === 'stopped') return; // in flight before the unsubscribe took effect
   const now = Date.now();
   totalValues++;
+  // A latest key's seq may jump: the values in between were skipped on
+  // purpose (docs/PROTOCOL.md, Delivery modes), not lost. The client has
+  // accepted the jump; the page counts what was skipped.
+  if (s.pos && p.epoch === s.pos.epoch && p.seq > s.pos.seq + 1) s.skipped += p.seq - s.pos.seq - 1;
   s.pos = { seq: p.seq, epoch: p.epoch };
   s.hadData = true;
   s.lastSeq = p.seq;
@@ -249,11 +275,12 @@ function rateOf(s, now = Date.now()) {
 
 // ---------- sensor elements ----------
 // One element per sensor, the same in both views (CSS lays it out as a card
-// or as a table row): [data-sensor] with data-state, data-seq, data-format.
+// or as a table row): [data-sensor] with data-state, data-seq, data-format,
+// data-mode.
 function makeElement(s) {
   const e = {};
   const id = s.id;
-  e.root = el('article', { class: 'sensor', 'data-sensor': id, 'data-state': s.state, 'data-seq': '', 'data-format': s.format, 'aria-label': id });
+  e.root = el('article', { class: 'sensor', 'data-sensor': id, 'data-state': s.state, 'data-seq': '', 'data-format': s.format, 'data-mode': s.mode, 'aria-label': id });
   e.name = el('button', { type: 'button', class: 'name', 'aria-pressed': 'false', title: `Show ${id} in the chart above` }, s.key, ' ', el('small', { class: 'muted', text: s.app }));
   e.state = el('span', { class: 'state' });
   e.value = el('span', { class: 'value', text: '…' });
@@ -262,14 +289,17 @@ function makeElement(s) {
   e.lat = el('span', { class: 'lat', title: 'end-to-end latency of the last value: now − ts (includes any clock difference with the source)' });
   e.age = el('span', { class: 'age', title: 'age of the last value (now − ts)' });
   e.recovery = el('span', { class: 'recovery' });
-  e.format = el('select', { class: 'format', 'aria-label': `Format of ${id}`, title: 'Format of the data frames: switching resubscribes from the last position' },
-    el('option', { text: 'json' }), el('option', { text: 'binary' }));
+  e.format = FORMAT_SELECT.cloneNode(true);
+  e.format.setAttribute('aria-label', `Format of ${id}`);
   e.format.value = s.format;
+  e.mode = MODE_SELECT.cloneNode(true);
+  e.mode.setAttribute('aria-label', `Delivery of ${id}`);
+  e.mode.value = s.mode;
   e.cancel = el('button', { type: 'button', class: 'cancel', 'aria-label': `Cancel ${id}`, text: 'Cancel' });
   e.resume = el('button', { type: 'button', class: 'resume', 'aria-label': `Resume ${id}`, text: 'Resume', hidden: '' });
   e.canvas = el('canvas', { class: 'chart', role: 'img', 'aria-label': `${id}: no values yet` });
   e.root.append(e.name, e.state, e.value, e.seq, e.rate, e.lat, e.age, e.recovery,
-    el('span', { class: 'actions' }, e.format, e.cancel, e.resume), e.canvas);
+    el('span', { class: 'actions' }, e.mode, e.format, e.cancel, e.resume), e.canvas);
   e.root.sensor = s;
   s.el = e;
   s.r = {}; // what was last written, to write only changes
@@ -287,8 +317,8 @@ $('sensors').addEventListener('click', (ev) => {
   else if (!ev.target.closest('select')) select(s);
 });
 $('sensors').addEventListener('change', (ev) => {
-  if (!ev.target.matches('select.format')) return;
-  changeFormat(ev.target.closest('[data-sensor]').sensor, ev.target.value);
+  if (ev.target.matches('select.format')) changeFormat(ev.target.closest('[data-sensor]').sensor, ev.target.value);
+  else if (ev.target.matches('select.rate')) changeMode(ev.target.closest('[data-sensor]').sensor, ev.target.value);
 });
 
 function setState(s, state) {
@@ -306,12 +336,14 @@ function render(s, now) {
   const e = s.el, r = s.r;
   if (r.state !== s.state) { r.state = s.state; e.root.dataset.state = s.state; }
   if (r.format !== s.format) { r.format = s.format; e.root.dataset.format = s.format; e.format.value = s.format; }
+  if (r.mode !== s.mode) { r.mode = s.mode; e.root.dataset.mode = s.mode; e.mode.value = s.mode; }
   const seq = s.count || s.lastSeq ? String(s.lastSeq) : '';
   if (r.seq !== seq) { r.seq = seq; e.root.dataset.seq = seq; }
   if (!visible.has(s) && s !== selected && r.drawn) { r.stale = true; return; }
   r.drawn = true;
   r.stale = false;
   setText(e.seq, seq || '–');
+  setAttr(e.seq, 'title', s.skipped ? `last seq received; ${plural(s.skipped, 'value')} skipped on purpose (latest delivery)` : 'last seq received');
   setText(e.state, s.state === 'stopped' ? `stopped at seq ${s.stoppedAt || '–'}` : STATE_TEXT[s.state]);
   const stopped = s.state === 'stopped';
   if (r.stopped !== stopped) { r.stopped = stopped; e.cancel.hidden = stopped; e.resume.hidden = !stopped; }
@@ -412,7 +444,7 @@ function drawDetail(now) {
   if (!s.series.length) {
     empty(ctx, sz.w, sz.h, s.state === 'stopped' ? 'stopped before any value' : 'waiting for the first value…');
     setAttr(canvas, 'aria-label', `${s.id}: no values yet`);
-    setText($('detail-stats'), `${s.state} · no values yet · format ${s.format}`);
+    setText($('detail-stats'), `${s.state} · no values yet · format ${s.format} · ${deliveryText(s)}`);
     return;
   }
   const top = Math.round((sz.h - 36) * 0.66);
@@ -432,8 +464,15 @@ function drawDetail(now) {
   const { t, lat, head } = s.series;
   for (let i = head; i < t.length; i++) if (t[i] >= from) { sum += lat[i]; n++; max = Math.max(max, lat[i]); }
   setText($('detail-stats'), s.count
-    ? `seq ${s.lastSeq} · ${rateOf(s, now).toFixed(2)} values/s · latency last ${fmtMs(s.lat)}, mean ${fmtMs(n ? sum / n : NaN)}, max ${fmtMs(max)} · ${plural(s.count, 'value')}${s.resets ? ` · ${plural(s.resets, 'reset')}` : ''} · format ${s.format}`
-    : `${s.state} · no values yet · format ${s.format}`);
+    ? `seq ${s.lastSeq} · ${rateOf(s, now).toFixed(2)} values/s · latency last ${fmtMs(s.lat)}, mean ${fmtMs(n ? sum / n : NaN)}, max ${fmtMs(max)} · ${plural(s.count, 'value')}${s.resets ? ` · ${plural(s.resets, 'reset')}` : ''} · format ${s.format} · ${deliveryText(s)}`
+    : `${s.state} · no values yet · format ${s.format} · ${deliveryText(s)}`);
+}
+
+// deliveryText is the detail line's delivery: the mode, and for a latest
+// sensor how many values it skipped (seq jumps − 1, summed).
+function deliveryText(s) {
+  if (s.mode === 'stream') return `every value${s.skipped ? ` (${plural(s.skipped, 'value')} skipped while latest)` : ''}`;
+  return `${s.mode === 'latest' ? 'latest' : `latest ${MODE_LABEL.get(s.mode)}`}: ${s.skipped.toLocaleString('en')} skipped`;
 }
 
 function select(s) {
@@ -483,7 +522,7 @@ function updateCounts() {
   return { live, stopped };
 }
 
-// ---------- subscribe, cancel, resume, format ----------
+// ---------- subscribe, cancel, resume, format, delivery ----------
 function expand(tok) { // "s001..s010" -> s001 s002 … s010
   const m = /^([A-Za-z_-]*)(\d+)\.\.\1?(\d+)$/.exec(tok);
   if (!m) return [tok];
@@ -492,9 +531,9 @@ function expand(tok) { // "s001..s010" -> s001 s002 … s010
   return out;
 }
 
-function newSensor(app, key, format) {
+function newSensor(app, key, format, mode) {
   const s = {
-    id: `${app}/${key}`, app, key, format, state: 'waiting', pos: null, hadData: false,
+    id: `${app}/${key}`, app, key, format, mode, skipped: 0, state: 'waiting', pos: null, hadData: false,
     lastSeq: 0, stoppedAt: 0, resetAt: 0, ts: 0, lat: NaN, value: undefined, count: 0, resets: 0, note: '', noteTitle: '',
     sec: -1, first: Date.now(), buckets: new Uint16Array(BUCKETS), series: new Series(), picked: null, chartDirty: true,
   };
@@ -503,7 +542,7 @@ function newSensor(app, key, format) {
   return s;
 }
 
-function subscribeForm(app, keys, format) {
+function subscribeForm(app, keys, format, mode) {
   const msg = $('sub-msg');
   msg.textContent = '';
   if (!ID_RE.test(app)) return void (msg.textContent = `App ID “${app}” is invalid: ${ID_HELP}.`);
@@ -516,12 +555,13 @@ function subscribeForm(app, keys, format) {
   if (active + fresh.length + stoppedHere.length > MAX_SENSORS) {
     return void (msg.textContent = `That makes ${(active + fresh.length + stoppedHere.length).toLocaleString('en')} subscribed sensors: one connection holds at most ${MAX_SENSORS.toLocaleString('en')}. Cancel or remove some first.`);
   }
-  const added = fresh.map((k) => newSensor(app, k, format));
+  if (!MODE_LABEL.has(mode)) mode = 'stream';
+  const added = fresh.map((k) => newSensor(app, k, format, mode));
   // Append all new elements at once: one layout, not one per sensor.
   const frag = document.createDocumentFragment();
   for (const s of added) frag.append(s.el.root);
   $('sensors').append(frag);
-  for (const s of stoppedHere) s.format = format;
+  for (const s of stoppedHere) { s.format = format; s.mode = mode; markDirty(s); }
   const skipped = keys.length - fresh.length - stoppedHere.length;
   if (skipped) msg.textContent = `${plural(skipped, 'sensor')} already subscribed${skipped === keys.length ? '' : ', the others added'}.`;
   for (const s of added) markDirty(s);
@@ -581,6 +621,18 @@ function changeFormat(s, format) {
   log('info', `${s.id}: format ${format}`);
 }
 
+// changeMode resubscribes one sensor with another delivery, from its
+// position as changeFormat does: a latest one then gets the newest value
+// (no history replay), a stream one every value after its position.
+function changeMode(s, mode) {
+  if (mode === s.mode || !MODE_LABEL.has(mode)) return;
+  s.mode = mode;
+  markDirty(s);
+  if (s.state === 'stopped') return; // takes effect on resume
+  subscribeSensors([s]);
+  log('info', `${s.id}: delivery ${MODE_LABEL.get(mode)}`);
+}
+
 function removeStopped() {
   for (const s of [...sensors.values()]) {
     if (s.state !== 'stopped') continue;
@@ -618,11 +670,13 @@ async function publish(e) {
 }
 
 // ---------- wiring ----------
-const q = new URLSearchParams(location.search); // ?app=demo&keys=s001..s020&format=binary&view=table&sub=0
-for (const [p, id] of [['app', 'sub-app'], ['keys', 'sub-keys'], ['format', 'sub-format'], ['token', 'token']]) if (q.has(p)) $(id).value = q.get(p);
+$('sub-mode').append(...MODES.map(([v, label]) => el('option', { value: v, text: label })));
+$('sub-mode').title = MODE_HELP;
+const q = new URLSearchParams(location.search); // ?app=demo&keys=s001..s020&format=binary&mode=latest:1&view=table&sub=0
+for (const [p, id] of [['app', 'sub-app'], ['keys', 'sub-keys'], ['format', 'sub-format'], ['mode', 'sub-mode'], ['token', 'token']]) if (q.has(p)) $(id).value = q.get(p);
 const formKeys = () => [...new Set($('sub-keys').value.split(/[\s,]+/).filter(Boolean).flatMap(expand))];
 
-$('sub-form').addEventListener('submit', (e) => { e.preventDefault(); subscribeForm($('sub-app').value.trim(), formKeys(), $('sub-format').value); });
+$('sub-form').addEventListener('submit', (e) => { e.preventDefault(); subscribeForm($('sub-app').value.trim(), formKeys(), $('sub-format').value, $('sub-mode').value); });
 $('cancel-all').addEventListener('click', () => cancel([...sensors.values()]));
 $('resume-all').addEventListener('click', () => resume([...sensors.values()]));
 $('clear-stopped').addEventListener('click', removeStopped);
@@ -654,4 +708,4 @@ const ops = startOps({ section: $('ops'), body: $('ops-body'), note: $('ops-note
 if (q.has('view')) setView(q.get('view') === 'table' ? 'table' : 'cards', true);
 updateCounts();
 connect();
-if (q.get('sub') !== '0') subscribeForm($('sub-app').value.trim(), formKeys(), $('sub-format').value);
+if (q.get('sub') !== '0') subscribeForm($('sub-app').value.trim(), formKeys(), $('sub-format').value, $('sub-mode').value);

@@ -401,7 +401,9 @@ func TestFanoutPublisherStallShowsInLatency(t *testing.T) {
 // arrives and no subscription gets more than its rate.
 func TestFanoutLatestEndToEnd(t *testing.T) {
 	srv := startServer(t, app.Config{})
-	r := newTestRunner(t, Options{Servers: []ServerURL{srv}})
+	// Two worker processes: the finals go out, and the figures come
+	// back, over the coordinator's protocol.
+	r := newTestRunner(t, Options{Servers: []ServerURL{srv}, Workers: 2, Spawner: testWorkers()})
 	// 10 subscribers on 2 keys, 50 values per key per second for 2s,
 	// delivered at most 4 per second.
 	rep, err := r.Fanout(t.Context(), FanoutConfig{Subscribers: 10, Keys: 2, Rate: 100, Duration: 2 * time.Second, Mode: "latest", MaxRate: 4})

@@ -19,6 +19,9 @@ import (
 // with what it read before it lets go of io.
 type channel struct {
 	app, key string
+	// ref names the key on every data and reset frame of the channel
+	// (proto.Frame.Stream).
+	ref proto.StreamRef
 
 	io      sync.Mutex
 	watched bool // the Bus delivers this key to this node; guarded by io
@@ -67,9 +70,25 @@ func (ch *channel) latestFrameLocked(f proto.Format) *proto.Frame {
 		return nil
 	}
 	if ch.latestFrames[f] == nil {
-		ch.latestFrames[f] = proto.EncodeDataFrame(&ch.latest, f)
+		frame := proto.EncodeDataFrame(&ch.latest, f)
+		frame.Stream = &ch.ref
+		ch.latestFrames[f] = frame
 	}
 	return ch.latestFrames[f]
+}
+
+// dataFrame encodes p, a publication of ch, in format f.
+func (ch *channel) dataFrame(p *proto.Publication, f proto.Format) *proto.Frame {
+	frame := proto.EncodeDataFrame(p, f)
+	frame.Stream = &ch.ref
+	return frame
+}
+
+// resetFrame is the reset of ch to pos.
+func (ch *channel) resetFrame(pos proto.Position, reason string) *proto.Frame {
+	frame := proto.NewFrame(proto.OpcodeText, proto.AppendReset(nil, ch.app, ch.key, pos, reason))
+	frame.Stream = &ch.ref
+	return frame
 }
 
 // park keeps p for the io holder; false when the parking is full.

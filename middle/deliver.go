@@ -234,7 +234,7 @@ func (n *Node) emitLocked(ch *channel, p *proto.Publication) {
 		if len(list) == 0 {
 			continue
 		}
-		frame := proto.EncodeDataFrame(p, proto.Format(f))
+		frame := ch.dataFrame(p, proto.Format(f))
 		ch.latestFrames[f] = frame
 		for _, s := range list {
 			s.Enqueue(frame) // an overflowing subscriber closes itself
@@ -256,7 +256,7 @@ func (n *Node) resetLocked(ch *channel, pos proto.Position, reason string) {
 	}
 	n.log.Info("stream reset sent to subscribers", "app", ch.app, "key", ch.key,
 		"seq", pos.Seq, "epoch", pos.Epoch, "reason", reason, "subscribers", ch.size.Load())
-	frame := proto.NewFrame(proto.OpcodeText, proto.AppendReset(nil, ch.app, ch.key, pos, reason))
+	frame := ch.resetFrame(pos, reason)
 	for f := range ch.subs {
 		for _, s := range ch.subs[f].list {
 			s.Enqueue(frame)

@@ -4,6 +4,8 @@ import (
 	"hash/maphash"
 	"sort"
 	"sync"
+
+	"github.com/wspush/wspush/proto"
 )
 
 // hub maps (app, key) to the channel holding its local subscribers.
@@ -58,7 +60,7 @@ func (h *hub) getOrCreate(app, key string) *channel {
 	k := StreamKey{app, key}
 	ch := sh.channels[k]
 	if ch == nil {
-		ch = &channel{app: app, key: key}
+		ch = &channel{app: app, key: key, ref: proto.StreamRef{App: app, Key: key}}
 		sh.channels[k] = ch
 	}
 	return ch

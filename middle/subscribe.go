@@ -16,6 +16,24 @@ type SubscribeRequest struct {
 	// Since maps keys to the position to resume after; an empty Epoch
 	// means the key's current one.
 	Since map[string]proto.Position
+	// Mode and MaxRate (values per second per key, 0: none; latest only)
+	// are the delivery mode of the keys (docs/PROTOCOL.md, "Delivery
+	// modes"). The node resumes a latest key without replaying history,
+	// and tells a ModeSubscriber; conflation and pacing are the
+	// subscriber's.
+	Mode    proto.Mode
+	MaxRate float64
+}
+
+// ModeSubscriber is a Subscriber that applies delivery modes. Subscribe
+// calls SetMode for every key of the request, with the key's channel
+// locked, before it enqueues the ack: what the subscriber receives of the
+// key before the call belongs to the earlier subscription, what comes
+// after to this one. ref is the key's proto.Frame.Stream for as long as
+// the subscriber holds the key. A Subscriber that is not a ModeSubscriber
+// gets every value of a latest key, as in stream mode.
+type ModeSubscriber interface {
+	SetMode(ref *proto.StreamRef, mode proto.Mode, maxRate float64)
 }
 
 // subscribeRead is what Subscribe read from the store for one key.
@@ -57,7 +75,7 @@ func (n *Node) Subscribe(ctx context.Context, s Subscriber, req SubscribeRequest
 		}
 	}()
 	for i := range reads {
-		if err := n.readForSubscribe(ctx, &reads[i], req.Since); err != nil {
+		if err := n.readForSubscribe(ctx, &reads[i], req.Since, req.Mode == proto.ModeLatest); err != nil {
 			for j := range reads {
 				n.dropIfEmptyIOLocked(ctx, reads[j].ch)
 			}
@@ -88,6 +106,16 @@ func (n *Node) Subscribe(ctx context.Context, s Subscriber, req SubscribeRequest
 			}
 			continue
 		}
+		if req.Mode == proto.ModeLatest {
+			var reason string
+			frames[i], reason = n.latestResumeFrames(ch, since, req.Format)
+			if reason != "" {
+				recovery = proto.NotRecovered
+			} else if recovery == proto.RecoveryNone {
+				recovery = proto.Recovered
+			}
+			continue
+		}
 		replay, reason := resumeFrom(since, ch.pos, known)
 		if reason != "" {
 			recovery = proto.NotRecovered
@@ -98,11 +126,16 @@ func (n *Node) Subscribe(ctx context.Context, s Subscriber, req SubscribeRequest
 			recovery = proto.Recovered
 		}
 		for j := range replay {
-			frames[i] = append(frames[i], proto.EncodeDataFrame(&replay[j], req.Format))
+			frames[i] = append(frames[i], ch.dataFrame(&replay[j], req.Format))
 		}
 	}
 
-	s.Enqueue(proto.NewFrame(proto.OpcodeText, proto.AppendAck(nil, req.ID, recovery, positions)))
+	if ms, ok := s.(ModeSubscriber); ok {
+		for i := range reads {
+			ms.SetMode(&reads[i].ch.ref, req.Mode, req.MaxRate)
+		}
+	}
+	s.Enqueue(proto.NewFrame(proto.OpcodeText, proto.AppendAckMode(nil, req.ID, recovery, req.Mode, req.MaxRate, positions)))
 	delivered := 0
 	for i := range reads {
 		ch := reads[i].ch
@@ -159,7 +192,8 @@ func (n *Node) releaseIO(ch *channel) {
 // reads what the subscribe needs from the store. The order matters: a
 // publication sequenced after the read arrives through the bus (and is
 // parked); one sequenced before is in what was read.
-func (n *Node) readForSubscribe(ctx context.Context, r *subscribeRead, since map[string]proto.Position) error {
+// A latest resume replays no history: it reads none for since.
+func (n *Node) readForSubscribe(ctx context.Context, r *subscribeRead, since map[string]proto.Position, latest bool) error {
 	ch := r.ch
 	if !ch.watched && n.bus != nil {
 		if err := n.bus.Watch(ctx, ch.app, ch.key); err != nil {
@@ -183,7 +217,7 @@ func (n *Node) readForSubscribe(ctx context.Context, r *subscribeRead, since map
 	}
 	sp, ok := since[ch.key]
 	from := pos.Seq
-	if ok && (sp.Epoch == "" || sp.Epoch == pos.Epoch) {
+	if ok && !latest && (sp.Epoch == "" || sp.Epoch == pos.Epoch) {
 		from = min(from, sp.Seq)
 	}
 	if from < pos.Seq || initialized && (ok || r.behind) {
@@ -252,6 +286,28 @@ func resumeFrom(since, pos proto.Position, known []proto.Publication) ([]proto.P
 	return replay, ""
 }
 
+// latestResumeFrames are what a latest subscriber resuming after since
+// gets (docs/PROTOCOL.md, "Delivery modes"): no history; in the same epoch
+// the latest value when the key moved past since (nothing when it did
+// not); otherwise, with a non-empty reason, what a failed resume gets.
+func (n *Node) latestResumeFrames(ch *channel, since proto.Position, f proto.Format) ([]*proto.Frame, string) {
+	reason := ""
+	switch {
+	case since.Epoch != "" && since.Epoch != ch.pos.Epoch:
+		reason = proto.ResetEpoch
+	case since.Seq > ch.pos.Seq:
+		reason = proto.ResetGap // a seq this epoch never had
+	case since.Seq == ch.pos.Seq:
+		return nil, ""
+	default:
+		if latest := ch.latestFrameLocked(f); latest != nil {
+			return []*proto.Frame{latest}, ""
+		}
+		reason = proto.ResetGap // the newest value is not retained
+	}
+	return n.notRecoveredFrames(ch, f, reason), reason
+}
+
 // notRecoveredFrames are what a subscriber whose since cannot be
 // recovered gets: a reset to just before the latest value, then that value
 // (or a reset to pos when none is retained).
@@ -262,7 +318,7 @@ func (n *Node) notRecoveredFrames(ch *channel, f proto.Format, reason string) []
 		pos.Seq--
 	}
 	n.metrics.resets.WithLabelValues(reason).Inc()
-	out := []*proto.Frame{proto.NewFrame(proto.OpcodeText, proto.AppendReset(nil, ch.app, ch.key, pos, reason))}
+	out := []*proto.Frame{ch.resetFrame(pos, reason)}
 	if latest != nil {
 		out = append(out, latest)
 	}

@@ -17,6 +17,12 @@ type metrics struct {
 	// message did not complete within MessageTimeout.
 	messageTimeouts prometheus.Counter
 
+	// Values latest subscriptions did not get because a newer one replaced
+	// them (docs/PROTOCOL.md, "Delivery modes"), by reason.
+	skipped          *prometheus.CounterVec
+	skippedRate      prometheus.Counter
+	skippedConflated prometheus.Counter
+
 	// GET /sse streams (docs/PROTOCOL.md, "Server-Sent Events").
 	sseAccepted prometheus.Counter
 	sseClosed   *prometheus.CounterVec // by reason
@@ -54,6 +60,9 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 		writeBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wspush_written_bytes_total", Help: "Bytes written to clients.",
 		}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wspush_values_skipped_total", Help: "Values a latest subscription did not get because a newer one replaced them, per delivery: rate (within the key's 1/max_rate interval) or conflated (waiting in a slow connection's queue).",
+		}, []string{"reason"}),
 		sseAccepted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wspush_sse_accepted_total", Help: "SSE streams (GET /sse) started.",
 		}),
@@ -61,8 +70,10 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 			Name: "wspush_sse_closed_total", Help: "SSE streams ended, by reason: client (it went away), shutdown, too_slow (queue overflow), token_expired, write_error, resync (server fault).",
 		}, []string{"reason"}),
 	}
+	m.skippedRate = m.skipped.WithLabelValues("rate")
+	m.skippedConflated = m.skipped.WithLabelValues("conflated")
 	if reg != nil {
-		reg.MustRegister(m.accepted, m.rejected, m.closed, m.overflows, m.messageTimeouts, m.commands, m.cmdErrors, m.frames, m.writes, m.writeBytes,
+		reg.MustRegister(m.skipped, m.accepted, m.rejected, m.closed, m.overflows, m.messageTimeouts, m.commands, m.cmdErrors, m.frames, m.writes, m.writeBytes,
 			m.sseAccepted, m.sseClosed,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "wspush_connections", Help: "Open client connections: WebSocket connections and SSE streams.",

@@ -102,6 +102,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "server shutting down", http.StatusServiceUnavailable)
 		return
 	}
+	// docs/PROTOCOL.md, "Delivery modes": max_bandwidth.
+	bandwidth, err := parseBandwidth(r.URL.Query())
+	if err != nil {
+		s.metrics.rejected.WithLabelValues("bad_request").Inc()
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
 	if status, reason, msg := s.admit(r.RemoteAddr); status != 0 {
 		s.metrics.rejected.WithLabelValues(reason).Inc()
 		http.Error(w, msg, status)
@@ -118,6 +125,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// From here on the connection is read and written without gorilla
 	// (see readStep and writeLoop); its Conn, with its buffers, is dropped.
 	sess := newSession(s, s.nextID.Add(1), ws.NetConn(), tok.apps)
+	sess.out.setBandwidth(bandwidth, s.metrics, sess)
 	sess.setToken(tok)
 	if authErr != nil {
 		s.log.Info("connection unauthorized", "conn", sess.id, "remote", r.RemoteAddr, "error", authErr)

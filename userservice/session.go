@@ -29,6 +29,10 @@ var errPeerClosed = errors.New("client closed the connection")
 // within MessageTimeout of its first byte.
 var errMessageTimeout = errors.New("message not completed in time")
 
+// maxBudgetSleep bounds one wait of a writer out of its max_bandwidth
+// budget, so that a close is not held up long.
+const maxBudgetSleep = 100 * time.Millisecond
+
 // closeGrace is how long a closing connection waits for the client's close
 // frame (or EOF) before the socket is closed anyway.
 const closeGrace = 2 * time.Second
@@ -62,8 +66,7 @@ type session struct {
 	expires  atomic.Int64 // unix nanos of the token's exp; 0: none (see auth.go)
 
 	mu         sync.Mutex
-	queue      []*proto.Frame
-	queued     int          // bytes in queue
+	out        outbox       // the queue, with the delivery modes (latest.go)
 	closeFrame *proto.Frame // set once: the writer sends it and stops for good
 	closeCode  int
 	// writing is true while a writer goroutine runs. The writer is started
@@ -101,15 +104,23 @@ func (s *session) Enqueue(f *proto.Frame) bool {
 		s.mu.Unlock()
 		return true // closing: the client resumes with since on reconnect
 	}
-	if s.queued+len(f.Bytes) > s.srv.cfg.QueueMaxBytes {
+	if k := s.out.latestKeyOf(f); k != nil {
+		// A latest key never overflows: it conflates (latest.go).
+		start := s.out.offer(k, f, time.Now()) && s.startWriterLocked()
+		s.mu.Unlock()
+		if start {
+			go s.writeLoop()
+		}
+		return true
+	}
+	if s.out.bytes+len(f.Bytes) > s.srv.cfg.QueueMaxBytes {
 		s.mu.Unlock()
 		s.srv.metrics.overflows.Inc()
 		s.srv.log.Warn("closing slow connection: outgoing queue full", "conn", s.id, "limit_bytes", s.srv.cfg.QueueMaxBytes)
 		s.closeWith(proto.CloseTooSlow, "too slow: outgoing queue overflowed")
 		return false
 	}
-	s.queue = append(s.queue, f)
-	s.queued += len(f.Bytes)
+	s.out.push(f)
 	start := s.startWriterLocked()
 	s.mu.Unlock()
 	if start {
@@ -130,7 +141,30 @@ func (s *session) startWriterLocked() bool {
 func (s *session) queuedBytes() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.queued
+	return s.out.bytes + s.out.latestBytes
+}
+
+// SetMode implements middle.ModeSubscriber (docs/PROTOCOL.md, "Delivery
+// modes").
+func (s *session) SetMode(ref *proto.StreamRef, mode proto.Mode, maxRate float64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.out.setMode(ref, mode, maxRate, s.srv.metrics, s)
+}
+
+// onDue runs on the connection's timer: latest values held back for their
+// max_rate interval are due.
+func (s *session) onDue() {
+	s.mu.Lock()
+	if s.closeFrame != nil {
+		s.mu.Unlock()
+		return
+	}
+	start := s.out.fire(time.Now()) && s.startWriterLocked()
+	s.mu.Unlock()
+	if start {
+		go s.writeLoop()
+	}
 }
 
 // closeWith makes the writer send a close frame with code (after what is
@@ -145,8 +179,7 @@ func (s *session) closeWith(code int, reason string) {
 	s.closeFrame = proto.NewFrame(proto.OpcodeClose, proto.CloseFramePayload(code, reason))
 	s.closeCode = code
 	if code == proto.CloseTooSlow {
-		clear(s.queue)
-		s.queue, s.queued = nil, 0
+		s.out.clear()
 	}
 	start := s.startWriterLocked()
 	s.mu.Unlock()
@@ -180,11 +213,19 @@ func (s *session) writeLoop() {
 	var iov net.Buffers
 	for {
 		s.mu.Lock()
-		batch, s.queue = s.queue, batch[:0]
-		s.queued = 0
 		closing := s.closeFrame
+		// A closing connection sends what is queued without waiting for
+		// its max_bandwidth budget.
+		var wait time.Duration
+		batch, wait = s.out.take(batch[:0], time.Now(), closing == nil)
 		if len(batch) == 0 && closing == nil {
-			s.queue = nil // an idle connection keeps no burst-sized array
+			if wait > 0 {
+				// Out of budget: what waits goes on conflating meanwhile.
+				s.mu.Unlock()
+				time.Sleep(min(wait, maxBudgetSleep))
+				continue
+			}
+			s.out.idle() // an idle connection keeps no burst-sized array
 			s.writing = false
 			s.mu.Unlock()
 			return
@@ -239,8 +280,7 @@ func (s *session) abortWriter() {
 	if s.closeFrame == nil {
 		s.closeFrame, s.closeCode = &proto.Frame{}, proto.CloseAbnormal
 	}
-	clear(s.queue)
-	s.queue, s.queued = nil, 0
+	s.out.clear()
 	s.mu.Unlock()
 	s.conn.Close()
 	close(s.writerDone)
@@ -443,10 +483,12 @@ func (s *session) subscribe(cmd *proto.Command) {
 		return
 	}
 	format, _ := proto.ParseFormat(cmd.Format) // validated by DecodeCommand
+	mode, _ := proto.ParseMode(cmd.Mode)
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.CommandTimeout)
 	defer cancel()
 	err := s.srv.router.Subscribe(ctx, s, middle.SubscribeRequest{
 		ID: cmd.ID, App: cmd.App, Keys: cmd.Keys, Format: format, Since: cmd.Since,
+		Mode: mode, MaxRate: cmd.MaxRate,
 	})
 	if err != nil {
 		s.srv.log.Error("subscribe failed", "conn", s.id, "app", cmd.App, "keys", len(cmd.Keys), "error", err)
@@ -472,6 +514,9 @@ func (s *session) unsubscribe(cmd *proto.Command) {
 	for _, k := range cmd.Keys {
 		delete(s.subs, subKey{cmd.App, k})
 	}
+	s.mu.Lock()
+	s.out.forgetNames(cmd.App, cmd.Keys)
+	s.mu.Unlock()
 	s.Enqueue(proto.NewFrame(proto.OpcodeText, proto.AppendAck(nil, cmd.ID, proto.RecoveryNone, nil)))
 }
 
@@ -518,6 +563,9 @@ func (s *session) finish(err error) {
 		s.srv.router.Unsubscribe(ctx, s, app, keys)
 	}
 	s.subs = nil
+	s.mu.Lock()
+	s.out.stop()
+	s.mu.Unlock()
 
 	s.closeWith(proto.CloseNormal, "") // makes sure a writer finishes; no-op if closing
 	select {

@@ -50,7 +50,7 @@ const (
 
 // sseParams are the query parameters GET /sse accepts; any other is
 // refused, so that a misspelt one (sinse=) is not silently ignored.
-var sseParams = []string{"app", "keys", "since", "token"}
+var sseParams = []string{"app", "keys", "since", "token", "mode", "max_rate", "max_bandwidth"}
 
 // errBadPositions is wrapped by every error of parsePositions.
 var errBadPositions = errors.New("bad position list")
@@ -123,6 +123,11 @@ type sseRequest struct {
 	app   string
 	keys  []string
 	since []proto.Position // one per key; Epoch "": none
+	// mode and maxRate apply to every key; bandwidth is max_bandwidth, 0:
+	// none (docs/PROTOCOL.md, "Delivery modes").
+	mode      proto.Mode
+	maxRate   float64
+	bandwidth int
 }
 
 // sseRequestError is a request refused before the stream starts: the HTTP
@@ -150,7 +155,7 @@ func parseSSERequest(rawQuery, lastEventID string, maxKeys int) (sseRequest, *ss
 	}
 	for name, vs := range q {
 		if !slices.Contains(sseParams, name) {
-			return sseRequest{}, badSSERequest("unknown parameter %q: want app, keys, since, token", name)
+			return sseRequest{}, badSSERequest("unknown parameter %q: want app, keys, since, mode, max_rate, max_bandwidth, token", name)
 		}
 		if len(vs) > 1 {
 			return sseRequest{}, badSSERequest("parameter %q given %d times", name, len(vs))
@@ -179,6 +184,21 @@ func parseSSERequest(rawQuery, lastEventID string, maxKeys int) (sseRequest, *ss
 		if slices.Contains(req.keys[:i], k) {
 			return sseRequest{}, badSSERequest("key %q given twice", k)
 		}
+	}
+	if req.mode, err = proto.ParseMode(q.Get("mode")); err != nil {
+		return sseRequest{}, badSSERequest("%v", err)
+	}
+	if q.Has("max_rate") {
+		r := q.Get("max_rate")
+		if req.maxRate, err = strconv.ParseFloat(r, 64); err != nil {
+			return sseRequest{}, badSSERequest("max_rate %q: want a number, 0 < max_rate <= %d", r, proto.MaxRateLimit)
+		}
+		if err := proto.ValidateMaxRate(req.maxRate, req.mode); err != nil {
+			return sseRequest{}, badSSERequest("%v", err)
+		}
+	}
+	if req.bandwidth, err = parseBandwidth(q); err != nil {
+		return sseRequest{}, badSSERequest("%v", err)
 	}
 	from, what := q.Get("since"), "since"
 	if lastEventID != "" {
@@ -214,9 +234,8 @@ type sseStream struct {
 
 	wake chan struct{} // capacity 1: something was queued or the stream ends
 
-	mu     sync.Mutex
-	queue  []*proto.Frame
-	queued int // bytes in queue
+	mu  sync.Mutex
+	out outbox // the queue, with the delivery modes (latest.go)
 	// While subscribing is set (the Router's Subscribe runs), what is
 	// queued is the ack and the resume's replay: bounded by the history
 	// the node retains, not by QueueMaxBytes, else a resume of more than
@@ -244,20 +263,47 @@ func (st *sseStream) Enqueue(f *proto.Frame) bool {
 		st.mu.Unlock()
 		return true // ending: the client resumes from its last id
 	}
+	if k := st.out.latestKeyOf(f); k != nil {
+		// A latest key never overflows: it conflates (latest.go).
+		grew := st.out.offer(k, f, time.Now())
+		st.mu.Unlock()
+		if grew {
+			st.signal()
+		}
+		return true
+	}
 	if st.subscribing {
 		st.allowance += len(f.Bytes)
-	} else if st.queued+len(f.Bytes) > st.srv.cfg.QueueMaxBytes+st.allowance {
+	} else if st.out.bytes+len(f.Bytes) > st.srv.cfg.QueueMaxBytes+st.allowance {
 		st.endLocked(proto.CloseTooSlow, "too slow: outgoing queue overflowed")
 		st.mu.Unlock()
 		st.srv.metrics.overflows.Inc()
 		st.srv.log.Warn("ending slow SSE stream: outgoing queue full", "conn", st.id, "limit_bytes", st.srv.cfg.QueueMaxBytes)
 		return false
 	}
-	st.queue = append(st.queue, f)
-	st.queued += len(f.Bytes)
+	st.out.push(f)
 	st.mu.Unlock()
 	st.signal()
 	return true
+}
+
+// SetMode implements middle.ModeSubscriber (docs/PROTOCOL.md, "Delivery
+// modes").
+func (st *sseStream) SetMode(ref *proto.StreamRef, mode proto.Mode, maxRate float64) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.out.setMode(ref, mode, maxRate, st.srv.metrics, st)
+}
+
+// onDue runs on the stream's timer: latest values held back for their
+// max_rate interval are due.
+func (st *sseStream) onDue() {
+	st.mu.Lock()
+	grew := st.endCode == 0 && st.out.fire(time.Now())
+	st.mu.Unlock()
+	if grew {
+		st.signal()
+	}
 }
 
 func (st *sseStream) signal() {
@@ -281,8 +327,8 @@ func (st *sseStream) endLocked(code int, msg string) {
 	}
 	st.endCode, st.endMsg = code, msg
 	if code == proto.CloseTooSlow {
-		clear(st.queue)
-		st.queue, st.queued, st.allowance = nil, 0, 0
+		st.out.clear()
+		st.allowance = 0
 	}
 	st.signal()
 }
@@ -302,19 +348,24 @@ func (st *sseStream) abort() {
 	st.signal()
 }
 
-// take returns what is queued and, once the stream is to end, how.
-func (st *sseStream) take(batch []*proto.Frame) (_ []*proto.Frame, endCode int, endMsg string, aborted bool) {
+// take returns what is queued (what max_bandwidth allows now: wait says
+// when to take the rest) and, once the stream is to end, how. An ending
+// stream sends what is queued without waiting for its budget.
+func (st *sseStream) take(batch []*proto.Frame) (_ []*proto.Frame, wait time.Duration, endCode int, endMsg string, aborted bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	batch, st.queue = st.queue, batch[:0]
-	st.queued, st.allowance = 0, 0
-	return batch, st.endCode, st.endMsg, st.aborted
+	batch, wait = st.out.take(batch[:0], time.Now(), st.endCode == 0)
+	if st.out.len() == 0 {
+		st.allowance = 0
+		st.out.idle()
+	}
+	return batch, wait, st.endCode, st.endMsg, st.aborted
 }
 
 func (st *sseStream) queuedBytes() int {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	return st.queued
+	return st.out.bytes + st.out.latestBytes
 }
 
 // ServeSSE serves GET /sse (docs/PROTOCOL.md, "Server-Sent Events").
@@ -430,6 +481,7 @@ func (s *Server) newSSEStream(remote string, req sseRequest) *sseStream {
 	for i, k := range req.keys {
 		st.index[k] = i
 	}
+	st.out.setBandwidth(req.bandwidth, s.metrics, st)
 	st.dataPrefix = append(append([]byte(`{"op":"data","app":"`), req.app...), `","key":"`...)
 	return st
 }
@@ -451,6 +503,7 @@ func (st *sseStream) subscribe(ctx context.Context) error {
 	defer st.setSubscribing(false)
 	return st.srv.router.Subscribe(ctx, st, middle.SubscribeRequest{
 		App: st.req.app, Keys: st.req.keys, Format: proto.FormatJSON, Since: since,
+		Mode: st.req.mode, MaxRate: st.req.maxRate,
 	})
 }
 
@@ -511,11 +564,21 @@ func (st *sseStream) run(ctx context.Context, w http.ResponseWriter, expires tim
 		expiry = t.C
 	}
 	var batch []*proto.Frame
+	// budget wakes the loop when data held back by max_bandwidth may go.
+	var budget *time.Timer
+	var budgetC <-chan time.Time
+	defer func() {
+		if budget != nil {
+			budget.Stop()
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
 			return sseEndClient
 		case <-st.wake:
+		case <-budgetC:
+			budgetC = nil
 		case <-heartbeat.C:
 			st.buf = append(st.buf, ": ping\n\n"...)
 		case <-expiry:
@@ -525,9 +588,18 @@ func (st *sseStream) run(ctx context.Context, w http.ResponseWriter, expires tim
 		var code int
 		var msg string
 		var aborted bool
-		batch, code, msg, aborted = st.take(batch)
+		var wait time.Duration
+		batch, wait, code, msg, aborted = st.take(batch)
 		if aborted {
 			return sseEndShutdown
+		}
+		if wait > 0 && budgetC == nil {
+			if budget == nil {
+				budget = time.NewTimer(wait)
+			} else {
+				budget.Reset(wait)
+			}
+			budgetC = budget.C
 		}
 		for i, f := range batch {
 			if !st.appendEvent(f) {
@@ -606,6 +678,9 @@ func (st *sseStream) appendEvent(f *proto.Frame) bool {
 			st.pos[i].Seq = n
 		case st.fresh[i] && n == p.Seq:
 			// The latest value the ack announced.
+		case st.req.mode == proto.ModeLatest && n > p.Seq:
+			// Latest: the values between were skipped on purpose.
+			st.pos[i].Seq = n
 		default:
 			st.srv.log.Error("SSE stream: data out of order", "conn", st.id, "key", st.req.keys[i], "seq", n, "position", p.Seq, "fresh", st.fresh[i])
 			return false

@@ -253,14 +253,14 @@ func TestSSEStreamQueueOverflowEndsIt(t *testing.T) {
 	if st.Enqueue(f) {
 		t.Fatal("the overflowing frame accepted")
 	}
-	batch, code, _, aborted := st.take(nil)
+	batch, _, code, _, aborted := st.take(nil)
 	if len(batch) != 0 || code != proto.CloseTooSlow || aborted {
 		t.Fatalf("after the overflow: %d queued, code %d, aborted %v", len(batch), code, aborted)
 	}
 	if !st.Enqueue(f) { // ending: dropped, no second overflow
 		t.Fatal("a frame after the end counts as an overflow")
 	}
-	if batch, _, _, _ := st.take(nil); len(batch) != 0 {
+	if batch, _, _, _, _ := st.take(nil); len(batch) != 0 {
 		t.Fatal("a frame queued after the end")
 	}
 	if got := string(appendCloseEvent(nil, code, "too slow")); got != "event: close\ndata: {\"op\":\"close\",\"code\":4008,\"reason\":\"too slow\"}\n\n" {
@@ -295,7 +295,7 @@ func TestSSEStreamSubscribeBurstIsNotAnOverflow(t *testing.T) {
 	st.Enqueue(f)
 	st.Enqueue(f)
 	st.setSubscribing(false)
-	if batch, code, _, _ := st.take(nil); len(batch) != 3 || code != 0 {
+	if batch, _, code, _, _ := st.take(nil); len(batch) != 3 || code != 0 {
 		t.Fatalf("took %d, code %d", len(batch), code)
 	}
 	st.Enqueue(f)

@@ -1,0 +1,240 @@
+package userservice
+
+import (
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wspush/wspush/proto"
+)
+
+// The outbox of a connection (latest.go; docs/PROTOCOL.md, "Delivery
+// modes"), driven with an explicit clock.
+
+type nopOwner struct{ fired int }
+
+func (o *nopOwner) onDue() { o.fired++ }
+
+func testOutbox(t *testing.T) (*outbox, *metrics, *nopOwner) {
+	t.Helper()
+	return &outbox{}, newMetrics(nil, nil), &nopOwner{}
+}
+
+func refFrame(ref *proto.StreamRef, seq uint64, size int) *proto.Frame {
+	f := proto.EncodeDataFrame(&proto.Publication{App: ref.App, Key: ref.Key, Seq: seq, TS: 1, Data: []byte(`"` + strings.Repeat("x", size) + `"`), JSON: true}, proto.FormatJSON)
+	f.Stream = ref
+	return f
+}
+
+func seqsOf(fs []*proto.Frame) []uint64 {
+	out := make([]uint64, len(fs))
+	for i, f := range fs {
+		out[i] = f.Seq
+	}
+	return out
+}
+
+func equalSeqs(a, b []uint64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// A latest key holds one queued value: newer ones replace it in place,
+// behind what was queued before it and before what came after it.
+func TestOutboxConflatesInPlace(t *testing.T) {
+	o, m, owner := testOutbox(t)
+	l, s := &proto.StreamRef{App: "a", Key: "l"}, &proto.StreamRef{App: "a", Key: "s"}
+	o.setMode(l, proto.ModeLatest, 0, m, owner)
+	now := time.Unix(100, 0)
+
+	o.push(refFrame(s, 1, 10))
+	for seq := uint64(1); seq <= 5; seq++ {
+		k := o.latestKeyOf(refFrame(l, seq, 10))
+		if k == nil {
+			t.Fatal("latest key not found")
+		}
+		grew := o.offer(k, refFrame(l, seq, 10+int(seq)), now)
+		if grew != (seq == 1) {
+			t.Fatalf("offer %d: grew %v", seq, grew)
+		}
+	}
+	o.push(refFrame(s, 2, 10))
+	if o.latestKeyOf(refFrame(s, 3, 1)) != nil {
+		t.Fatal("a stream key found as latest")
+	}
+	batch, wait := o.take(nil, now, true)
+	if got := seqsOf(batch); !equalSeqs(got, []uint64{1, 5, 2}) || wait != 0 {
+		t.Fatalf("took %v (wait %s), want [1 5 2]", got, wait)
+	}
+	if o.bytes != 0 || o.latestBytes != 0 || o.len() != 0 {
+		t.Fatalf("after take: %d + %d bytes, %d items", o.bytes, o.latestBytes, o.len())
+	}
+}
+
+// A reset voids what the key had waiting and goes in order; values after
+// it queue behind it.
+func TestOutboxResetVoidsTheQueuedValue(t *testing.T) {
+	o, m, owner := testOutbox(t)
+	l := &proto.StreamRef{App: "a", Key: "l"}
+	o.setMode(l, proto.ModeLatest, 0, m, owner)
+	now := time.Unix(100, 0)
+	k := o.ext.keys[l]
+	o.offer(k, refFrame(l, 7, 1), now)
+	reset := proto.NewFrame(proto.OpcodeText, proto.AppendReset(nil, "a", "l", proto.Position{Seq: 0, Epoch: "E2"}, proto.ResetEpoch))
+	reset.Stream = l
+	o.offer(k, reset, now)
+	o.offer(k, refFrame(l, 1, 1), now)
+	o.offer(k, refFrame(l, 2, 1), now)
+	batch, _ := o.take(nil, now, true)
+	if len(batch) != 2 || batch[0] != reset || batch[1].Seq != 2 {
+		t.Fatalf("took %v, want the reset then seq 2", seqsOf(batch))
+	}
+}
+
+// max_rate: a value within the interval waits, replaced by newer ones,
+// and the connection's one timer moves it to the queue when it is due.
+func TestOutboxMaxRate(t *testing.T) {
+	o, m, owner := testOutbox(t)
+	a, b := &proto.StreamRef{App: "a", Key: "a"}, &proto.StreamRef{App: "a", Key: "b"}
+	o.setMode(a, proto.ModeLatest, 2, m, owner)   // 500 ms
+	o.setMode(b, proto.ModeLatest, 0.5, m, owner) // 2 s
+	defer o.stop()
+	t0 := time.Now()
+	ka, kb := o.ext.keys[a], o.ext.keys[b]
+
+	if !o.offer(ka, refFrame(a, 1, 1), t0) || !o.offer(kb, refFrame(b, 1, 1), t0) {
+		t.Fatal("the first values wait")
+	}
+	batch, _ := o.take(nil, t0, true)
+	if len(batch) != 2 {
+		t.Fatalf("took %v", seqsOf(batch))
+	}
+	for seq := uint64(2); seq <= 4; seq++ {
+		if o.offer(ka, refFrame(a, seq, 1), t0.Add(100*time.Millisecond)) || o.offer(kb, refFrame(b, seq, 1), t0.Add(100*time.Millisecond)) {
+			t.Fatal("a value within the interval was queued")
+		}
+	}
+	if batch, _ := o.take(batch[:0], t0.Add(100*time.Millisecond), true); len(batch) != 0 {
+		t.Fatalf("took %v within the interval", seqsOf(batch))
+	}
+	if len(o.ext.due) != 2 || o.ext.timer == nil || !o.ext.armed.Equal(t0.Add(500*time.Millisecond)) {
+		t.Fatalf("due %d, timer armed at %v", len(o.ext.due), o.ext.armed)
+	}
+	if o.fire(t0.Add(499 * time.Millisecond)) {
+		t.Fatal("fired early")
+	}
+	if !o.fire(t0.Add(500 * time.Millisecond)) {
+		t.Fatal("a's value not due at the end of its interval")
+	}
+	batch, _ = o.take(batch[:0], t0.Add(500*time.Millisecond), true)
+	if len(batch) != 1 || batch[0].Stream != a || batch[0].Seq != 4 {
+		t.Fatalf("took %v, want a's seq 4", seqsOf(batch))
+	}
+	if !o.ext.armed.Equal(t0.Add(2 * time.Second)) {
+		t.Fatalf("timer armed at %v, want b's due", o.ext.armed)
+	}
+	// A new subscribe of b drops what it held back: it belonged to the
+	// earlier subscription.
+	o.setMode(b, proto.ModeLatest, 0.5, m, owner)
+	if o.fire(t0.Add(3*time.Second)) || len(o.ext.due) != 0 {
+		t.Fatal("b's dropped value came")
+	}
+	// stream mode forgets the key.
+	o.setMode(a, proto.ModeStream, 0, m, owner)
+	if o.latestKeyOf(refFrame(a, 9, 1)) != nil {
+		t.Fatal("a still latest")
+	}
+	o.forgetNames("a", []string{"b"})
+	if o.ext.keys != nil {
+		t.Fatalf("keys left: %v", o.ext.keys)
+	}
+}
+
+// max_bandwidth: take hands out what the budget allows, in order; the
+// rest waits (a latest value conflating meanwhile).
+func TestOutboxBandwidth(t *testing.T) {
+	o, m, owner := testOutbox(t)
+	s, l := &proto.StreamRef{App: "a", Key: "s"}, &proto.StreamRef{App: "a", Key: "l"}
+	o.setBandwidth(2048, m, owner)
+	o.setMode(l, proto.ModeLatest, 0, m, owner)
+	t0 := o.ext.bw.at
+	k := o.ext.keys[l]
+	for seq := uint64(1); seq <= 3; seq++ {
+		o.push(refFrame(s, seq, 900))
+	}
+	o.offer(k, refFrame(l, 1, 900), t0)
+	reply := textFrame(`{"op":"pong","id":1}`)
+	o.push(reply)
+	batch, wait := o.take(nil, t0, true)
+	if len(batch) != 2 || wait <= 0 {
+		t.Fatalf("took %v, wait %s: want 2 frames of the 2048-byte burst", seqsOf(batch), wait)
+	}
+	o.offer(k, refFrame(l, 2, 900), t0) // conflates while it waits
+	batch, wait2 := o.take(batch[:0], t0.Add(wait/2), true)
+	if len(batch) != 0 || wait2 <= 0 {
+		t.Fatalf("took %v before the budget allowed", seqsOf(batch))
+	}
+	batch, _ = o.take(batch[:0], t0.Add(2*time.Second), true)
+	if got := seqsOf(batch); !equalSeqs(got, []uint64{3, 2, 0}) || batch[2] != reply {
+		t.Fatalf("took %v, want stream 3, latest 2, the reply", got)
+	}
+	// A closing connection takes everything at once.
+	for seq := uint64(4); seq <= 9; seq++ {
+		o.push(refFrame(s, seq, 900))
+	}
+	if batch, _ = o.take(batch[:0], t0.Add(2*time.Second), false); len(batch) != 6 {
+		t.Fatalf("closing: took %d", len(batch))
+	}
+}
+
+func TestParseBandwidth(t *testing.T) {
+	for q, want := range map[string]int{"": 0, "max_bandwidth=1024": 1024, "max_bandwidth=65536": 65536, "max_bandwidth=1000000000": 1e9} {
+		v, _ := url.ParseQuery(q)
+		if got, err := parseBandwidth(v); err != nil || got != want {
+			t.Errorf("%s: %d, %v; want %d", q, got, err, want)
+		}
+	}
+	for _, q := range []string{"max_bandwidth=1023", "max_bandwidth=1000000001", "max_bandwidth=", "max_bandwidth=1e6", "max_bandwidth=-1", "max_bandwidth=1024&max_bandwidth=2048"} {
+		v, _ := url.ParseQuery(q)
+		if _, err := parseBandwidth(v); err == nil || !strings.Contains(err.Error(), "max_bandwidth") {
+			t.Errorf("%s: %v", q, err)
+		}
+	}
+}
+
+// An SSE request's mode, max_rate and max_bandwidth.
+func TestSSERequestModes(t *testing.T) {
+	req, err := parseSSERequest("app=a&keys=k1,k2&mode=latest&max_rate=0.5&max_bandwidth=4096", "", 100)
+	if err != nil || req.mode != proto.ModeLatest || req.maxRate != 0.5 || req.bandwidth != 4096 {
+		t.Fatalf("%+v, %v", req, err)
+	}
+	for _, q := range []string{"mode=newest", "mode=latest&max_rate=0", "mode=latest&max_rate=1001", "max_rate=2", "mode=stream&max_rate=2", "mode=latest&max_rate=NaN", "max_bandwidth=1"} {
+		if _, err := parseSSERequest("app=a&keys=k&"+q, "", 100); err == nil || err.code != proto.CodeBadRequest {
+			t.Errorf("%s: %v", q, err)
+		}
+	}
+}
+
+// An SSE stream of latest keys accepts a data whose seq jumps (the
+// client rule for latest keys) and moves the id with it.
+func TestSSELatestIDsJump(t *testing.T) {
+	st := testStream(t, Config{}, sseRequest{app: "a", keys: []string{"k"}, mode: proto.ModeLatest})
+	ack := textFrame(string(proto.AppendAckMode(nil, 0, proto.RecoveryNone, proto.ModeLatest, 0, []proto.KeyPosition{{Key: "k", Position: proto.Position{Seq: 3, Epoch: "E"}}})))
+	if !st.appendEvent(ack) || !st.appendEvent(dataFrame("a", "k", 3)) || !st.appendEvent(dataFrame("a", "k", 9)) {
+		t.Fatal("refused")
+	}
+	if got := string(st.appendID(nil)); got != "9:E" {
+		t.Fatalf("id %q", got)
+	}
+	if st.appendEvent(dataFrame("a", "k", 9)) {
+		t.Fatal("a repeated seq accepted")
+	}
+}

@@ -70,3 +70,32 @@ func Example() {
 	fmt.Printf("%s/%s seq %d: %s\n", p.App, p.Key, p.Seq, p.Data)
 	// Output: plant-7/001 seq 1: {"temp":21.5}
 }
+
+// A dashboard needs the newest value of each sensor, not every value: mode
+// latest with MaxRate 2 gets at most two values a second per key, always
+// the newest, and a phone on a slow link can cap the bytes per second
+// with MaxBandwidth, its latest keys skipping values meanwhile.
+func Example_latest() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, client.Config{URL: serverURL, MaxBandwidth: 64 << 10})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	values := make(chan client.Publication, 16)
+	_, err = c.Subscribe(ctx, "plant-7", []string{"001"}, client.SubscribeOptions{
+		Mode:    client.ModeLatest,
+		MaxRate: 2,
+	}, client.HandlerFuncs{
+		// Seq may jump: the values between were skipped on purpose.
+		Data: func(p client.Publication) { values <- p },
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	p := <-values
+	fmt.Printf("%s/%s seq %d: %s\n", p.App, p.Key, p.Seq, p.Data)
+	// Output: plant-7/001 seq 1: {"temp":21.5}
+}

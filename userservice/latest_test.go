@@ -238,3 +238,35 @@ func TestSSELatestIDsJump(t *testing.T) {
 		t.Fatal("a repeated seq accepted")
 	}
 }
+
+// BenchmarkOutboxLatest is the cost of one delivery to a latest key with
+// max_rate on a connection whose writer is behind: the value replaces the
+// one waiting (no allocation per delivery).
+func BenchmarkOutboxLatest(b *testing.B) {
+	o, m := &outbox{}, newMetrics(nil, nil)
+	owner := &nopOwner{}
+	refs := make([]*proto.StreamRef, 100)
+	frames := make([]*proto.Frame, len(refs))
+	for i := range refs {
+		refs[i] = &proto.StreamRef{App: "a", Key: "k" + strings.Repeat("x", i%5)}
+		o.setMode(refs[i], proto.ModeLatest, 10, m, owner)
+		frames[i] = proto.EncodeDataFrame(&proto.Publication{App: "a", Key: "k", Seq: 1, Data: []byte(`1`), JSON: true}, proto.FormatJSON)
+		frames[i].Stream = refs[i]
+	}
+	defer o.stop()
+	now := time.Now()
+	var batch []*proto.Frame
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		f := frames[i%len(frames)]
+		if k := o.latestKeyOf(f); k != nil {
+			o.offer(k, f, now)
+		}
+		if i%1000 == 999 {
+			now = now.Add(time.Second)
+			o.fire(now)
+			batch, _ = o.take(batch[:0], now, true)
+		}
+	}
+}

@@ -193,13 +193,24 @@ func peekID(b []byte) uint64 {
 // with the value 0 decodes as none, and must be refused. It decodes again
 // only when b may name the field at all.
 func hasMaxRate(b []byte) bool {
-	if !bytes.Contains(b, []byte("rate")) && !bytes.Contains(b, []byte(`\u`)) && !bytes.Contains(b, []byte("RATE")) {
+	if !containsRate(b) && !bytes.Contains(b, []byte(`\u`)) {
 		return false
 	}
 	var p struct {
 		MaxRate *float64 `json:"max_rate"`
 	}
 	return json.Unmarshal(b, &p) == nil && p.MaxRate != nil
+}
+
+// containsRate reports whether b holds "rate" in any case (encoding/json
+// matches field names case-insensitively).
+func containsRate(b []byte) bool {
+	for i := 0; i+4 <= len(b); i++ {
+		if b[i]|0x20 == 'r' && b[i+1]|0x20 == 'a' && b[i+2]|0x20 == 't' && b[i+3]|0x20 == 'e' {
+			return true
+		}
+	}
+	return false
 }
 
 // Validate checks the command's shape (see DecodeCommand).

@@ -61,6 +61,8 @@ func TestDecodeCommandMode(t *testing.T) {
 		{`{"op":"subscribe","id":9,"app":"a","keys":["k"],"mode":"stream","max_rate":2}`, `max_rate needs "mode":"latest"`},
 		{`{"op":"subscribe","id":9,"app":"a","keys":["k"],"mode":"stream","max_rate":0}`, "max_rate 0"},
 		{`{"op":"subscribe","id":9,"app":"a","keys":["k"],"mode":"latest","MAX_RATE":0}`, "max_rate 0"},
+		{`{"op":"subscribe","id":9,"app":"a","keys":["k"],"mode":"latest","Max_Rate":0}`, "max_rate 0"},
+		{`{"op":"subscribe","id":9,"app":"a","keys":["k"],"mode":"latest","max_r\u0061te":0}`, "max_rate 0"},
 		{`{"op":"unsubscribe","id":9,"app":"a","keys":["k"],"mode":"latest"}`, "unsubscribe takes no mode or max_rate"},
 		{`{"op":"refresh","id":9,"token":"a.b.c","mode":"latest"}`, "refresh takes only a token"},
 	}

@@ -52,6 +52,9 @@ func parseBandwidth(q url.Values) (int, error) {
 	return n, nil
 }
 
+// maxInterval bounds a latest key's 1/max_rate (a century).
+const maxInterval = float64(100 * 365 * 24 * time.Hour)
+
 // outbox is a connection's outgoing queue with the delivery modes.
 type outbox struct {
 	items []outItem
@@ -133,7 +136,8 @@ func (o *outbox) setMode(ref *proto.StreamRef, mode proto.Mode, rate float64, m 
 	}
 	k.interval = 0
 	if rate > 0 {
-		k.interval = time.Duration(float64(time.Second) / rate)
+		// A tiny rate (1e-300 is valid JSON and > 0) would overflow.
+		k.interval = time.Duration(min(float64(time.Second)/rate, maxInterval))
 	}
 }
 

@@ -270,3 +270,12 @@ func BenchmarkOutboxLatest(b *testing.B) {
 		}
 	}
 }
+
+func TestOutboxTinyRateDoesNotOverflow(t *testing.T) {
+	o, m, owner := testOutbox(t)
+	ref := &proto.StreamRef{App: "a", Key: "k"}
+	o.setMode(ref, proto.ModeLatest, 1e-300, m, owner)
+	if k := o.ext.keys[ref]; k.interval <= 24*time.Hour {
+		t.Fatalf("interval %s", k.interval)
+	}
+}

@@ -45,10 +45,10 @@ func (e sseEvent) msg(t *testing.T) proto.ServerMessage {
 
 // sseStream is a GET /sse response read over its own TCP connection.
 type sseStream struct {
-	t      *testing.T
-	conn   net.Conn
-	resp   *http.Response
-	r      *bufio.Reader
+	t    *testing.T
+	conn net.Conn
+	resp *http.Response
+	r    *bufio.Reader
 	// lastID is EventSource's "last event ID string": the id buffer as it
 	// was when the last event was dispatched (an event cut short by the
 	// end of the stream does not count).

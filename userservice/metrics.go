@@ -12,6 +12,9 @@ type metrics struct {
 	frames     prometheus.Counter
 	writes     prometheus.Counter
 	writeBytes prometheus.Counter
+	// wouldBlock counts pooled writes handed to the connection's own
+	// goroutine because its socket would block (writer.go).
+	wouldBlock prometheus.Counter
 
 	// messageTimeouts counts connections closed with 1008 because a
 	// message did not complete within MessageTimeout.
@@ -54,6 +57,9 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 		writeBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wspush_written_bytes_total", Help: "Bytes written to clients.",
 		}),
+		wouldBlock: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wspush_writes_would_block_total", Help: "Writes of the writer pool that found the socket's send buffer full (a slow client): the rest was handed to a goroutine of the connection's own.",
+		}),
 		sseAccepted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wspush_sse_accepted_total", Help: "SSE streams (GET /sse) started.",
 		}),
@@ -62,7 +68,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 		}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.accepted, m.rejected, m.closed, m.overflows, m.messageTimeouts, m.commands, m.cmdErrors, m.frames, m.writes, m.writeBytes,
+		reg.MustRegister(m.accepted, m.rejected, m.closed, m.overflows, m.messageTimeouts, m.commands, m.cmdErrors, m.frames, m.writes, m.writeBytes, m.wouldBlock,
 			m.sseAccepted, m.sseClosed,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "wspush_connections", Help: "Open client connections: WebSocket connections and SSE streams.",
@@ -73,6 +79,9 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "wspush_queued_bytes", Help: "Bytes waiting in the outgoing queues of all connections.",
 			}, func() float64 { return float64(s.queuedBytes()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "wspush_writer_pool_ready", Help: "Connections with something queued waiting for a writer of the pool; frames queued to them meanwhile share their write.",
+			}, func() float64 { return float64(s.pool.waiting()) }),
 		)
 	}
 	return m

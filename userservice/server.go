@@ -41,6 +41,7 @@ type Server struct {
 	perIP    *perIP
 	sessions [sessionShards]sessionShard
 	streams  sseRegistry // GET /sse streams (sse.go)
+	pool     *writerPool // writes plain TCP connections (writer.go)
 }
 
 // sessionShards is how many locks share the session registry; the
@@ -58,7 +59,8 @@ func NewServer(cfg Config, r Router) (*Server, error) {
 		return nil, fmt.Errorf("userservice config: %w", err)
 	}
 	cfg = cfg.withDefaults()
-	s := &Server{cfg: cfg, log: cfg.Logger, router: r, pingFrame: proto.NewFrame(proto.OpcodePing, nil), perIP: newPerIP(cfg.MaxConnectionsPerIP)}
+	s := &Server{cfg: cfg, log: cfg.Logger, router: r, pingFrame: proto.NewFrame(proto.OpcodePing, nil), perIP: newPerIP(cfg.MaxConnectionsPerIP),
+		pool: newWriterPool(cfg.Writers, cfg.WriteDelay)}
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: cfg.HandshakeTimeout,
 		// Commands are small: a small read buffer keeps idle connections
@@ -274,9 +276,10 @@ func (s *Server) Draining() bool { return s.draining.Load() }
 // Shutdown stops accepting connections, closes every open one with 1001
 // (after what is already queued to it; an SSE stream ends with a close
 // event) and waits for them to end, until ctx ends; those still open then
-// are dropped.
+// are dropped. The writer pool's goroutines then end.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
+	defer s.pool.stop() // a connection still coming gets a writer of its own
 	s.each(func(sess *session) { sess.closeWith(proto.CloseGoingAway, "server shutting down") })
 	s.streams.each(func(st *sseStream) { st.end(proto.CloseGoingAway, "server shutting down") })
 	t := time.NewTicker(10 * time.Millisecond)

@@ -229,8 +229,8 @@ func (s *Server) Connections() int { return int(s.conns.Load()) }
 // Run sends heartbeats and reaps dead connections until ctx ends. The
 // connections are visited one shard per tick, spread over PingInterval, so
 // that a node with many connections never pings them all at once: that
-// would start a writer goroutine per connection in one burst (CPU and
-// stack memory spike, a latency spike for the data behind it).
+// would queue a write to every connection in one burst (a latency spike
+// for the data behind it; for TLS connections, a writer goroutine each).
 func (s *Server) Run(ctx context.Context) error {
 	t := time.NewTicker(max(s.cfg.PingInterval/sessionShards, 1))
 	defer t.Stop()

@@ -151,7 +151,7 @@ func (p *writerPool) stop() {
 }
 
 func (p *writerPool) work() {
-	var iov [][]byte // reused by every write of this worker
+	w := newPoolWriter()
 	p.mu.Lock()
 	for {
 		for p.head == len(p.ready) {
@@ -180,7 +180,7 @@ func (p *writerPool) work() {
 			}
 		}
 		p.mu.Unlock()
-		iov = s.writePooled(iov)
+		s.writePooled(w)
 		p.mu.Lock()
 	}
 }
@@ -189,21 +189,21 @@ func (p *writerPool) work() {
 // with one non-blocking writev (more only past iovMax frames), then puts s
 // back on the ready list if more came meanwhile, hands it to a goroutine
 // of its own if the socket would block or the connection is closing, or
-// leaves it idle. It returns iov, the worker's scratch, emptied.
-func (s *session) writePooled(iov [][]byte) [][]byte {
+// leaves it idle.
+func (s *session) writePooled(w *poolWriter) {
 	s.mu.Lock()
 	if s.closeFrame != nil {
 		// Closing or aborted: the close frame, writerDone and what is
 		// still queued are writeLoop's, as on every connection.
 		s.mu.Unlock()
 		go s.writeLoop()
-		return iov
+		return
 	}
 	batch := s.queue
 	s.queue, s.queued = nil, 0
 	s.mu.Unlock()
 
-	iov = iov[:0]
+	iov := w.iov[:0]
 	for _, f := range batch {
 		iov = append(iov, f.Bytes)
 	}
@@ -217,14 +217,14 @@ func (s *session) writePooled(iov [][]byte) [][]byte {
 	for len(rest) > 0 {
 		chunk := rest[:min(len(rest), iovMax)]
 		want := bufsLen(chunk)
-		n, err := s.writevNow(chunk)
+		n, err := w.writeNow(s.raw, chunk)
 		m.writes.Inc()
 		m.writeBytes.Add(float64(n))
 		if err != nil && !errors.Is(err, syscall.EAGAIN) {
 			s.srv.log.Debug("write failed", "conn", s.id, "error", err)
-			clear(iov)
+			w.done(iov)
 			s.abortWriter()
-			return iov[:0]
+			return
 		}
 		rest = consume(rest, n)
 		if err != nil || n < want {
@@ -232,12 +232,12 @@ func (s *session) writePooled(iov [][]byte) [][]byte {
 			// for it, with the write timeout.
 			m.wouldBlock.Inc()
 			left := slices.Clone(rest)
-			clear(iov)
+			w.done(iov)
 			go s.finishWrite(left)
-			return iov[:0]
+			return
 		}
 	}
-	clear(iov)
+	w.done(iov)
 
 	s.mu.Lock()
 	switch {
@@ -254,29 +254,52 @@ func (s *session) writePooled(iov [][]byte) [][]byte {
 		s.writing = false
 		s.mu.Unlock()
 	}
-	return iov[:0]
 }
 
-// writevNow writes iov to the socket with one writev that does not wait:
+// poolWriter is a worker's scratch, reused by all its writes so that a
+// write allocates nothing.
+type poolWriter struct {
+	iov    [][]byte
+	chunk  [][]byte
+	n      int
+	err    error
+	writev func(fd uintptr) bool // w.doWritev, bound once
+}
+
+func newPoolWriter() *poolWriter {
+	w := &poolWriter{}
+	w.writev = w.doWritev
+	return w
+}
+
+// writeNow writes iov to the socket with one writev that does not wait:
 // it returns EAGAIN (with what was written, maybe nothing) where a blocking
 // write would wait for the peer to read.
-func (s *session) writevNow(iov [][]byte) (n int, err error) {
-	werr := s.raw.Write(func(fd uintptr) bool {
-		for {
-			n, err = unix.Writev(int(fd), iov)
-			if err != syscall.EINTR {
-				break
-			}
-		}
-		if n < 0 {
-			n = 0
-		}
-		return true // never wait in the pool
-	})
+func (w *poolWriter) writeNow(raw syscall.RawConn, iov [][]byte) (n int, err error) {
+	w.chunk, w.n, w.err = iov, 0, nil
+	werr := raw.Write(w.writev)
+	w.chunk = nil
 	if werr != nil { // closed (abort)
 		return 0, werr
 	}
-	return n, err
+	return w.n, w.err
+}
+
+func (w *poolWriter) doWritev(fd uintptr) bool {
+	for {
+		w.n, w.err = unix.Writev(int(fd), w.chunk)
+		if w.err != syscall.EINTR {
+			break
+		}
+	}
+	w.n = max(w.n, 0)
+	return true // never wait in the pool
+}
+
+// done keeps iov, emptied, for the worker's next write.
+func (w *poolWriter) done(iov [][]byte) {
+	clear(iov)
+	w.iov = iov[:0]
 }
 
 // finishWrite runs on a connection's own goroutine once its socket would

@@ -3,6 +3,7 @@ package userservice
 import (
 	"errors"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"syscall"
@@ -220,7 +221,11 @@ func (s *session) writePooled(w *poolWriter) {
 		n, err := w.writeNow(s.raw, chunk)
 		m.writes.Inc()
 		m.writeBytes.Add(float64(n))
-		if err != nil && !errors.Is(err, syscall.EAGAIN) {
+		// A deadline in the past (none of ours: the blocking writes clear
+		// theirs) would fail every pooled write: the blocking path, which
+		// sets its own, takes over as for a full socket.
+		blocked := errors.Is(err, syscall.EAGAIN) || errors.Is(err, os.ErrDeadlineExceeded)
+		if err != nil && !blocked {
 			s.srv.log.Debug("write failed", "conn", s.id, "error", err)
 			w.done(iov)
 			s.abortWriter()

@@ -211,7 +211,8 @@ func wantSeqs(t *testing.T, who string, got []uint64, n int) {
 // written by the same single pool worker, go on getting values. Once it
 // reads again it gets every value, in order.
 func TestPoolSlowClientDoesNotHoldUpOthers(t *testing.T) {
-	node, _, reg, addr := startPoolServer(t, userservice.Config{Writers: 1, QueueMaxBytes: 8 << 20})
+	const writeTimeout = 3 * time.Second
+	node, _, reg, addr := startPoolServer(t, userservice.Config{Writers: 1, QueueMaxBytes: 8 << 20, WriteTimeout: writeTimeout})
 	slow := dialSubscribed(t, addr, "k", 4<<10)
 	fast := []*wsClient{dialSubscribed(t, addr, "k", 0), dialSubscribed(t, addr, "k", 0)}
 
@@ -246,12 +247,22 @@ func TestPoolSlowClientDoesNotHoldUpOthers(t *testing.T) {
 	}
 	wantSeqs(t, "slow client", seqs, n+10)
 
-	// Back to the pool: a value reaches everyone again.
+	// Back to the pool, with no write deadline left once the blocking
+	// writes' would have passed: a value reaches everyone again, and
+	// without going the blocking way.
+	time.Sleep(writeTimeout + 500*time.Millisecond)
+	blocked := counterValue(t, reg, "wspush_writes_would_block_total")
 	publishN(t, node, n+10, 1, 10)
-	for _, c := range append(fast, slow) {
-		if seqs, _ := c.seqs(t, 1); len(seqs) != 1 {
+	for _, c := range fast { // the ten values the slow client caught up with, and this one
+		if seqs, _ := c.seqs(t, 11); len(seqs) != 11 || seqs[10] != n+11 {
 			t.Fatalf("after the slow client caught up: %v", seqs)
 		}
+	}
+	if seqs, _ := slow.seqs(t, 1); len(seqs) != 1 || seqs[0] != n+11 {
+		t.Fatalf("slow client, after it caught up: %v", seqs)
+	}
+	if v := counterValue(t, reg, "wspush_writes_would_block_total"); v != blocked {
+		t.Fatalf("wspush_writes_would_block_total went from %v to %v for a value to a reading client", blocked, v)
 	}
 	if v := counterValue(t, reg, "wspush_writer_pool_ready"); v != 0 {
 		t.Fatalf("wspush_writer_pool_ready %v on an idle server", v)

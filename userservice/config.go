@@ -37,11 +37,11 @@ type Config struct {
 	// piles up while its writers are busy).
 	WriteDelay time.Duration
 	// Writers is how many goroutines of the writer pool write to plain
-	// TCP connections (default 2 per GOMAXPROCS at NewServer). A
-	// connection waits in the pool's ready list while they are busy, and
-	// what is queued to it meanwhile shares its write; TLS connections,
-	// and those whose socket would block, are written by a goroutine of
-	// their own.
+	// TCP connections, from NewServer to Shutdown (default 2 per
+	// GOMAXPROCS at NewServer). A connection waits in the pool's ready
+	// list while they are busy, and what is queued to it meanwhile shares
+	// its write; TLS connections, and those whose socket would block, are
+	// written by a goroutine of their own.
 	Writers          int
 	CommandTimeout   time.Duration // a subscribe's work in the middle tier (default 10s)
 	HandshakeTimeout time.Duration // the WebSocket upgrade (default 10s)

@@ -59,8 +59,7 @@ func NewServer(cfg Config, r Router) (*Server, error) {
 		return nil, fmt.Errorf("userservice config: %w", err)
 	}
 	cfg = cfg.withDefaults()
-	s := &Server{cfg: cfg, log: cfg.Logger, router: r, pingFrame: proto.NewFrame(proto.OpcodePing, nil), perIP: newPerIP(cfg.MaxConnectionsPerIP),
-		pool: newWriterPool(cfg.Writers, cfg.WriteDelay)}
+	s := &Server{cfg: cfg, log: cfg.Logger, router: r, pingFrame: proto.NewFrame(proto.OpcodePing, nil), perIP: newPerIP(cfg.MaxConnectionsPerIP)}
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: cfg.HandshakeTimeout,
 		// Commands are small: a small read buffer keeps idle connections
@@ -82,6 +81,7 @@ func NewServer(cfg Config, r Router) (*Server, error) {
 	for i := range s.sessions {
 		s.sessions[i].m = make(map[uint64]*session)
 	}
+	s.pool = newWriterPool(cfg.Writers, cfg.WriteDelay) // its workers end with Shutdown
 	s.metrics = newMetrics(cfg.Registerer, s)
 	return s, nil
 }

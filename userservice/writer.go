@@ -27,24 +27,22 @@ const iovMax = 1024
 // (writeLoop, as for TLS connections), so a slow client never holds up a
 // worker.
 //
-// Workers start when first needed, up to max, and then wait for work
-// until stop: an idle node holds at most max parked goroutines, an idle
-// connection nothing.
+// The workers start with the server and end with its Shutdown (stop): an
+// idle node holds their few parked goroutines, an idle connection nothing.
 //
 // With a WriteDelay, a session taken from the ready list less than the
 // delay after its last write waits in the delayed list until then (one
 // timer for the pool: the delay is the same for every session, so the
 // list is in the order of its deadlines, give or take the clamp below).
 type writerPool struct {
-	max   int
-	delay int64 // WriteDelay in nanoseconds; 0: none
+	delay   int64          // WriteDelay in nanoseconds; 0: none
+	workers sync.WaitGroup // the running workers
 
 	mu      sync.Mutex
 	cond    sync.Cond // signalled when ready gets a session, or on stop
 	ready   []*session
 	head    int // ready[head:] wait
 	idle    int // workers waiting on cond
-	running int
 	stopped bool
 
 	delayed  []delayedSession
@@ -58,9 +56,13 @@ type delayedSession struct {
 	due int64 // unix nanos
 }
 
+// newWriterPool starts a pool of workers goroutines.
 func newWriterPool(workers int, delay time.Duration) *writerPool {
-	p := &writerPool{max: workers, delay: int64(delay)}
+	p := &writerPool{delay: int64(delay)}
 	p.cond.L = &p.mu
+	for range workers {
+		p.workers.Go(p.work)
+	}
 	return p
 }
 
@@ -79,14 +81,11 @@ func (p *writerPool) push(s *session) bool {
 	return true
 }
 
-// wakeLocked gets a worker to take a session just added to ready.
+// wakeLocked gets a worker to take a session just added to ready (if all
+// are busy, one takes it when done).
 func (p *writerPool) wakeLocked() {
-	switch {
-	case p.idle > 0:
+	if p.idle > 0 {
 		p.cond.Signal()
-	case p.running < p.max:
-		p.running++
-		go p.work()
 	}
 }
 
@@ -138,8 +137,8 @@ func (p *writerPool) waiting() int {
 	return len(p.ready) - p.head
 }
 
-// stop makes the workers end once the ready list is empty; later pushes
-// fail. It does not wait for them.
+// stop makes the workers end once the lists are empty, and waits for them
+// (they never block); later pushes fail.
 func (p *writerPool) stop() {
 	p.mu.Lock()
 	p.stopped = true
@@ -149,6 +148,7 @@ func (p *writerPool) stop() {
 	p.cond.Broadcast()
 	p.mu.Unlock()
 	p.release()
+	p.workers.Wait()
 }
 
 func (p *writerPool) work() {
@@ -161,7 +161,6 @@ func (p *writerPool) work() {
 			}
 			p.ready, p.head = p.ready[:0], 0
 			if p.stopped {
-				p.running--
 				p.mu.Unlock()
 				return
 			}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,11 +26,23 @@ type Config struct {
 	PingInterval        time.Duration // server pings this often (default 25s)
 	PingTimeout         time.Duration // a connection silent this long is reaped (default 60s)
 	WriteTimeout        time.Duration // one write to a client (default 10s)
-	// WriteDelay is how long a connection's writer waits, once something
-	// is queued, before it writes: frames queued meanwhile go out in the
-	// same write. It trades that much latency for fewer write syscalls
-	// when keys change many times a second (default 0: write at once).
-	WriteDelay       time.Duration
+	// WriteDelay is the least time between two writes to a connection,
+	// and so the most a frame waits for the next one: what is queued to
+	// a connection that wrote less than WriteDelay ago waits until
+	// WriteDelay after that write, and goes out in one write with what is
+	// queued meanwhile. A frame to a connection that did not write for
+	// WriteDelay goes at once: the delay costs latency only to
+	// connections that get many frames a second, for fewer write
+	// syscalls (default 0: no delay; the writer pool still batches what
+	// piles up while its writers are busy).
+	WriteDelay time.Duration
+	// Writers is how many goroutines of the writer pool write to plain
+	// TCP connections, from NewServer to Shutdown (default 2 per
+	// GOMAXPROCS at NewServer). A connection waits in the pool's ready
+	// list while they are busy, and what is queued to it meanwhile shares
+	// its write; TLS connections, and those whose socket would block, are
+	// written by a goroutine of their own.
+	Writers          int
 	CommandTimeout   time.Duration // a subscribe's work in the middle tier (default 10s)
 	HandshakeTimeout time.Duration // the WebSocket upgrade (default 10s)
 	// CheckOrigin decides whether a browser (a request with an Origin
@@ -73,6 +86,7 @@ const (
 	DefaultCommandTimeout      = 10 * time.Second
 	DefaultHandshakeTimeout    = 10 * time.Second
 	MaxWriteDelay              = time.Second
+	MaxWriters                 = 4096
 )
 
 func (c Config) withDefaults() Config {
@@ -90,6 +104,7 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
 	setDefault(&c.CommandTimeout, DefaultCommandTimeout)
 	setDefault(&c.HandshakeTimeout, DefaultHandshakeTimeout)
+	setDefault(&c.Writers, 2*runtime.GOMAXPROCS(0))
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -125,6 +140,9 @@ func (c Config) Validate() error {
 	positive("queue max bytes", c.QueueMaxBytes > 0)
 	positive("ping interval", c.PingInterval > 0)
 	positive("write timeout", c.WriteTimeout > 0)
+	if c.Writers < 0 || c.Writers > MaxWriters {
+		errs = append(errs, fmt.Errorf("writers %d: want 1 to %d (0: the default)", c.Writers, MaxWriters))
+	}
 	if c.WriteDelay < 0 || c.WriteDelay > MaxWriteDelay {
 		errs = append(errs, fmt.Errorf("write delay %s: want 0 to %s", c.WriteDelay, MaxWriteDelay))
 	}

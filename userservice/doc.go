@@ -1,7 +1,7 @@
 // Package userservice owns WebSocket connections: the HTTP upgrade
 // (gorilla/websocket), auth and origin checks, the read loop (parse,
-// validate and rate-limit client commands), one bounded outgoing queue and
-// one writer per connection, heartbeats, dead-connection reaping, and close
+// validate and rate-limit client commands), one bounded outgoing queue per
+// connection and the writers, heartbeats, dead-connection reaping, and close
 // codes. It knows nothing of Redis or AMQP: it hands subscriptions to a
 // Router and receives ready-made frames through Enqueue. It also serves the
 // same stream as Server-Sent Events (GET /sse, sse.go), for clients that
@@ -17,5 +17,8 @@
 //     on a goroutine that ends once they are handled (see readStep).
 //   - Writes: every frame the server sends is already a complete WebSocket
 //     frame (proto.Frame), so the writer drains the whole queue and hands
-//     it to the kernel in one writev. Only the writer goroutine writes.
+//     it to the kernel in one writev. Plain TCP connections are written by
+//     a pool of a few goroutines with non-blocking writev (writer.go); a
+//     socket that would block, and every TLS connection, by a goroutine of
+//     the connection's own (writeLoop). One writer at a time writes.
 package userservice

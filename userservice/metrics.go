@@ -12,6 +12,9 @@ type metrics struct {
 	frames     prometheus.Counter
 	writes     prometheus.Counter
 	writeBytes prometheus.Counter
+	// wouldBlock counts pooled writes handed to the connection's own
+	// goroutine because its socket would block (writer.go).
+	wouldBlock prometheus.Counter
 
 	// messageTimeouts counts connections closed with 1008 because a
 	// message did not complete within MessageTimeout.
@@ -63,6 +66,9 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wspush_values_skipped_total", Help: "Values a latest subscription did not get because a newer one replaced them, per delivery: rate (within the key's 1/max_rate interval) or conflated (waiting in a slow connection's queue).",
 		}, []string{"reason"}),
+		wouldBlock: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wspush_writes_would_block_total", Help: "Writes of the writer pool that found the socket's send buffer full (a slow client): the rest was handed to a goroutine of the connection's own.",
+		}),
 		sseAccepted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wspush_sse_accepted_total", Help: "SSE streams (GET /sse) started.",
 		}),
@@ -73,7 +79,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	m.skippedRate = m.skipped.WithLabelValues("rate")
 	m.skippedConflated = m.skipped.WithLabelValues("conflated")
 	if reg != nil {
-		reg.MustRegister(m.skipped, m.accepted, m.rejected, m.closed, m.overflows, m.messageTimeouts, m.commands, m.cmdErrors, m.frames, m.writes, m.writeBytes,
+		reg.MustRegister(m.skipped, m.accepted, m.rejected, m.closed, m.overflows, m.messageTimeouts, m.commands, m.cmdErrors, m.frames, m.writes, m.writeBytes, m.wouldBlock,
 			m.sseAccepted, m.sseClosed,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "wspush_connections", Help: "Open client connections: WebSocket connections and SSE streams.",
@@ -84,6 +90,9 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "wspush_queued_bytes", Help: "Bytes waiting in the outgoing queues of all connections.",
 			}, func() float64 { return float64(s.queuedBytes()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "wspush_writer_pool_ready", Help: "Connections with something queued waiting for a writer of the pool; frames queued to them meanwhile share their write.",
+			}, func() float64 { return float64(s.pool.waiting()) }),
 		)
 	}
 	return m

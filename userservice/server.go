@@ -41,6 +41,7 @@ type Server struct {
 	perIP    *perIP
 	sessions [sessionShards]sessionShard
 	streams  sseRegistry // GET /sse streams (sse.go)
+	pool     *writerPool // writes plain TCP connections (writer.go)
 }
 
 // sessionShards is how many locks share the session registry; the
@@ -80,6 +81,7 @@ func NewServer(cfg Config, r Router) (*Server, error) {
 	for i := range s.sessions {
 		s.sessions[i].m = make(map[uint64]*session)
 	}
+	s.pool = newWriterPool(cfg.Writers, cfg.WriteDelay) // its workers end with Shutdown
 	s.metrics = newMetrics(cfg.Registerer, s)
 	return s, nil
 }
@@ -235,8 +237,8 @@ func (s *Server) Connections() int { return int(s.conns.Load()) }
 // Run sends heartbeats and reaps dead connections until ctx ends. The
 // connections are visited one shard per tick, spread over PingInterval, so
 // that a node with many connections never pings them all at once: that
-// would start a writer goroutine per connection in one burst (CPU and
-// stack memory spike, a latency spike for the data behind it).
+// would queue a write to every connection in one burst (a latency spike
+// for the data behind it; for TLS connections, a writer goroutine each).
 func (s *Server) Run(ctx context.Context) error {
 	t := time.NewTicker(max(s.cfg.PingInterval/sessionShards, 1))
 	defer t.Stop()
@@ -282,9 +284,10 @@ func (s *Server) Draining() bool { return s.draining.Load() }
 // Shutdown stops accepting connections, closes every open one with 1001
 // (after what is already queued to it; an SSE stream ends with a close
 // event) and waits for them to end, until ctx ends; those still open then
-// are dropped.
+// are dropped. The writer pool's goroutines then end.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
+	defer s.pool.stop() // a connection still coming gets a writer of its own
 	s.each(func(sess *session) { sess.closeWith(proto.CloseGoingAway, "server shutting down") })
 	s.streams.each(func(st *sseStream) { st.end(proto.CloseGoingAway, "server shutting down") })
 	t := time.NewTicker(10 * time.Millisecond)

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -69,11 +70,22 @@ type session struct {
 	out        outbox       // the queue, with the delivery modes (latest.go)
 	closeFrame *proto.Frame // set once: the writer sends it and stops for good
 	closeCode  int
-	// writing is true while a writer goroutine runs. The writer is started
-	// by the first frame queued to an idle connection and ends when it has
-	// drained the queue, so that an idle connection holds no writer stack.
+	// writing is true while the connection has a writer: the writer pool
+	// (its ready list or one of its workers, writer.go) or a writer
+	// goroutine of its own. The writer is taken by the first frame queued
+	// to an idle connection and let go when the queue is drained, so that
+	// an idle connection holds no writer stack.
 	writing    bool
 	writerDone chan struct{} // closed when the writer has handled closeFrame
+
+	// raw is the socket of a plain TCP connection, written by the
+	// server's writer pool (writer.go); nil: the connection's own writer
+	// goroutine writes (TLS). The writer of the moment owns timedWrite,
+	// true while a blocking write's deadline is set on conn, and
+	// lastWrite, the unix nanos of the last write (WriteDelay).
+	raw        syscall.RawConn
+	timedWrite bool
+	lastWrite  int64
 }
 
 type subKey struct{ app, key string }
@@ -89,6 +101,11 @@ func newSession(srv *Server, id uint64, conn net.Conn, apps []string) *session {
 		writerDone: make(chan struct{}),
 	}
 	s.lastRead.Store(time.Now().UnixNano())
+	if tc, ok := conn.(*net.TCPConn); ok && srv.pool != nil {
+		if raw, err := tc.SyscallConn(); err == nil {
+			s.raw = raw
+		}
+	}
 	return s
 }
 
@@ -109,7 +126,7 @@ func (s *session) Enqueue(f *proto.Frame) bool {
 		start := s.out.offer(k, f, time.Now()) && s.startWriterLocked()
 		s.mu.Unlock()
 		if start {
-			go s.writeLoop()
+			s.startWriter()
 		}
 		return true
 	}
@@ -124,9 +141,18 @@ func (s *session) Enqueue(f *proto.Frame) bool {
 	start := s.startWriterLocked()
 	s.mu.Unlock()
 	if start {
-		go s.writeLoop()
+		s.startWriter()
 	}
 	return true
+}
+
+// startWriter hands a connection that has something to write, and whose
+// writer the caller just took (startWriterLocked), to the writer pool, or
+// to a writer goroutine of its own (TLS, or a stopped pool).
+func (s *session) startWriter() {
+	if s.raw == nil || !s.srv.pool.push(s) {
+		go s.writeLoop()
+	}
 }
 
 // startWriterLocked reports whether the caller must start a writer.
@@ -163,7 +189,7 @@ func (s *session) onDue() {
 	start := s.out.fire(time.Now()) && s.startWriterLocked()
 	s.mu.Unlock()
 	if start {
-		go s.writeLoop()
+		s.startWriter()
 	}
 }
 
@@ -204,11 +230,18 @@ func (s *session) abort(code int) {
 	}
 }
 
-// writeLoop drains the queue, one writev per round, until the queue is
-// empty (then it ends) or the close frame has been sent (then it ends for
-// good). The batch buffers live on its stack's frame only while it runs.
+// writeLoop is a connection's own writer: it drains the queue, one writev
+// per round, until the queue is empty (then it ends) or the close frame
+// has been sent (then it ends for good). The batch buffers live on its
+// stack's frame only while it runs. It writes TLS connections, closing
+// ones, and plain TCP ones whose socket would block (finishWrite); other
+// writes are the writer pool's (writer.go).
 func (s *session) writeLoop() {
 	s.delayWrite()
+	s.drain()
+}
+
+func (s *session) drain() {
 	var batch []*proto.Frame
 	var iov net.Buffers
 	for {
@@ -223,6 +256,12 @@ func (s *session) writeLoop() {
 				// Out of budget: what waits goes on conflating meanwhile.
 				s.mu.Unlock()
 				time.Sleep(min(wait, maxBudgetSleep))
+				continue
+			}
+			if s.timedWrite && s.raw != nil {
+				// Back to the pool, whose writes do not wait: no deadline.
+				s.mu.Unlock()
+				s.clearWriteDeadline()
 				continue
 			}
 			s.out.idle() // an idle connection keeps no burst-sized array
@@ -258,18 +297,23 @@ func (s *session) writeLoop() {
 	}
 }
 
-// delayWrite waits WriteDelay before a writer's first write, so that what
-// is queued meanwhile shares it; a closing connection does not wait.
+// delayWrite waits, before a writer's first write, until WriteDelay after
+// the connection's last write, so that what is queued meanwhile shares it
+// (see Config.WriteDelay); a closing connection does not wait.
 func (s *session) delayWrite() {
 	d := s.srv.cfg.WriteDelay
 	if d <= 0 {
+		return
+	}
+	wait := min(time.Duration(s.lastWrite+int64(d)-time.Now().UnixNano()), d)
+	if wait <= 0 {
 		return
 	}
 	s.mu.Lock()
 	closing := s.closeFrame != nil
 	s.mu.Unlock()
 	if !closing {
-		time.Sleep(d)
+		time.Sleep(wait)
 	}
 }
 
@@ -287,7 +331,10 @@ func (s *session) abortWriter() {
 }
 
 func (s *session) write(iov net.Buffers, frames int) error {
-	_ = s.conn.SetWriteDeadline(time.Now().Add(s.srv.cfg.WriteTimeout))
+	now := time.Now()
+	_ = s.conn.SetWriteDeadline(now.Add(s.srv.cfg.WriteTimeout))
+	s.timedWrite = true
+	s.lastWrite = now.UnixNano()
 	n, err := iov.WriteTo(s.conn)
 	m := s.srv.metrics
 	m.writes.Inc()

@@ -76,7 +76,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.DurationVar(&u.PingInterval, "ping-interval", 0, "heartbeat ping interval (default 25s)")
 	fs.DurationVar(&u.PingTimeout, "ping-timeout", 0, "silence after which a connection is reaped (default 60s)")
 	fs.DurationVar(&u.WriteTimeout, "write-timeout", 0, "timeout of one write to a client (default 10s)")
-	fs.DurationVar(&u.WriteDelay, "write-delay", 0, "a connection's writer waits this long before writing, so that frames queued meanwhile share one write (fewer syscalls for keys that change many times a second, at that much latency); 0: write at once")
+	fs.DurationVar(&u.WriteDelay, "write-delay", 0, "least time between two writes to a connection: what is queued within it after a write waits for its end and shares one write (fewer syscalls for keys that change many times a second, at up to that much latency); a connection that did not write for it writes at once; 0: no delay (the writer pool still batches what piles up while it is busy)")
 	fs.StringVar(&origins, "allowed-origins", "", `comma-separated browser origins (https://dash.example) allowed to connect and publish besides --public-url's, "*" for any`)
 	fs.StringVar(&publicURLs, "public-url", "", "comma-separated URLs browsers reach this server at (https://push.example); their origins are allowed; empty: the listener's loopback names (http://localhost:<port>, http://127.0.0.1:<port>)")
 	fs.StringVar(&jwtSecret, "jwt-secret", "", "HS256 secret: when set, clients need a JWT (?token= or Authorization: Bearer)")

@@ -492,9 +492,13 @@ func TestHTTPEndpoints(t *testing.T) {
 	}
 }
 
+// --write-delay: a value to a connection that did not write for the delay
+// goes at once; what follows within the delay waits for the delay's end
+// and shares one write.
 func TestWriteDelayPutsQueuedFramesInOneWrite(t *testing.T) {
+	const delay = 500 * time.Millisecond
 	cfg := app.Config{}
-	cfg.Users.WriteDelay = 500 * time.Millisecond
+	cfg.Users.WriteDelay = delay
 	cfg.Users.PingInterval, cfg.Users.PingTimeout = time.Hour, 2*time.Hour // no ping frame in between
 	base, a := startApp(t, cfg)
 	c := wstest.Dial(t, wstest.WSURL(base), nil)
@@ -509,22 +513,35 @@ func TestWriteDelayPutsQueuedFramesInOneWrite(t *testing.T) {
 		}
 		return nil
 	})
+	time.Sleep(delay) // the connection is idle for the delay
 
-	// Ten publications queued within the delay leave in one write.
+	publish := func(from, n int) {
+		pubs := make([]proto.Publication, n)
+		for i := range pubs {
+			pubs[i] = proto.Publication{App: "a", Key: "k", Data: []byte(fmt.Sprint(from + i)), JSON: true}
+		}
+		if _, err := a.Node().Publish(context.Background(), "test", pubs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	publish(0, 1)
+	if got := wstest.Seqs(c.Data(1)); !slices.Equal(got, []uint64{1}) {
+		t.Fatalf("seqs %v", got)
+	}
+	if took := time.Since(start); took >= delay {
+		t.Fatalf("a value to an idle connection took %s: it waited for the delay", took)
+	}
+
+	// Ten publications within the delay after that write leave in one.
 	const n = 10
-	pubs := make([]proto.Publication, n)
-	for i := range pubs {
-		pubs[i] = proto.Publication{App: "a", Key: "k", Data: []byte(fmt.Sprint(i)), JSON: true}
-	}
-	if _, err := a.Node().Publish(context.Background(), "test", pubs); err != nil {
-		t.Fatal(err)
-	}
-	if got := wstest.Seqs(c.Data(n)); !slices.Equal(got, []uint64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}) {
+	publish(1, n)
+	if got := wstest.Seqs(c.Data(n)); !slices.Equal(got, []uint64{2, 3, 4, 5, 6, 7, 8, 9, 10, 11}) {
 		t.Fatalf("seqs %v", got)
 	}
 	wstest.Eventually(t, 5*time.Second, func() error {
-		if w, f := counters(); w != 2 || f != 1+n {
-			return fmt.Errorf("%v frames in %v writes, want %d in 2", f, w, 1+n)
+		if w, f := counters(); w != 3 || f != 2+n {
+			return fmt.Errorf("%v frames in %v writes, want %d in 3", f, w, 2+n)
 		}
 		return nil
 	})

@@ -643,6 +643,13 @@ func (in *Ingest) consume(ctx context.Context, p *partition, deliveries <-chan a
 			if res, err := in.process(ctx, p, batch); res != resStopped || err != nil {
 				return res, err
 			}
+			if ctx.Err() != nil {
+				// Stopped or released during the batch: take nothing more.
+				// The deliveries prefetched behind it, and any the batch
+				// left to requeue, stay unacked; closing the channel gives
+				// them back. Acking a later one would cover those too.
+				return resStopped, nil
+			}
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -515,3 +516,49 @@ func TestIngestDecode(t *testing.T) {
 
 // middle.SourcePublisher is a Publisher.
 var _ Publisher = middle.SourcePublisher{}
+
+// A partition released to rebalance while it waits to requeue a batch the
+// store refused stops consuming at once: its channel's close gives the
+// refused messages back to the queue, for the next holder. It must not
+// take the deliveries prefetched behind them, whose multiple ack would
+// cover the refused ones and lose them (the chaos suite's "redis clients
+// killed" caught it as a confirmed value never delivered).
+func TestIngestReleaseDuringRequeueDelay(t *testing.T) {
+	url := testURL(t)
+	topo := testTopology(t, url, 4)
+	st, store := newClaimsState(testTTL), newFakeStore()
+	in := newIntegrator(t, url, topo)
+	startConn(t, url, topo, "declare", nil) // declare before publishing
+	const keys, per = 16, 30
+	for v := 1; v <= per; v++ {
+		for k := range keys {
+			in.json(t, "app.k"+strconv.Itoa(k), v, "")
+		}
+	}
+	var aFails atomic.Bool
+	var refused atomic.Int32
+	aFails.Store(true)
+	store.hook = func(node string, p *proto.Publication) error {
+		// a's store is down for the third value of every key, until b
+		// holds its share.
+		if node == "a" && aFails.Load() && strings.Contains(string(p.Data), `"v":3}`) {
+			refused.Add(1)
+			return fmt.Errorf("%w: store down", middle.ErrUnavailable)
+		}
+		return nil
+	}
+	a := startNode(t, url, topo, "a", st, store, IngestConfig{RequeueDelay: 3 * time.Second})
+	waitFor(t, 10*time.Second, "a's store refusing a batch", func() error {
+		if refused.Load() == 0 {
+			return errors.New("nothing refused yet")
+		}
+		return nil
+	})
+	b := startNode(t, url, topo, "b", st, store, IngestConfig{})
+	b.waitHeld(t, 2)
+	a.waitHeld(t, 2)
+	aFails.Store(false)
+	for k := range keys {
+		waitValues(t, store, "app", "k"+strconv.Itoa(k), seq1(per))
+	}
+}

@@ -223,7 +223,9 @@ func (n *Node) drainLocked(ch *channel, mark int, out *[]proto.Publication) bool
 }
 
 // emitLocked encodes p once per format in use and enqueues the frame to
-// every subscriber of ch.
+// every subscriber of ch, and to every group whose interval has passed;
+// a group still within it holds the value back for its timer
+// (docs/PROTOCOL.md, "Delivery modes").
 func (n *Node) emitLocked(ch *channel, p *proto.Publication) {
 	ch.pos = p.Position()
 	ch.latest, ch.hasLatest = *p, true
@@ -234,23 +236,120 @@ func (n *Node) emitLocked(ch *channel, p *proto.Publication) {
 		if len(list) == 0 {
 			continue
 		}
-		frame := ch.dataFrame(p, proto.Format(f))
-		ch.latestFrames[f] = frame
+		frame := ch.latestFrameLocked(proto.Format(f))
 		for _, s := range list {
 			s.Enqueue(frame) // an overflowing subscriber closes itself
 		}
 		delivered += len(list)
 	}
+	if len(ch.groups) > 0 {
+		now := time.Now()
+		for _, g := range ch.groups {
+			delivered += n.paceLocked(ch, g, now)
+		}
+	}
 	n.metrics.countDeliveries(delivered)
 }
 
+// paceLocked takes ch's new latest value for group g at now: sent at once
+// when g's interval has passed since its last value, held back for g's
+// timer otherwise (replacing the one held, whose skip it counts). It
+// returns how many frames it enqueued.
+func (n *Node) paceLocked(ch *channel, g *rateGroup, now time.Time) int {
+	if !g.held && now.Sub(g.last) >= g.interval {
+		return n.sendGroupLocked(ch, g, now)
+	}
+	if g.held {
+		// The held value is replaced: the members that did not get it
+		// with their subscribe never will.
+		n.metrics.skippedRate.Add(float64(len(g.subs.list) - len(g.joined)))
+	}
+	g.held, g.joined = true, nil
+	if !g.armed {
+		n.armGroupLocked(ch, g, g.last.Add(g.interval).Sub(now))
+	}
+	return 0
+}
+
+// sendGroupLocked enqueues ch's latest value to g's members at now but to
+// those that got it with their subscribe, and starts g's next interval.
+func (n *Node) sendGroupLocked(ch *channel, g *rateGroup, now time.Time) int {
+	frame := ch.latestFrameLocked(g.key.format)
+	sent := 0
+	for _, s := range g.subs.list {
+		if _, ok := g.joined[s]; ok {
+			continue
+		}
+		s.Enqueue(frame)
+		sent++
+	}
+	g.last, g.held, g.joined = now, false, nil
+	return sent
+}
+
+// armGroupLocked starts g's timer to fire after d.
+func (n *Node) armGroupLocked(ch *channel, g *rateGroup, d time.Duration) {
+	g.armed = true
+	if g.timer == nil {
+		g.timer = time.AfterFunc(d, func() { n.groupDue(ch, g) })
+	} else {
+		g.timer.Reset(d)
+	}
+}
+
+// groupDue runs on g's timer: the value g holds back is due, and goes out
+// as ch's newest value.
+func (n *Node) groupDue(ch *channel, g *rateGroup) {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if !g.armed {
+		return // stopped, or re-armed by a Reset that raced this call
+	}
+	g.armed = false
+	if ch.dead || !g.held || !ch.hasLatest || len(g.subs.list) == 0 {
+		g.held, g.joined = false, nil
+		return
+	}
+	now := time.Now()
+	if d := g.last.Add(g.interval).Sub(now); d > 0 {
+		// A value went out at once after this call was due (it waited
+		// for mu): the interval restarted then.
+		n.armGroupLocked(ch, g, d)
+		return
+	}
+	n.metrics.countDeliveries(n.sendGroupLocked(ch, g, now))
+}
+
+// joinLocked notes that s, just added to g, got ch's newest value with its
+// subscribe (sent), or was already at it: if g holds that value back, its
+// timer must not send it to s again. When s is g's only member, the value
+// it got starts g's interval, so that s gets at most max_rate values a
+// second from its subscribe on; a member that joins others may get its
+// subscribe's value and the group's next one less than 1/max_rate apart.
+func (g *rateGroup) joinLocked(s Subscriber, sent bool) {
+	if !g.held {
+		if sent && len(g.subs.list) == 1 {
+			g.last = time.Now()
+		}
+		return
+	}
+	if g.joined == nil {
+		g.joined = make(map[Subscriber]struct{})
+	}
+	g.joined[s] = struct{}{}
+}
+
 // resetLocked moves ch to pos and tells every subscriber: the positions
-// before it are void (docs/PROTOCOL.md, "Reset").
+// before it are void (docs/PROTOCOL.md, "Reset"), and so is a value a
+// group holds back.
 func (n *Node) resetLocked(ch *channel, pos proto.Position, reason string) {
 	ch.pos = pos
 	ch.hasLatest = false
 	ch.latestFrames = [proto.NumFormats]*proto.Frame{}
 	n.metrics.resets.WithLabelValues(reason).Inc()
+	for _, g := range ch.groups {
+		g.held, g.joined = false, nil
+	}
 	if ch.size.Load() == 0 {
 		return
 	}
@@ -259,6 +358,11 @@ func (n *Node) resetLocked(ch *channel, pos proto.Position, reason string) {
 	frame := ch.resetFrame(pos, reason)
 	for f := range ch.subs {
 		for _, s := range ch.subs[f].list {
+			s.Enqueue(frame)
+		}
+	}
+	for _, g := range ch.groups {
+		for _, s := range g.subs.list {
 			s.Enqueue(frame)
 		}
 	}

@@ -8,6 +8,15 @@ import (
 	"github.com/wspush/wspush/proto"
 )
 
+// SkippedValuesName and SkippedValuesHelp describe
+// wspush_values_skipped_total, whose reason="rate" the node counts and
+// reason="conflated" the connections (userservice): both register a
+// counter with this name and help, and their reason as a constant label.
+const (
+	SkippedValuesName = "wspush_values_skipped_total"
+	SkippedValuesHelp = "Values a latest subscription did not get because a newer one replaced them, per delivery: rate (within the key's 1/max_rate interval) or conflated (waiting in a slow connection's queue)."
+)
+
 type metrics struct {
 	published      *prometheus.CounterVec // by source
 	publishErrs    prometheus.Counter
@@ -20,6 +29,10 @@ type metrics struct {
 	positionLags   prometheus.Counter
 	subscribes     prometheus.Counter
 	httpReqs       *prometheus.CounterVec // by status code
+	// skippedRate counts, per delivery, the values a max_rate group held
+	// back and replaced before they were due (docs/PROTOCOL.md, "Delivery
+	// modes"); userservice counts reason="conflated".
+	skippedRate prometheus.Counter
 
 	// publications and delivered count what published and deliveries
 	// count, for Node.Stats (the operator endpoint) without gathering the
@@ -63,13 +76,16 @@ func newMetrics(reg prometheus.Registerer, h *hub, queues []chan proto.Publicati
 		httpReqs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wspush_http_publish_requests_total", Help: "POST /api/publish requests, by HTTP status code.",
 		}, []string{"code"}),
+		skippedRate: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: SkippedValuesName, Help: SkippedValuesHelp, ConstLabels: prometheus.Labels{"reason": "rate"},
+		}),
 	}
 	for _, r := range []string{proto.ResetEpoch, proto.ResetGap} {
 		m.resets.WithLabelValues(r)
 	}
 	if reg != nil {
 		reg.MustRegister(m.published, m.publishErrs, m.deliveries, m.duplicates, m.gapsFilled, m.resets,
-			m.catchUps, m.positionChecks, m.positionLags, m.subscribes, m.httpReqs,
+			m.catchUps, m.positionChecks, m.positionLags, m.subscribes, m.httpReqs, m.skippedRate,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "wspush_channels", Help: "Keys with at least one local subscriber.",
 			}, func() float64 { c, _ := h.counts(); return float64(c) }),

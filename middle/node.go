@@ -405,6 +405,11 @@ func (n *Node) LocalSubscriptions(fn func(app, key string, connIDs []uint64)) {
 					ids = append(ids, s.ConnID())
 				}
 			}
+			for _, g := range ch.groups {
+				for _, s := range g.subs.list {
+					ids = append(ids, s.ConnID())
+				}
+			}
 		}
 		ch.mu.Unlock()
 		if len(ids) > 0 {

@@ -19,8 +19,9 @@ type SubscribeRequest struct {
 	// Mode and MaxRate (values per second per key, 0: none; latest only)
 	// are the delivery mode of the keys (docs/PROTOCOL.md, "Delivery
 	// modes"). The node resumes a latest key without replaying history,
-	// and tells a ModeSubscriber; conflation and pacing are the
-	// subscriber's.
+	// paces a latest key with a MaxRate (once per key, format and rate,
+	// for all such subscribers), and tells a ModeSubscriber, whose is the
+	// conflation of what waits in its queue.
 	Mode    proto.Mode
 	MaxRate float64
 }
@@ -30,8 +31,11 @@ type SubscribeRequest struct {
 // locked, before it enqueues the ack: what the subscriber receives of the
 // key before the call belongs to the earlier subscription, what comes
 // after to this one. ref is the key's proto.Frame.Stream for as long as
-// the subscriber holds the key. A Subscriber that is not a ModeSubscriber
-// gets every value of a latest key, as in stream mode.
+// the subscriber holds the key. maxRate is the node's to apply (the
+// subscriber gets at most that many values per second of the key); a
+// ModeSubscriber conflates a latest key's values that wait in its queue.
+// A Subscriber that is not a ModeSubscriber gets every value the node
+// sends it, as in stream mode.
 type ModeSubscriber interface {
 	SetMode(ref *proto.StreamRef, mode proto.Mode, maxRate float64)
 }
@@ -144,8 +148,9 @@ func (n *Node) Subscribe(ctx context.Context, s Subscriber, req SubscribeRequest
 		}
 		delivered += len(frames[i])
 		wasThere := ch.removeLocked(s)
-		ch.subs[req.Format].add(s)
-		ch.size.Add(1)
+		if g := ch.addLocked(s, req.Format, req.Mode, req.MaxRate); g != nil {
+			g.joinLocked(s, len(frames[i]) > 0)
+		}
 		if !wasThere && n.index != nil {
 			n.index.Add(ch.app, ch.key, s.ConnID())
 		}
@@ -337,6 +342,7 @@ func (n *Node) dropIfEmptyIOLocked(ctx context.Context, ch *channel) {
 	}
 	ch.dead = true
 	ch.parked, ch.syncing = nil, false
+	ch.stopGroupsLocked()
 	ch.mu.Unlock()
 	if ch.watched && n.bus != nil {
 		if err := n.bus.Unwatch(ctx, ch.app, ch.key); err != nil {

@@ -10,15 +10,12 @@ import (
 )
 
 // The outbox of a connection (latest.go; docs/PROTOCOL.md, "Delivery
-// modes"), driven with an explicit clock.
+// modes"), driven with an explicit clock. max_rate is the node's (middle's
+// tests of its rate groups).
 
-type nopOwner struct{ fired int }
-
-func (o *nopOwner) onDue() { o.fired++ }
-
-func testOutbox(t *testing.T) (*outbox, *metrics, *nopOwner) {
+func testOutbox(t *testing.T) (*outbox, *metrics) {
 	t.Helper()
-	return &outbox{}, newMetrics(nil, nil), &nopOwner{}
+	return &outbox{}, newMetrics(nil, nil)
 }
 
 func refFrame(ref *proto.StreamRef, seq uint64, size int) *proto.Frame {
@@ -50,9 +47,9 @@ func equalSeqs(a, b []uint64) bool {
 // A latest key holds one queued value: newer ones replace it in place,
 // behind what was queued before it and before what came after it.
 func TestOutboxConflatesInPlace(t *testing.T) {
-	o, m, owner := testOutbox(t)
+	o, m := testOutbox(t)
 	l, s := &proto.StreamRef{App: "a", Key: "l"}, &proto.StreamRef{App: "a", Key: "s"}
-	o.setMode(l, proto.ModeLatest, 0, m, owner)
+	o.setMode(l, proto.ModeLatest, m)
 	now := time.Unix(100, 0)
 
 	o.push(refFrame(s, 1, 10))
@@ -61,7 +58,7 @@ func TestOutboxConflatesInPlace(t *testing.T) {
 		if k == nil {
 			t.Fatal("latest key not found")
 		}
-		grew := o.offer(k, refFrame(l, seq, 10+int(seq)), now)
+		grew := o.offer(k, refFrame(l, seq, 10+int(seq)))
 		if grew != (seq == 1) {
 			t.Fatalf("offer %d: grew %v", seq, grew)
 		}
@@ -82,73 +79,43 @@ func TestOutboxConflatesInPlace(t *testing.T) {
 // A reset voids what the key had waiting and goes in order; values after
 // it queue behind it.
 func TestOutboxResetVoidsTheQueuedValue(t *testing.T) {
-	o, m, owner := testOutbox(t)
+	o, m := testOutbox(t)
 	l := &proto.StreamRef{App: "a", Key: "l"}
-	o.setMode(l, proto.ModeLatest, 0, m, owner)
+	o.setMode(l, proto.ModeLatest, m)
 	now := time.Unix(100, 0)
 	k := o.ext.keys[l]
-	o.offer(k, refFrame(l, 7, 1), now)
+	o.offer(k, refFrame(l, 7, 1))
 	reset := proto.NewFrame(proto.OpcodeText, proto.AppendReset(nil, "a", "l", proto.Position{Seq: 0, Epoch: "E2"}, proto.ResetEpoch))
 	reset.Stream = l
-	o.offer(k, reset, now)
-	o.offer(k, refFrame(l, 1, 1), now)
-	o.offer(k, refFrame(l, 2, 1), now)
+	o.offer(k, reset)
+	o.offer(k, refFrame(l, 1, 1))
+	o.offer(k, refFrame(l, 2, 1))
 	batch, _ := o.take(nil, now, true)
 	if len(batch) != 2 || batch[0] != reset || batch[1].Seq != 2 {
 		t.Fatalf("took %v, want the reset then seq 2", seqsOf(batch))
 	}
 }
 
-// max_rate: a value within the interval waits, replaced by newer ones,
-// and the connection's one timer moves it to the queue when it is due.
-func TestOutboxMaxRate(t *testing.T) {
-	o, m, owner := testOutbox(t)
+// A new subscribe of a latest key drops what it had queued: it belonged
+// to the earlier subscription. Stream mode and an unsubscribe forget the
+// key.
+func TestOutboxSetMode(t *testing.T) {
+	o, m := testOutbox(t)
 	a, b := &proto.StreamRef{App: "a", Key: "a"}, &proto.StreamRef{App: "a", Key: "b"}
-	o.setMode(a, proto.ModeLatest, 2, m, owner)   // 500 ms
-	o.setMode(b, proto.ModeLatest, 0.5, m, owner) // 2 s
-	defer o.stop()
-	t0 := time.Now()
-	ka, kb := o.ext.keys[a], o.ext.keys[b]
-
-	if !o.offer(ka, refFrame(a, 1, 1), t0) || !o.offer(kb, refFrame(b, 1, 1), t0) {
-		t.Fatal("the first values wait")
+	o.setMode(a, proto.ModeLatest, m)
+	o.setMode(b, proto.ModeLatest, m)
+	now := time.Unix(100, 0)
+	if !o.offer(o.ext.keys[a], refFrame(a, 1, 1)) || !o.offer(o.ext.keys[b], refFrame(b, 1, 1)) {
+		t.Fatal("the first values did not queue")
 	}
-	batch, _ := o.take(nil, t0, true)
-	if len(batch) != 2 {
-		t.Fatalf("took %v", seqsOf(batch))
+	o.setMode(b, proto.ModeLatest, m)
+	if o.latestBytes != len(refFrame(a, 1, 1).Bytes) {
+		t.Fatalf("latestBytes %d after b's new subscribe", o.latestBytes)
 	}
-	for seq := uint64(2); seq <= 4; seq++ {
-		if o.offer(ka, refFrame(a, seq, 1), t0.Add(100*time.Millisecond)) || o.offer(kb, refFrame(b, seq, 1), t0.Add(100*time.Millisecond)) {
-			t.Fatal("a value within the interval was queued")
-		}
+	if batch, _ := o.take(nil, now, true); len(batch) != 1 || batch[0].Stream != a {
+		t.Fatalf("took %v, want a's value only", seqsOf(batch))
 	}
-	if batch, _ := o.take(batch[:0], t0.Add(100*time.Millisecond), true); len(batch) != 0 {
-		t.Fatalf("took %v within the interval", seqsOf(batch))
-	}
-	if len(o.ext.due) != 2 || o.ext.timer == nil || !o.ext.armed.Equal(t0.Add(500*time.Millisecond)) {
-		t.Fatalf("due %d, timer armed at %v", len(o.ext.due), o.ext.armed)
-	}
-	if o.fire(t0.Add(499 * time.Millisecond)) {
-		t.Fatal("fired early")
-	}
-	if !o.fire(t0.Add(500 * time.Millisecond)) {
-		t.Fatal("a's value not due at the end of its interval")
-	}
-	batch, _ = o.take(batch[:0], t0.Add(500*time.Millisecond), true)
-	if len(batch) != 1 || batch[0].Stream != a || batch[0].Seq != 4 {
-		t.Fatalf("took %v, want a's seq 4", seqsOf(batch))
-	}
-	if !o.ext.armed.Equal(t0.Add(2 * time.Second)) {
-		t.Fatalf("timer armed at %v, want b's due", o.ext.armed)
-	}
-	// A new subscribe of b drops what it held back: it belonged to the
-	// earlier subscription.
-	o.setMode(b, proto.ModeLatest, 0.5, m, owner)
-	if o.fire(t0.Add(3*time.Second)) || len(o.ext.due) != 0 {
-		t.Fatal("b's dropped value came")
-	}
-	// stream mode forgets the key.
-	o.setMode(a, proto.ModeStream, 0, m, owner)
+	o.setMode(a, proto.ModeStream, m)
 	if o.latestKeyOf(refFrame(a, 9, 1)) != nil {
 		t.Fatal("a still latest")
 	}
@@ -161,23 +128,23 @@ func TestOutboxMaxRate(t *testing.T) {
 // max_bandwidth: take hands out what the budget allows, in order; the
 // rest waits (a latest value conflating meanwhile).
 func TestOutboxBandwidth(t *testing.T) {
-	o, m, owner := testOutbox(t)
+	o, m := testOutbox(t)
 	s, l := &proto.StreamRef{App: "a", Key: "s"}, &proto.StreamRef{App: "a", Key: "l"}
-	o.setBandwidth(2048, m, owner)
-	o.setMode(l, proto.ModeLatest, 0, m, owner)
+	o.setBandwidth(2048, m)
+	o.setMode(l, proto.ModeLatest, m)
 	t0 := o.ext.bw.at
 	k := o.ext.keys[l]
 	for seq := uint64(1); seq <= 3; seq++ {
 		o.push(refFrame(s, seq, 900))
 	}
-	o.offer(k, refFrame(l, 1, 900), t0)
+	o.offer(k, refFrame(l, 1, 900))
 	reply := textFrame(`{"op":"pong","id":1}`)
 	o.push(reply)
 	batch, wait := o.take(nil, t0, true)
 	if len(batch) != 2 || wait <= 0 {
 		t.Fatalf("took %v, wait %s: want 2 frames of the 2048-byte burst", seqsOf(batch), wait)
 	}
-	o.offer(k, refFrame(l, 2, 900), t0) // conflates while it waits
+	o.offer(k, refFrame(l, 2, 900)) // conflates while it waits
 	batch, wait2 := o.take(batch[:0], t0.Add(wait/2), true)
 	if len(batch) != 0 || wait2 <= 0 {
 		t.Fatalf("took %v before the budget allowed", seqsOf(batch))
@@ -239,21 +206,19 @@ func TestSSELatestIDsJump(t *testing.T) {
 	}
 }
 
-// BenchmarkOutboxLatest is the cost of one delivery to a latest key with
-// max_rate on a connection whose writer is behind: the value replaces the
-// one waiting (no allocation per delivery).
+// BenchmarkOutboxLatest is the cost of one delivery to a latest key on a
+// connection whose writer is behind: the value replaces the one waiting
+// (no allocation per delivery).
 func BenchmarkOutboxLatest(b *testing.B) {
 	o, m := &outbox{}, newMetrics(nil, nil)
-	owner := &nopOwner{}
 	refs := make([]*proto.StreamRef, 100)
 	frames := make([]*proto.Frame, len(refs))
 	for i := range refs {
 		refs[i] = &proto.StreamRef{App: "a", Key: "k" + strings.Repeat("x", i%5)}
-		o.setMode(refs[i], proto.ModeLatest, 10, m, owner)
+		o.setMode(refs[i], proto.ModeLatest, m)
 		frames[i] = proto.EncodeDataFrame(&proto.Publication{App: "a", Key: "k", Seq: 1, Data: []byte(`1`), JSON: true}, proto.FormatJSON)
 		frames[i].Stream = refs[i]
 	}
-	defer o.stop()
 	now := time.Now()
 	var batch []*proto.Frame
 	b.ReportAllocs()
@@ -261,21 +226,11 @@ func BenchmarkOutboxLatest(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		f := frames[i%len(frames)]
 		if k := o.latestKeyOf(f); k != nil {
-			o.offer(k, f, now)
+			o.offer(k, f)
 		}
 		if i%1000 == 999 {
 			now = now.Add(time.Second)
-			o.fire(now)
 			batch, _ = o.take(batch[:0], now, true)
 		}
-	}
-}
-
-func TestOutboxTinyRateDoesNotOverflow(t *testing.T) {
-	o, m, owner := testOutbox(t)
-	ref := &proto.StreamRef{App: "a", Key: "k"}
-	o.setMode(ref, proto.ModeLatest, 1e-300, m, owner)
-	if k := o.ext.keys[ref]; k.interval <= 24*time.Hour {
-		t.Fatalf("interval %s", k.interval)
 	}
 }

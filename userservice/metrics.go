@@ -1,6 +1,10 @@
 package userservice
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wspush/wspush/middle"
+)
 
 type metrics struct {
 	accepted   prometheus.Counter
@@ -21,9 +25,8 @@ type metrics struct {
 	messageTimeouts prometheus.Counter
 
 	// Values latest subscriptions did not get because a newer one replaced
-	// them (docs/PROTOCOL.md, "Delivery modes"), by reason.
-	skipped          *prometheus.CounterVec
-	skippedRate      prometheus.Counter
+	// them in a connection's queue (docs/PROTOCOL.md, "Delivery modes");
+	// middle counts reason="rate".
 	skippedConflated prometheus.Counter
 
 	// GET /sse streams (docs/PROTOCOL.md, "Server-Sent Events").
@@ -63,9 +66,9 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 		writeBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wspush_written_bytes_total", Help: "Bytes written to clients.",
 		}),
-		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "wspush_values_skipped_total", Help: "Values a latest subscription did not get because a newer one replaced them, per delivery: rate (within the key's 1/max_rate interval) or conflated (waiting in a slow connection's queue).",
-		}, []string{"reason"}),
+		skippedConflated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: middle.SkippedValuesName, Help: middle.SkippedValuesHelp, ConstLabels: prometheus.Labels{"reason": "conflated"},
+		}),
 		wouldBlock: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wspush_writes_would_block_total", Help: "Writes of the writer pool that found the socket's send buffer full (a slow client): the rest was handed to a goroutine of the connection's own.",
 		}),
@@ -76,10 +79,8 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 			Name: "wspush_sse_closed_total", Help: "SSE streams ended, by reason: client (it went away), shutdown, too_slow (queue overflow), token_expired, write_error, resync (server fault).",
 		}, []string{"reason"}),
 	}
-	m.skippedRate = m.skipped.WithLabelValues("rate")
-	m.skippedConflated = m.skipped.WithLabelValues("conflated")
 	if reg != nil {
-		reg.MustRegister(m.skipped, m.accepted, m.rejected, m.closed, m.overflows, m.messageTimeouts, m.commands, m.cmdErrors, m.frames, m.writes, m.writeBytes, m.wouldBlock,
+		reg.MustRegister(m.skippedConflated, m.accepted, m.rejected, m.closed, m.overflows, m.messageTimeouts, m.commands, m.cmdErrors, m.frames, m.writes, m.writeBytes, m.wouldBlock,
 			m.sseAccepted, m.sseClosed,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "wspush_connections", Help: "Open client connections: WebSocket connections and SSE streams.",

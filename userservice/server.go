@@ -127,7 +127,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// From here on the connection is read and written without gorilla
 	// (see readStep and writeLoop); its Conn, with its buffers, is dropped.
 	sess := newSession(s, s.nextID.Add(1), ws.NetConn(), tok.apps)
-	sess.out.setBandwidth(bandwidth, s.metrics, sess)
+	sess.out.setBandwidth(bandwidth, s.metrics)
 	sess.setToken(tok)
 	if authErr != nil {
 		s.log.Info("connection unauthorized", "conn", sess.id, "remote", r.RemoteAddr, "error", authErr)

@@ -123,7 +123,7 @@ func (s *session) Enqueue(f *proto.Frame) bool {
 	}
 	if k := s.out.latestKeyOf(f); k != nil {
 		// A latest key never overflows: it conflates (latest.go).
-		start := s.out.offer(k, f, time.Now()) && s.startWriterLocked()
+		start := s.out.offer(k, f) && s.startWriterLocked()
 		s.mu.Unlock()
 		if start {
 			s.startWriter()
@@ -171,26 +171,11 @@ func (s *session) queuedBytes() int {
 }
 
 // SetMode implements middle.ModeSubscriber (docs/PROTOCOL.md, "Delivery
-// modes").
-func (s *session) SetMode(ref *proto.StreamRef, mode proto.Mode, maxRate float64) {
+// modes"): a latest key conflates; its max_rate is the node's to apply.
+func (s *session) SetMode(ref *proto.StreamRef, mode proto.Mode, _ float64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.out.setMode(ref, mode, maxRate, s.srv.metrics, s)
-}
-
-// onDue runs on the connection's timer: latest values held back for their
-// max_rate interval are due.
-func (s *session) onDue() {
-	s.mu.Lock()
-	if s.closeFrame != nil {
-		s.mu.Unlock()
-		return
-	}
-	start := s.out.fire(time.Now()) && s.startWriterLocked()
-	s.mu.Unlock()
-	if start {
-		s.startWriter()
-	}
+	s.out.setMode(ref, mode, s.srv.metrics)
 }
 
 // closeWith makes the writer send a close frame with code (after what is
@@ -610,9 +595,6 @@ func (s *session) finish(err error) {
 		s.srv.router.Unsubscribe(ctx, s, app, keys)
 	}
 	s.subs = nil
-	s.mu.Lock()
-	s.out.stop()
-	s.mu.Unlock()
 
 	s.closeWith(proto.CloseNormal, "") // makes sure a writer finishes; no-op if closing
 	select {

@@ -265,7 +265,7 @@ func (st *sseStream) Enqueue(f *proto.Frame) bool {
 	}
 	if k := st.out.latestKeyOf(f); k != nil {
 		// A latest key never overflows: it conflates (latest.go).
-		grew := st.out.offer(k, f, time.Now())
+		grew := st.out.offer(k, f)
 		st.mu.Unlock()
 		if grew {
 			st.signal()
@@ -288,22 +288,11 @@ func (st *sseStream) Enqueue(f *proto.Frame) bool {
 }
 
 // SetMode implements middle.ModeSubscriber (docs/PROTOCOL.md, "Delivery
-// modes").
-func (st *sseStream) SetMode(ref *proto.StreamRef, mode proto.Mode, maxRate float64) {
+// modes"): a latest key conflates; its max_rate is the node's to apply.
+func (st *sseStream) SetMode(ref *proto.StreamRef, mode proto.Mode, _ float64) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	st.out.setMode(ref, mode, maxRate, st.srv.metrics, st)
-}
-
-// onDue runs on the stream's timer: latest values held back for their
-// max_rate interval are due.
-func (st *sseStream) onDue() {
-	st.mu.Lock()
-	grew := st.endCode == 0 && st.out.fire(time.Now())
-	st.mu.Unlock()
-	if grew {
-		st.signal()
-	}
+	st.out.setMode(ref, mode, st.srv.metrics)
 }
 
 func (st *sseStream) signal() {
@@ -481,7 +470,7 @@ func (s *Server) newSSEStream(remote string, req sseRequest) *sseStream {
 	for i, k := range req.keys {
 		st.index[k] = i
 	}
-	st.out.setBandwidth(req.bandwidth, s.metrics, st)
+	st.out.setBandwidth(req.bandwidth, s.metrics)
 	st.dataPrefix = append(append([]byte(`{"op":"data","app":"`), req.app...), `","key":"`...)
 	return st
 }

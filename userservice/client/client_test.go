@@ -276,6 +276,27 @@ func containsRun(log, run []string) bool {
 	return false
 }
 
+// cutThrice cuts the proxied connection three times, each once got() has
+// reached 15 more values, and waits for the client to reconnect.
+func cutThrice(t *testing.T, px *proxy, st *states, got func() int) {
+	t.Helper()
+	for i := 1; i <= 3; i++ {
+		eventually(t, 10*time.Second, func() error {
+			if got() < 15*i {
+				return errors.New("waiting for values")
+			}
+			return nil
+		})
+		px.cut()
+		eventually(t, 10*time.Second, func() error {
+			if st.count(client.StateOpen) < i+1 {
+				return errors.New("not reconnected")
+			}
+			return nil
+		})
+	}
+}
+
 // TestAbruptDisconnectResumes: connections cut without a close frame
 // (1006) while values flow: every value arrives once, in order, and the
 // resumes recover.
@@ -289,21 +310,7 @@ func TestAbruptDisconnectResumes(t *testing.T) {
 	subscribe(t, c, "cut", keys, client.SubscribeOptions{Format: client.FormatBinary}, rec)
 	stop := make(chan struct{})
 	done := stream(t, s.base, "cut", keys, stop)
-	for i := 1; i <= 3; i++ {
-		eventually(t, 10*time.Second, func() error {
-			if rec.count("x") < 15*i {
-				return errors.New("waiting for values")
-			}
-			return nil
-		})
-		px.cut()
-		eventually(t, 10*time.Second, func() error {
-			if st.count(client.StateOpen) < i+1 {
-				return errors.New("not reconnected")
-			}
-			return nil
-		})
-	}
+	cutThrice(t, px, st, func() int { return rec.count("x") })
 	close(stop)
 	last := done()
 	for _, k := range keys {

@@ -1,7 +1,6 @@
 package client_test
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -95,21 +94,7 @@ func TestLatestResumeServer(t *testing.T) {
 	subscribe(t, c, appName, []string{"y"}, client.SubscribeOptions{}, str)
 	stop := make(chan struct{})
 	done := stream(t, s.base, appName, []string{"x", "y"}, stop)
-	for i := 1; i <= 3; i++ {
-		eventually(t, 10*time.Second, func() error {
-			if str.count("y") < 15*i {
-				return errors.New("waiting for values")
-			}
-			return nil
-		})
-		px.cut()
-		eventually(t, 10*time.Second, func() error {
-			if st.count(client.StateOpen) < i+1 {
-				return errors.New("not reconnected")
-			}
-			return nil
-		})
-	}
+	cutThrice(t, px, st, func() int { return str.count("y") })
 	close(stop)
 	last := done()
 	lat.waitSeq(t, "x", last["x"])

@@ -186,6 +186,13 @@ func (n *Node) Run(ctx context.Context) error {
 	defer func() {
 		n.cancel()
 		n.catchUps.Wait()
+		// Nothing is held back for a stopped node: the rate groups'
+		// timers end with it.
+		for _, ch := range n.hub.all() {
+			ch.mu.Lock()
+			ch.stopGroupsLocked()
+			ch.mu.Unlock()
+		}
 	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()

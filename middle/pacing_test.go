@@ -285,3 +285,31 @@ func TestRateIntervalTinyRateDoesNotOverflow(t *testing.T) {
 		t.Fatalf("interval %s", d)
 	}
 }
+
+// Run's end stops the rate groups' timers: a stopped node holds nothing
+// back and leaves no timer behind.
+func TestRateGroupTimersStopWithTheNode(t *testing.T) {
+	n := newTestNode(t, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	publishValues(t, n, "a", "k", 1, 1)
+	const rate = 0.5 // 2 s
+	r := newTimedRecorder()
+	subscribe(t, n, r, latestSub(1, "k", rate))
+	publishValues(t, n, "a", "k", 2, 3) // within the interval of the subscribe's value: held
+	g := group(n, "a", "k", proto.FormatJSON, rate)
+	if g == nil {
+		t.Fatal("no rate group")
+	}
+	if held, armed, _ := groupState(n, "a", "k", g); !held || !armed {
+		t.Fatalf("held %v armed %v: want a value held and the timer armed", held, armed)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if held, armed, _ := groupState(n, "a", "k", g); held || armed {
+		t.Fatalf("after Run: held %v armed %v, want neither", held, armed)
+	}
+}
